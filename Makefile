@@ -1,0 +1,45 @@
+# Fresh machine: `make demo` installs and runs the demo; `make test` installs and runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned first: a CPU wheel of 2.13.0 is on disk on our machines; a looser requirement with no
+# torch installed would pull gigabytes of CUDA packages. Elsewhere pip finds 2.13.0 on PyPI.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test test-fast install install-test bench-smoke bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/cnnlens demo --out demo-run
+
+test: install-test
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+test-fast: install-test
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+bench-smoke: install-test
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run.py --smoke
+
+bench: install-test
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo-run

@@ -1,0 +1,43 @@
+"""The ``cnnlens`` command. Each subcommand lives in its own module and is imported only when used,
+so ``cnnlens --help`` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+#: subcommand name -> module defining a click command called ``command``.
+COMMANDS: dict[str, str] = {
+    "data": "cnnlens.cli.data_cmd",
+    "summary": "cnnlens.cli.summary_cmd",
+    "train": "cnnlens.cli.train_cmd",
+    "evaluate": "cnnlens.cli.evaluate_cmd",
+    "explain": "cnnlens.cli.explain_cmd",
+    "faithfulness": "cnnlens.cli.faithfulness_cmd",
+    "report": "cnnlens.cli.report_cmd",
+    "demo": "cnnlens.cli.demo_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if importlib.util.find_spec(COMMANDS[name]) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or importlib.util.find_spec(COMMANDS[cmd_name]) is None:
+            return None
+        return importlib.import_module(COMMANDS[cmd_name]).command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cnnlens")
+def main() -> None:
+    """See what an image-classifying CNN looks at, and why it gets things wrong.
+
+    \b
+    Start here:  cnnlens demo --out demo-run
+    Your data:   cnnlens train --data fer:path/to/train.csv --out runs/fer
+                 cnnlens report runs/fer --out runs/fer/report
+    """

@@ -1,0 +1,63 @@
+"""The one in-memory dataset type every loader returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images with labels, kept as uint8 so that a whole dataset fits in memory.
+
+    Attributes:
+        images: uint8 ``[N,C,H,W]``.
+        labels: int64 ``[N]``; ``-1`` where the label is unknown (a test split without labels).
+        classes: class names, index = label.
+        names: one identifier per image that a person can find again ("train.csv:12", "training/3_41.jpg").
+        masks: optional bool ``[N,H,W]``: the pixels that decide the class (the synthetic faces have them).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    names: tuple[str, ...]
+    masks: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise TypeError(f"ImageSet.images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (n,):
+            raise ValueError(f"ImageSet.labels must have shape ({n},), got {tuple(self.labels.shape)}")
+        if len(self.names) != n:
+            raise ValueError(f"ImageSet.names has {len(self.names)} entries for {n} images")
+        if self.masks is not None and tuple(self.masks.shape) != (n, *self.images.shape[2:]):
+            raise ValueError(f"ImageSet.masks must have shape {(n, *self.images.shape[2:])}, got {tuple(self.masks.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def float_images(self, index: Sequence[int] | torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Images as float32 in ``[0, 1]`` (the input range every cnnlens model expects)."""
+        x = self.images if index is None else self.images[index]
+        return x.float().div_(255.0)
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> ImageSet:
+        """The images at ``index``, in that order."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            classes=self.classes,
+            names=tuple(self.names[i] for i in idx.tolist()),
+            masks=None if self.masks is None else self.masks[idx],
+        )

@@ -1,0 +1,189 @@
+"""Machinery every explanation method shares: targets, model guarding, hooks, layers, batching.
+
+Each method lives in its own short file and uses only these helpers, so that target checks, hook
+removal and mode restoring are written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cnnlens._types import Reduce, Target
+
+#: Perturbation batch size on CPU: on 2-core machines ~16 images per pass ran faster per image than 512.
+CPU_BATCH_SIZE = 16
+#: Perturbation batch size on CUDA, where large batches pay off.
+CUDA_BATCH_SIZE = 256
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """A perturbation batch size tuned to the kind of device."""
+    return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Raise a clear error unless ``images`` is a floating ``[N,C,H,W]`` tensor with N >= 1."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [N,C,H,W], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape [N,C,H,W], got {tuple(images.shape)}; add a batch dimension with images[None]")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (N=0)")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be floating point (float32 in [0,1]), got {images.dtype}")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits ``[N,K]`` of ``model`` on ``images``, computed in batches under the model's current mode."""
+    bs = batch_size or max(default_batch_size(images.device), 64)
+    return torch.cat([model(images[i : i + bs]) for i in range(0, images.shape[0], bs)])
+
+
+def resolve_target(target: Target, n: int, num_classes: int | None = None, *,
+                   logits: Callable[[], torch.Tensor] | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Turn a user's ``target`` into an int64 tensor ``[N]`` on ``device``.
+
+    ``None`` means the predicted class (``logits`` is called to get it), an int applies to every image,
+    a sequence or tensor gives one class per image and must have length ``n``.
+    """
+    if target is None:
+        if logits is None:
+            raise ValueError("target=None (the predicted class) needs the model's logits")
+        return logits().argmax(dim=1).to(device=device, dtype=torch.long)
+    if isinstance(target, bool):
+        raise TypeError("target must be None, an int, or a sequence/tensor of ints; got a bool")
+    if isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long, device=device)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(f"target tensor must hold integers, got {target.dtype}")
+        t = target.reshape(-1).to(device=device, dtype=torch.long) if target.dim() <= 1 else None
+        if t is None:
+            raise ValueError(f"target tensor must be 0-d or 1-d, got shape {tuple(target.shape)}")
+        if target.dim() == 0:
+            t = t.expand(n).clone()
+    elif isinstance(target, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+            raise TypeError(f"target sequence must hold ints, got {target!r}")
+        t = torch.tensor(list(target), dtype=torch.long, device=device)
+    else:
+        raise TypeError(f"target must be None, an int, or a sequence/tensor of ints; got {type(target).__name__}")
+    if t.shape[0] != n:
+        raise ValueError(f"target has {t.shape[0]} entries but images has N={n}; give one target per image, one int, or None")
+    if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(f"target classes must be in [0, {num_classes - 1}], got {t.tolist()}")
+    return t
+
+
+@contextlib.contextmanager
+def guarded(model: nn.Module, images: torch.Tensor | None = None) -> Iterator[None]:
+    """Run a block with ``model`` in eval mode and restore everything it touched, also on error.
+
+    Restores every module's ``training`` flag, every parameter's ``requires_grad``, the input's
+    ``requires_grad``, and checks that no hooks were left behind by the block.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    req = [(p, p.requires_grad) for p in model.parameters()]
+    img_req = images.requires_grad if images is not None else None
+    hook_counts = [(m, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, r in req:
+            p.requires_grad_(r)
+        if images is not None and images.is_leaf:
+            images.requires_grad_(bool(img_req))
+        for m, f, fp, b in hook_counts:  # a leaked hook is a cnnlens bug: fail loudly in tests
+            if (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) != (f, fp, b):
+                raise RuntimeError(f"cnnlens left a hook on {type(m).__name__}; please report this bug")
+
+
+@contextlib.contextmanager
+def hooks() -> Iterator[list[RemovableHandle]]:
+    """Collect hook handles registered in a block and remove them all when it ends, also on error."""
+    handles: list[RemovableHandle] = []
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_with_grad(images: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of ``images`` that requires grad, so the caller's tensor is never modified."""
+    return images.detach().clone().requires_grad_(True)
+
+
+def target_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits[i, target[i]]`` for each i: the scalar per image whose explanation is asked for."""
+    return logits.gather(1, target[:, None]).squeeze(1)
+
+
+def input_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d score_target / d input, ``[N,C,H,W]``, via ``torch.autograd.grad`` (parameter .grad untouched)."""
+    x = input_with_grad(images)
+    score = target_scores(model(x), target).sum()
+    (grad,) = torch.autograd.grad(score, x)
+    return grad
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of every sub-module, in registration order (what ``layer=`` accepts)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The sub-module called ``layer``; an unknown name raises an error listing the valid ones."""
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError("layer module is not part of the model")
+        return layer
+    modules = dict(model.named_modules())
+    if layer not in modules or not layer:
+        raise ValueError(f"unknown layer {layer!r}; valid layer names: {', '.join(layer_names(model))}")
+    return modules[layer]
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` in registration order (Grad-CAM's default layer)."""
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no nn.Conv2d layer; pass layer= explicitly")
+    return convs[-1]
+
+
+def reduce_channels(attr: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """Reduce a raw ``[N,C,H,W]`` attribution to ``[N,H,W]``.
+
+    ``"max_abs"``: max over channels of |a| (Simonyan et al. 2014, the seeds' saliency map);
+    ``"sum"``: signed sum over channels; ``"abs_sum"``: sum of |a|; ``"mean"``; ``None``: raw.
+    """
+    if reduce is None:
+        return attr
+    if reduce == "max_abs":
+        return attr.abs().amax(dim=1)
+    if reduce == "sum":
+        return attr.sum(dim=1)
+    if reduce == "abs_sum":
+        return attr.abs().sum(dim=1)
+    if reduce == "mean":
+        return attr.mean(dim=1)
+    raise ValueError(f"reduce must be one of 'max_abs', 'sum', 'abs_sum', 'mean' or None, got {reduce!r}")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize ``[N,h,w]`` maps to ``[N,*size]``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,68 @@
+"""Shared fixtures: small random models of the shapes users have, deterministic and fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+
+class ResidualNet(nn.Module):
+    """conv + BN + in-place ReLU + max-pool + a residual block + GAP + linear: the shapes users train."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 7, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.pool = nn.MaxPool2d(2)
+        self.conv_a = nn.Conv2d(width, width, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(width)
+        self.relu_a = nn.ReLU(inplace=True)
+        self.conv_b = nn.Conv2d(width, width, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(width)
+        self.relu_out = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        y = self.relu_a(self.bn_a(self.conv_a(x)))
+        x = self.relu_out(x + self.bn_b(self.conv_b(y)))
+        return self.fc(self.gap(self.head(x)).flatten(1))
+
+
+def make_random_model(in_channels: int = 1, num_classes: int = 7, seed: int = 0) -> ResidualNet:
+    """A ResidualNet with random weights and non-trivial BatchNorm statistics, in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    model = ResidualNet(in_channels, num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture(params=[1, 3], ids=["gray", "rgb"])
+def random_model_and_images(request: pytest.FixtureRequest) -> tuple[nn.Module, torch.Tensor]:
+    """(random model, 4 random images in [0,1] of size 16x16), grayscale and RGB."""
+    c = request.param
+    model = make_random_model(in_channels=c, seed=c)
+    images = torch.rand(4, c, 16, 16, generator=torch.Generator().manual_seed(10 + c))
+    return model, images
+
+
+def assert_model_untouched(model: nn.Module, modes_before: list[bool]) -> None:
+    """Every module's mode as before, no parameter .grad, no hooks left."""
+    assert [m.training for m in model.modules()] == modes_before
+    assert all(p.grad is None for p in model.parameters())
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
