@@ -1,0 +1,59 @@
+"""``cnnlens evaluate``: metrics, confusion matrix and figures of a trained run on a split or a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True,
+              help="Which images: the run's validation or training part, or the dataset's test split.")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Evaluate on another dataset (synth:DIR, fer:FILE.csv, food11:DIR, folder:DIR) with the run's classes.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default RUN_DIR/eval).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
+def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | None, device: str, batch_size: int) -> None:
+    """Evaluate the run in RUN_DIR: accuracy, per-class precision/recall/F1, confusion matrix, most-confused
+    pairs and class distribution, written as metrics.json, CSV files and PNG figures.
+
+    \b
+    Examples:
+      cnnlens evaluate runs/fer                      # validation split -> runs/fer/eval
+      cnnlens evaluate runs/fer --split test --out runs/fer/eval-test
+      cnnlens evaluate runs/fer --data fer:other.csv --out runs/fer/eval-other
+    """
+    from cnnlens.evaluate import describe, evaluate
+    from cnnlens.train import load_run
+
+    try:
+        run = load_run(run_dir, device=device)
+        if data_spec is None:
+            images = run.dataset(split)
+        else:
+            from cnnlens.data import load_dataset
+
+            c, h, w = run.input_shape
+            # bring the other dataset to the model's input: its size (square datasets) and channel count
+            size = h if h == w else run.manifest.get("data", {}).get("image_size")
+            images = load_dataset(data_spec, split, image_size=size, channels=c)
+            if images.input_shape != tuple(run.input_shape):
+                raise ValueError(f"--data {data_spec}: images of shape {images.input_shape}, but the run's model takes "
+                                 f"{tuple(run.input_shape)}")
+            if tuple(images.classes) != tuple(run.classes):
+                raise ValueError(f"--data {data_spec}: classes {list(images.classes)} differ from the run's "
+                                 f"{list(run.classes)}")
+        result = evaluate(run.model, images, batch_size=batch_size)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out = out_dir if out_dir is not None else run_dir / "eval"
+    source = {"run": str(run_dir), "split": split, "data": data_spec or run.manifest.get("data", {}).get("spec")}
+    result.save(out, source=source)
+    for line in describe(result):
+        click.echo(line)
+    click.echo(f"Wrote {out}/ (metrics.json, per_class.csv, confusion.csv, confusion_normalized.csv, "
+               "predictions.csv, confusion.png, class_distribution.png)")

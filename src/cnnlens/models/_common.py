@@ -1,0 +1,70 @@
+"""Pieces every cnnlens architecture shares: input normalisation, argument checks, initialisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: Fixed input normalisation ``(x - MEAN) / STD`` applied inside every cnnlens model: inputs in [0,1]
+#: become roughly zero-mean, unit-scale, without dataset statistics that would have to travel with a run.
+MEAN = 0.5
+STD = 0.25
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with fixed scalars; no parameters, no buffers (nothing to save or load).
+
+    >>> Normalize()(torch.tensor([0.0, 0.5, 1.0]))
+    tensor([-2.,  0.,  2.])
+    """
+
+    def __init__(self, mean: float = MEAN, std: float = STD) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an int, or a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def input_hw(input_size: int | Sequence[int], *, min_size: int, model: str) -> tuple[int, int]:
+    """``(H, W)`` from an int or an ``(H, W)`` pair; raise if smaller than ``model`` can take."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        hw = (input_size, input_size)
+    elif isinstance(input_size, Sequence) and not isinstance(input_size, str) and len(input_size) == 2:
+        hw = (input_size[0], input_size[1])
+    else:
+        raise TypeError(f"input_size must be an int or an (H, W) pair of ints, got {input_size!r}")
+    for v in hw:
+        check_positive_int(v, "input_size")
+    if min(hw) < min_size:
+        raise ValueError(f"{model} needs input_size of at least {min_size}x{min_size} pixels, got {hw[0]}x{hw[1]}")
+    return hw
+
+
+def init_weights(model: nn.Module) -> None:
+    """He initialisation for convolutions (fan-out, as torchvision's ResNet), BN to identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
