@@ -163,6 +163,18 @@ def last_conv_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
+def default_cam_layer(model: nn.Module) -> str:
+    """The layer CAM-style methods use when none is given.
+
+    A model may name it in a ``cam_layer`` attribute (every cnnlens model does: the feature map its global
+    average pooling reads, after the last block's ReLU); otherwise the last ``nn.Conv2d``.
+    """
+    named = getattr(model, "cam_layer", None)
+    if isinstance(named, str) and named in dict(model.named_modules()):
+        return named
+    return last_conv_layer(model)
+
+
 def reduce_channels(attr: torch.Tensor, reduce: Reduce) -> torch.Tensor:
     """Reduce a raw ``[N,C,H,W]`` attribution to ``[N,H,W]``.
 

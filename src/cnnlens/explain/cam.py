@@ -1,0 +1,75 @@
+"""CAM (Zhou et al. 2016): for a model ending in global average pooling + one linear layer,
+``map_t = sum_k w[t,k] * F_k``, with ``F`` the pooled feature maps and ``w`` the linear layer's weights.
+
+The head is found on a real forward pass, not from names: the last ``nn.Linear`` to run must produce the
+model's output, and its input must equal the spatial mean of a feature map seen during the pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlens._types import Target
+from cnnlens.explain import _base
+
+_NOT_CAM = ("CAM needs a model whose output is one nn.Linear applied to the global average pooling of a "
+            "feature map [N,C,h,w] (like small_cnn and resnet18); {why}. Use grad_cam for other models")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
+
+
+@torch.no_grad()
+def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.Linear, torch.Tensor]:
+    """``(F, linear, logits)``: the feature maps ``[N,C,h,w]`` pooled by the head, the head's linear layer,
+    and the model's output, from one forward pass. Raises ValueError when the head is not GAP + linear.
+    Call inside ``_base.guarded``.
+    """
+    # References, not copies: an in-place op after the producing module (``out += skip``, an in-place ReLU)
+    # changes the tensor itself, and the changed tensor is what gets pooled.
+    maps: list[torch.Tensor] = []
+    widths = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}  # only these can be pooled
+    linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    def seen(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        if isinstance(module, nn.Linear):
+            linears.append((module, inputs[0].clone(), output.clone()))
+        elif isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[1] in widths \
+                and output.shape[2] * output.shape[3] > 1:
+            maps.append(output)
+
+    with _base.hooks() as handles:
+        handles.extend(m.register_forward_hook(seen) for m in model.modules() if m is not model)
+        logits = model(images)
+    if not linears:
+        raise ValueError(_NOT_CAM.format(why="it has no nn.Linear layer"))
+    linear, z, out = linears[-1]
+    if not _close(out, logits):
+        raise ValueError(_NOT_CAM.format(why="the output of its last nn.Linear is not the model's output"))
+    for feature in reversed(maps):
+        if _close(feature.mean(dim=(2, 3)), z):
+            return feature.clone(), linear, logits
+    raise ValueError(_NOT_CAM.format(why="the input of its last nn.Linear is not the spatial mean of any feature map"))
+
+
+def cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
+        relu: bool = False, upsample: bool = True) -> torch.Tensor:
+    """Class activation map (Zhou et al. 2016): ``sum_k w[t,k] * F_k`` for a GAP + linear head.
+
+    Returns ``[N,H,W]`` bilinearly upsampled to the input (``upsample=False``: the feature maps' ``[N,h,w]``),
+    signed as in the paper (``relu=True`` keeps the positive part). On such a model Grad-CAM of the pooled
+    layer equals ``ReLU(cam) / (h*w)``. Raises ValueError for other heads.
+
+    >>> maps = cam(model, images)   # where the predicted class's evidence is
+    """
+    _base.check_images(images)
+    with _base.guarded(model, images):
+        features, linear, logits = gap_head(model, images)
+    t = _base.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
+    weights = linear.weight.detach()[t]  # [N,C]
+    maps = torch.einsum("nc,nchw->nhw", weights, features)
+    if relu:
+        maps = maps.clamp(min=0)
+    return _base.upsample(maps, tuple(images.shape[2:])) if upsample else maps
