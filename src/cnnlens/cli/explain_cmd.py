@@ -1,0 +1,484 @@
+"""``cnnlens explain``: figures and arrays of several explanation methods for chosen images.
+
+Works on a run folder (``cnnlens explain RUN_DIR``) or on a user's own model
+(``--model package.module:builder --weights FILE --data SPEC``). Everything is checked before any
+work starts, and the output folder is built aside and swapped in whole, so a bad option or a crash
+leaves an existing folder as it was.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens.data.imageset import ImageSet
+
+INDEX_VERSION = 1
+#: Rows per overview page: more would make a figure taller than a screen is useful for.
+OVERVIEW_ROWS = 12
+#: Default image choice when none is given: the most confidently right image of each class.
+DEFAULT_PER_CLASS = 1
+
+
+@dataclass
+class Source:
+    """What to explain: a model, its class names, the images and where they all came from."""
+
+    model: nn.Module
+    classes: tuple[str, ...]
+    dataset: ImageSet
+    device: torch.device
+    description: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """``"0,5,17"`` -> ``[0, 5, 17]``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 0,5,17; got {text!r}", param_hint=option) from None
+    if not values:
+        raise click.BadParameter("expected comma-separated integers such as 0,5,17; got nothing", param_hint=option)
+    return values
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"1,48,48"`` -> ``(1, 48, 48)``."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"expected C,H,W as three positive ints such as 1,48,48 or 3,128,128; got {text!r}",
+                                 param_hint="--input-shape")
+    c, h, w = (int(p) for p in parts)
+    return c, h, w
+
+
+def parse_methods(text: str) -> list[str] | None:
+    """``"saliency,grad-cam"`` -> the names (checked against ``METHODS``); ``"all"`` -> None (every method)."""
+    from cnnlens.explain.runner import check_methods
+
+    if text.strip().lower() == "all":
+        return None
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return check_methods(names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--methods") from None
+
+
+def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["occlusion.stride=4", "lime.n_samples=500"]`` -> ``{"occlusion": {"stride": 4}, "lime": {...}}``.
+
+    Values are read as JSON (numbers, true/false, lists) and otherwise kept as text.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not eq or not dot or not method.strip() or not name.strip():
+            raise click.BadParameter(f"expected METHOD.NAME=VALUE such as occlusion.stride=4; got {item!r}", param_hint="--option")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method.strip(), {})[name.strip()] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+def load_builder(spec: str) -> Any:
+    """The callable named by ``package.module:builder`` (the current folder is importable, as for uvicorn)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name.strip() or not attr.strip():
+        raise click.BadParameter(f"expected package.module:builder (a function or class that returns the model); got {spec!r}",
+                                 param_hint="--model")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise click.BadParameter(f"cannot import module {module_name!r} ({exc}); run from the folder that holds it, "
+                                 "or add that folder to PYTHONPATH", param_hint="--model") from None
+    except Exception as exc:  # the user's module raised while importing: say so, with its message
+        raise click.BadParameter(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}", param_hint="--model") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+            raise click.BadParameter(f"module {module_name!r} has no {attr!r}; callables it defines: {', '.join(found) or '(none)'}",
+                                     param_hint="--model")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise click.BadParameter(f"{spec} is a {type(obj).__name__}, not a function or class that builds the model",
+                                 param_hint="--model")
+    return obj
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from ``torch.load(weights_only=True)`` (never unpickling code).
+
+    A torch file may hold the state dict itself or a checkpoint dict with it under ``state_dict``/``model``.
+    """
+    if not path.is_file():
+        raise click.BadParameter(f"{path} does not exist", param_hint="--weights")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise click.BadParameter(f"{path} is not a readable safetensors file ({exc})", param_hint="--weights") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for pickled code, RuntimeError for a corrupt zip, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.BadParameter(f"{path} cannot be read with torch.load(weights_only=True): {first}. Save the weights with "
+                                 "torch.save(model.state_dict(), FILE) or safetensors", param_hint="--weights") from None
+
+    def tensors(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+    if tensors(obj):
+        return obj
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and tensors(obj.get(key)):
+            return obj[key]
+    raise click.BadParameter(f"{path} holds a {type(obj).__name__}, not a state dict (parameter name -> tensor), nor a "
+                             "checkpoint with one under 'state_dict' or 'model'", param_hint="--weights")
+
+
+def user_source(model_spec: str, weights: Path | None, classes: str | None, input_shape: str | None,
+                data: str | None, split: str | None, device: torch.device) -> Source:
+    """A user's own model and data, checked piece by piece with a clear message for each."""
+    from cnnlens.train.run import check_state_dict
+
+    if weights is None or data is None:
+        raise click.UsageError("--model needs --weights FILE and --data SPEC (e.g. fer:faces.csv, folder:DIR)")
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    names = tuple(c.strip() for c in classes.split(",")) if classes is not None else None
+    if names is not None and (len(names) < 2 or not all(names) or len(set(names)) != len(names)):
+        raise click.BadParameter(f"expected at least two distinct comma-separated class names; got {classes!r}",
+                                 param_hint="--classes")
+    builder = load_builder(model_spec)
+    try:
+        model = builder()
+    except Exception as exc:
+        raise click.BadParameter(f"calling {model_spec}() failed: {type(exc).__name__}: {exc}. The builder is called "
+                                 "with no arguments and must return the model", param_hint="--model") from None
+    if not isinstance(model, nn.Module):
+        raise click.BadParameter(f"{model_spec}() returned a {type(model).__name__}, not a torch.nn.Module", param_hint="--model")
+    state = load_state(weights)
+    try:
+        check_state_dict(model, state, str(weights))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--weights") from None
+    model.load_state_dict(state)
+    model.to(device).eval()
+    # loaders resize to a square image_size (as `cnnlens train --image-size`) and convert gray <-> RGB;
+    # a shape they cannot produce is reported below
+    dataset = load_data(data, split, shape[1] if shape is not None and shape[1] == shape[2] else None,
+                        None if shape is None else shape[0])
+    if shape is not None and dataset.input_shape != shape:
+        raise click.BadParameter(f"--data {data} has images of shape {dataset.input_shape}, but --input-shape is {shape}",
+                                 param_hint="--input-shape")
+    names = names if names is not None else dataset.classes
+    return Source(model, names, dataset, device, {"model": model_spec, "weights": str(weights), "data": data, "split": split})
+
+
+def load_data(spec: str, split: str | None, image_size: int | None, channels: int | None) -> ImageSet:
+    """``load_dataset`` with its errors turned into a message about ``--data``."""
+    from cnnlens.data import load_dataset
+
+    kwargs: dict[str, Any] = {"image_size": image_size, "channels": channels}
+    try:
+        return load_dataset(spec, split, **kwargs) if split is not None else load_dataset(spec, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+
+
+def run_source(run_dir: Path, split: str | None, device: torch.device) -> Source:
+    """A run folder written by ``cnnlens train``."""
+    from cnnlens.train import load_run
+
+    try:
+        run = load_run(run_dir, device=device)
+        dataset = run.dataset(split or "val")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="RUN_DIR") from None
+    return Source(run.model, tuple(run.classes), dataset, device, {"run": str(run_dir), "split": split or "val"})
+
+
+# -------------------------------------------------------------------------------------- selection
+
+
+def choose_images(source: Source, probs: torch.Tensor, images: str | None, per_class_k: int | None,
+                  misclassified_k: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The split's indices to explain and a description of how they were chosen."""
+    from cnnlens.explain.runner import by_index, misclassified, per_class
+
+    labels = source.dataset.labels
+    n = len(source.dataset)
+    if images is not None:
+        try:
+            return by_index(parse_ints(images, "--images"), n), {"mode": "images"}
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--images") from None
+    if bool((labels < 0).all()):
+        raise click.UsageError("this split has no labels, so --per-class/--misclassified cannot choose; use --images 0,1,2")
+    if misclassified_k is not None:
+        idx = misclassified(probs, labels, misclassified_k)
+        if idx.numel() == 0:
+            raise click.ClickException("the model gets every labelled image of this split right: nothing for --misclassified; "
+                                       "use --per-class K or --images")
+        return idx, {"mode": "misclassified", "k": misclassified_k}
+    k = per_class_k if per_class_k is not None else DEFAULT_PER_CLASS
+    idx = per_class(probs, labels, k)
+    if idx.numel() == 0:
+        raise click.ClickException("the model gets no labelled image of this split right: nothing for --per-class; "
+                                   "use --misclassified K or --images")
+    return idx, {"mode": "per-class", "k": k}
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: torch.Tensor, probs: torch.Tensor,
+                  explained: Any, *, mask_percentile: float, lime_top_k: int, progress: Any) -> dict[str, Any]:
+    """Figures (grid per image, saliency three-panel, LIME regions, overview pages) and ``maps.npz`` into
+    ``folder``. Returns ``{"entries": one dict per image with its files, "overview": the page files}``."""
+    from cnnlens import viz
+
+    classes = source.classes
+    maps = {m: v.detach().float().cpu().numpy() for m, v in explained.maps.items()}
+    x = images.detach().float().cpu().numpy()
+    idx = index.tolist()
+    labels = source.dataset.labels[index].tolist()
+    conf, pred = probs.max(dim=1)
+    targets = explained.targets.cpu().tolist()
+    lime = lime_parts(explained.details.get("lime"))
+    width = len(str(len(source.dataset) - 1))
+    titles = [viz.prediction_title(labels[r], int(pred[r]), float(conf[r]), classes,
+                                   name=f"#{i} {source.dataset.names[i]}") for r, i in enumerate(idx)]
+    entries = []
+    task = progress.add_task("figures", total=len(idx)) if progress is not None else None
+    for r, i in enumerate(idx):  # figures are drawn one image at a time by nature
+        stem = f"img{i:0{width}d}"
+        files: dict[str, str] = {}
+
+        def save(kind: str, fig: Any, arrays: dict[str, Any]) -> None:
+            png, raw = viz.save_figure(fig, folder / f"{stem}_{kind}.png", arrays)
+            files[kind], files[f"{kind}_arrays"] = png.name, raw.name
+
+        one = {m: v[r:r + 1] for m, v in maps.items()}
+        title = titles[r].replace("\n", "  ")
+        save("grid", viz.method_grid(x[r:r + 1], one, row_titles=[titles[r]]),
+             {"image": x[r], **{m: v[0] for m, v in one.items()}})
+        if "saliency" in maps:
+            sal = maps["saliency"][r]
+            save("saliency", viz.three_panel(x[r], sal, percentile=mask_percentile, title=title),
+                 {"image": x[r], "saliency": sal, "masked": viz.mask_below_percentile(x[r], sal, mask_percentile)})
+        if lime is not None:
+            segments, weights = lime[r]
+            save("lime", viz.lime_regions(x[r], segments, weights, lime_top_k, title=title),
+                 {"image": x[r], "segments": segments, "weights": weights})
+        entries.append({
+            "index": i, "name": source.dataset.names[i], "label": labels[r],
+            "label_name": classes[labels[r]] if 0 <= labels[r] < len(classes) else None,
+            "predicted": int(pred[r]), "predicted_name": classes[int(pred[r])], "probability": round(float(conf[r]), 6),
+            "target": targets[r], "target_name": classes[targets[r]], "files": files,
+        })
+        if progress is not None:
+            progress.advance(task)
+    overview = []
+    for p, s in enumerate(range(0, len(idx), OVERVIEW_ROWS), start=1):
+        rows = slice(s, s + OVERVIEW_ROWS)
+        page = {m: v[rows] for m, v in maps.items()}
+        png, raw = viz.save_figure(viz.method_grid(x[rows], page, row_titles=titles[rows]),
+                                   folder / f"overview-{p:02d}.png", {"images": x[rows], **page})
+        overview += [png.name, raw.name]
+    np.savez_compressed(folder / "maps.npz", indices=np.asarray(idx), images=x, targets=np.asarray(targets),
+                        labels=np.asarray(labels), probabilities=probs.cpu().numpy(), **maps)
+    return {"entries": entries, "overview": overview}
+
+
+def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per image ``(segments [H,W], weights [S])`` from LIME's chunked results, or None without them."""
+    if not results:
+        return None
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for _, result in results:
+        segments = np.asarray(result.segments.cpu() if isinstance(result.segments, torch.Tensor) else result.segments)
+        weights = result.weights
+        for j in range(segments.shape[0]):
+            w = weights[j]
+            w = np.asarray(w.cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float64).reshape(-1)
+            seg = segments[j].astype(np.int64)
+            out.append((seg, w[: int(seg.max()) + 1]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- command
+
+
+@click.command(name="explain")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR]")
+@click.option("--methods", default="all", show_default=True, metavar="NAMES",
+              help="Comma-separated methods (saliency,smoothgrad,guided-backprop,integrated-gradients,grad-cam,cam,"
+                   "guided-grad-cam,occlusion,lime) or 'all'.")
+@click.option("--images", "images", default=None, metavar="I,J,...", help="Explain these images of the split (0-based).")
+@click.option("--per-class", "per_class_k", type=click.IntRange(min=1), default=None, metavar="K",
+              help=f"Explain the K most confidently right images of each class (default: {DEFAULT_PER_CLASS}).")
+@click.option("--misclassified", "misclassified_k", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Explain the K most confidently wrong images.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--split", default=None,
+              help="Split to take images from: train, val or test (a run's own split; default val), or with --data "
+                   "any split it has (train, val, test, all; default train).")
+@click.option("--target", type=click.Choice(["predicted", "true"]), default="predicted", show_default=True,
+              help="Explain the predicted class or the true class.")
+@click.option("--layer", default=None, help="Layer for grad-cam and guided-grad-cam (default: the last conv layer).")
+@click.option("--option", "-o", "option_items", multiple=True, metavar="METHOD.NAME=VALUE",
+              help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500.")
+@click.option("--mask-percentile", type=click.FloatRange(0, 100), default=75.0, show_default=True,
+              help="Saliency figure: keep pixels at or above this saliency percentile.")
+@click.option("--lime-top", "lime_top_k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="LIME figure: regions shown for and against the class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of SmoothGrad's and LIME's noise.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images through the model at once.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder (kept until the new one is complete).")
+@click.option("--model", "model_spec", default=None, metavar="MODULE:BUILDER",
+              help="Your own model: package.module:builder, called with no arguments.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="With --model: safetensors or torch state dict.")
+@click.option("--classes", default=None, metavar="A,B,...", help="With --model: class names (default: the data's).")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="With --model: the input shape, e.g. 1,48,48.")
+@click.option("--data", default=None, metavar="SPEC", help="With --model: the images, e.g. fer:test.csv or folder:DIR.")
+def command(run_dir: Path | None, methods: str, images: str | None, per_class_k: int | None, misclassified_k: int | None,
+            out: Path, split: str | None, target: str, layer: str | None, option_items: tuple[str, ...],
+            mask_percentile: float, lime_top_k: int, seed: int, device: str, batch_size: int | None, overwrite: bool,
+            model_spec: str | None, weights: Path | None, classes: str | None, input_shape: str | None,
+            data: str | None) -> None:
+    """Explain chosen images of a run (or of your own model) with several methods.
+
+    Writes, per image, a grid of every method (IMG_grid.png), the saliency three-panel figure
+    (IMG_saliency.png) and LIME's regions (IMG_lime.png); overview pages of all images; each figure's
+    arrays beside it (.npy/.npz); all maps in maps.npz; and index.json listing it all.
+
+    \b
+    Examples:
+      cnnlens explain runs/fer --per-class 2 --out runs/fer/explain
+      cnnlens explain runs/fer --methods saliency,grad-cam --images 0,5,17 --out ex
+      cnnlens explain runs/fer --misclassified 8 --target true --out wrong
+      cnnlens explain --model mynet:build --weights net.pt --data fer:test.csv \\
+                      --classes angry,happy --input-shape 1,48,48 --out ex
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cnnlens._atomic import atomic_dir
+    from cnnlens.explain import _base
+    from cnnlens.explain.runner import check_methods, check_options, method_accepts, probabilities, run_methods
+    from cnnlens.train.run import resolve_device
+
+    # ---- everything that can be checked without the model, before any work
+    if (run_dir is None) == (model_spec is None):
+        raise click.UsageError("give either RUN_DIR or --model MODULE:BUILDER (with --weights and --data), not both")
+    if run_dir is not None and any(v is not None for v in (weights, classes, input_shape, data)):
+        raise click.UsageError("--weights, --classes, --input-shape and --data go with --model; a run folder has its own")
+    if sum(v is not None for v in (images, per_class_k, misclassified_k)) > 1:
+        raise click.UsageError("choose images one way: --images, --per-class or --misclassified")
+    if out.exists() and not overwrite:
+        raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
+    inputs = [run_dir] if run_dir is not None else [weights, Path(data.partition(":")[2]) if data else None]
+    for given in (p for p in inputs if p is not None):
+        if out.resolve() == given.resolve() or out.resolve() in given.resolve().parents:
+            raise click.UsageError(f"--out {out} holds the input {given}, which replacing it would delete; "
+                                   "choose another folder, e.g. RUN_DIR/explain")
+    names = parse_methods(methods)
+    options = parse_options(option_items)
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+
+    source = run_source(run_dir, split, dev) if run_dir is not None else \
+        user_source(model_spec or "", weights, classes, input_shape, data, split, dev)
+    model = source.model
+    chosen = check_methods(names)
+    if layer is not None:
+        try:
+            _base.get_layer(model, layer)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--layer") from None
+        for m in chosen:
+            if method_accepts(m, "layer"):
+                options.setdefault(m, {}).setdefault("layer", layer)
+    try:
+        check_options(chosen, options)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--option") from None
+
+    all_images = source.dataset.float_images()
+    try:
+        probs = probabilities(model, all_images.to(dev), batch_size).cpu()
+    except RuntimeError as exc:  # a shape mismatch between the data and the model
+        raise click.ClickException(f"the model cannot run on these images {tuple(all_images.shape[1:])}: {exc}") from None
+    if probs.shape[1] != len(source.classes):
+        raise click.BadParameter(f"the model returns {probs.shape[1]} scores per image but there are {len(source.classes)} "
+                                 f"class names ({', '.join(source.classes)})", param_hint="--classes")
+    index, selection = choose_images(source, probs, images, per_class_k, misclassified_k)
+    labels = source.dataset.labels[index]
+    if target == "true":
+        if bool((labels < 0).any()):
+            raise click.UsageError("--target true needs labelled images; some chosen images have no label")
+        targets: torch.Tensor | None = labels.to(dev)
+    else:
+        targets = None
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar, atomic_dir(out, overwrite=overwrite) as tmp:
+            x = all_images[index].to(dev)
+            try:
+                # with every method asked for (no --methods), one that does not apply to this model
+                # (CAM without a GAP head, guided backprop without ReLU modules) is skipped, not fatal
+                explained = run_methods(model, x, targets, chosen, options=options, batch_size=batch_size, seed=seed,
+                                        progress=bar, details="lime" in chosen, skip_unsupported=names is None)
+            except (ValueError, TypeError) as exc:  # a method refusing this model or option, e.g. CAM without GAP
+                raise click.ClickException(str(exc)) from None
+            for m, why in explained.skipped.items():
+                console.print(f"[yellow]skipped {m}[/]: {why}", highlight=False)
+            if not explained.maps:
+                raise click.ClickException("no method could explain this model: " +
+                                           "; ".join(f"{m}: {why}" for m, why in explained.skipped.items()))
+            written = write_outputs(tmp, source, index, x, probs[index], explained, mask_percentile=mask_percentile,
+                                    lime_top_k=lime_top_k, progress=bar)
+            index_doc = {
+                "version": INDEX_VERSION, "source": source.description, "classes": list(source.classes),
+                "methods": list(explained.maps), "skipped": explained.skipped, "options": options,
+                "target": target, "selection": selection, "seed": seed,
+                "images": written["entries"], "overview": written["overview"],
+                "arrays": "maps.npz",
+            }
+            (tmp / "index.json").write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
+    except FileExistsError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"explained {len(index)} image(s) with {', '.join(index_doc['methods'])}: {out}/index.json")

@@ -1,0 +1,301 @@
+"""Run several explanation methods on a batch of images, and pick which images to explain.
+
+One place that the CLI (``cnnlens explain``) and the report call, so that both explain the same
+images toward the same classes with the same options:
+
+>>> maps = explain_images(model, x, None, ["saliency", "grad-cam"], options={"grad-cam": {"layer": "conv3"}})
+>>> maps["grad-cam"].shape      # [N,H,W]
+>>> idx = per_class(probabilities(model, dataset.float_images()), dataset.labels, k=2)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlens._types import Target
+from cnnlens.explain import _base
+
+
+def method_registry() -> dict[str, Callable[..., torch.Tensor]]:
+    """``cnnlens.explain.METHODS``, read at call time (so that methods registered later are seen)."""
+    from cnnlens import explain
+
+    return explain.METHODS
+
+
+def check_methods(methods: Sequence[str] | None) -> list[str]:
+    """The method names to run (None = all of ``METHODS``, in its order); an unknown name lists the valid ones."""
+    registry = method_registry()
+    if methods is None:
+        return list(registry)
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a list of names such as ['saliency', 'grad-cam'], got the string {methods!r}")
+    names = list(methods)
+    if not names:
+        raise ValueError(f"methods is empty; choose from: {', '.join(registry) or '(none registered)'}")
+    unknown = [m for m in names if m not in registry]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; available methods: {', '.join(registry) or '(none registered)'}")
+    dupes = sorted({m for m in names if names.count(m) > 1})
+    if dupes:
+        raise ValueError(f"method {dupes[0]!r} is listed twice")
+    return names
+
+
+def _accepted(fn: Callable[..., Any]) -> tuple[set[str], bool]:
+    """Keyword names ``fn`` accepts, and whether it takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - {"model", "images", "target"}, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+#: Methods with a richer result function (module, name): the runner calls it to keep the details
+#: (LIME's segments and weights) and reads options from its signature, since the ``METHODS`` entry
+#: may just forward ``**options`` to it.
+RESULT_FUNCTIONS: dict[str, tuple[str, str]] = {"lime": ("cnnlens.explain.lime", "lime_explain")}
+
+
+def result_function(method: str) -> Callable[..., Any] | None:
+    """The richer result function of ``method`` (``lime`` -> ``lime_explain``), or None."""
+    if method not in RESULT_FUNCTIONS:
+        return None
+    module, name = RESULT_FUNCTIONS[method]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _signature_source(method: str) -> Callable[..., Any]:
+    fn = method_registry()[method]
+    rich = result_function(method)
+    return rich if rich is not None and _accepted(fn)[1] else fn
+
+
+def method_accepts(method: str, option: str) -> bool:
+    """Whether ``method`` takes the keyword ``option`` (e.g. Grad-CAM's ``layer``)."""
+    return option in _accepted(_signature_source(method))[0]
+
+
+def check_options(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Per-method options, checked against each method's signature before any work starts.
+
+    Options for a known method that is not being run are ignored (the CLI's ``--layer`` applies to
+    both Grad-CAM variants whether or not both are asked for).
+    """
+    registry = method_registry()
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for name, opts in (options or {}).items():
+        if name not in registry:
+            raise ValueError(f"options given for unknown method {name!r}; available methods: {', '.join(registry)}")
+        if not isinstance(opts, Mapping):
+            raise TypeError(f"options[{name!r}] must be a dict of keyword arguments, got {type(opts).__name__}")
+        if name not in out:
+            continue
+        accepted, var_kw = _accepted(_signature_source(name))
+        bad = [k for k in opts if k not in accepted and not var_kw]
+        if bad:
+            raise ValueError(f"method {name!r} has no option {bad[0]!r}; its options: {', '.join(sorted(accepted)) or '(none)'}")
+        out[name] = dict(opts)
+    return out
+
+
+@dataclass
+class Explanations:
+    """What :func:`run_methods` computed for ``N`` images.
+
+    Attributes:
+        maps: method -> ``[N,H,W]`` float tensor on the images' device.
+        targets: the class each map explains, int64 ``[N]``.
+        details: method -> the method's richer per-chunk results (``RESULT_FUNCTIONS``: LIME's
+            ``LimeResult`` with segments and weights), as ``(first image, result)`` pairs in image order.
+        skipped: method -> why it was left out (only with ``skip_unsupported``).
+    """
+
+    maps: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    details: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, methods: Sequence[str] | None = None, *,
+                options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int | None = None,
+                seed: int = 0, progress: bool | Any = False, details: bool = False,
+                skip_unsupported: bool = False) -> Explanations:
+    """Run each method on ``images`` ``[N,C,H,W]`` in chunks of ``batch_size`` images; see :func:`explain_images`.
+
+    ``details=True`` also keeps LIME's full result (segments and per-segment weights) for its figures.
+    ``skip_unsupported=True`` leaves out a method that refuses this model on its first call (a
+    ValueError/TypeError, e.g. CAM on a model without a global-average-pooling head) and records why
+    in ``skipped``, instead of failing: for "every method" requests.
+    """
+    names = check_methods(methods)
+    opts = check_options(names, options)
+    _base.check_images(images)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    n = images.shape[0]
+    chunk = batch_size or _base.default_batch_size(images.device)
+    with _base.guarded(model):
+        target = _base.resolve_target(targets, n, logits=lambda: _base.predict_logits(model, images, chunk),
+                                      device=images.device)
+    registry = method_registry()
+    starts = list(range(0, n, chunk))
+    bar, task = _progress(progress, total=len(names) * len(starts))
+    maps: dict[str, torch.Tensor] = {}
+    kept: dict[str, list[tuple[int, Any]]] = {}
+    skipped: dict[str, str] = {}
+    try:
+        for name in names:
+            fn, rich = registry[name], (result_function(name) if details else None)
+            accepted, _ = _accepted(_signature_source(name))
+            kw = dict(opts[name])
+            if "batch_size" in accepted and batch_size is not None:
+                kw.setdefault("batch_size", batch_size)
+            if "generator" in accepted:
+                # one seeded generator per method: a method's noise does not depend on which others ran
+                kw.setdefault("generator", torch.Generator().manual_seed(seed))
+            parts = []
+            for s in starts:
+                if bar is not None:
+                    bar.update(task, description=f"{name} [{s}/{n}]")
+                x, t = images[s:s + chunk], target[s:s + chunk]
+                try:
+                    if rich is not None:
+                        result = rich(model, x, t, **kw)
+                        kept.setdefault(name, []).append((s, result))
+                        out = result.map()
+                    else:
+                        out = fn(model, x, t, **kw)
+                except (ValueError, TypeError) as exc:
+                    if not (skip_unsupported and s == 0):
+                        raise
+                    skipped[name] = str(exc)
+                    break
+                if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], *x.shape[2:]):
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise RuntimeError(f"method {name!r} returned {got}, expected maps [N,H,W] = {(x.shape[0], *x.shape[2:])}")
+                parts.append(out.detach())
+                if bar is not None:
+                    bar.advance(task)
+            if name in skipped:
+                if bar is not None:
+                    bar.advance(task, len(starts))
+                continue
+            maps[name] = torch.cat(parts)
+    finally:
+        if bar is not None and progress is True:
+            bar.stop()
+    return Explanations(maps=maps, targets=target, details=kept, skipped=skipped)
+
+
+def explain_images(model: nn.Module, images: torch.Tensor, targets: Target = None, methods: Sequence[str] | None = None, *,
+                   options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int | None = None,
+                   seed: int = 0, progress: bool | Any = False) -> dict[str, torch.Tensor]:
+    """Maps ``[N,H,W]`` of several methods for the same images and the same target classes.
+
+    ``targets``: None (each image's predicted class, computed once for all methods), an int, or one
+    per image. ``methods``: names from ``cnnlens.explain.METHODS`` (None = all); an unknown name is
+    an error listing the valid ones, raised before any work. ``options``: per-method keyword arguments,
+    ``{"grad-cam": {"layer": "features.6"}, "occlusion": {"stride": 2}}``, checked against each
+    method's signature. ``batch_size``: images per method call (default: the device's perturbation
+    batch size); methods that take a ``batch_size`` (perturbation methods) get it too.
+    ``seed`` seeds the ``generator`` of stochastic methods (SmoothGrad, LIME): the same seed and batch
+    size give the same maps. ``progress``: True for a rich progress bar, or a running
+    ``rich.progress.Progress`` to add a task to.
+
+    >>> maps = explain_images(model, x, None, ["saliency", "occlusion"], options={"occlusion": {"stride": 4}})
+    """
+    return run_methods(model, images, targets, methods, options=options, batch_size=batch_size, seed=seed,
+                       progress=progress).maps
+
+
+def _progress(progress: bool | Any, total: int) -> tuple[Any, Any]:
+    if progress is False or progress is None:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if progress is True:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       transient=True)
+        bar.start()
+    elif isinstance(progress, Progress):
+        bar = progress
+    else:
+        raise TypeError(f"progress must be a bool or a rich.progress.Progress, got {type(progress).__name__}")
+    return bar, bar.add_task("explaining", total=total)
+
+
+# ------------------------------------------------------------------------------------- choosing images
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Softmax probabilities ``[N,K]`` of ``model`` on ``images`` (eval mode inside; mode restored)."""
+    _base.check_images(images)
+    with _base.guarded(model):
+        return _base.predict_logits(model, images, batch_size).float().softmax(dim=1)
+
+
+def _check_selection(probs: torch.Tensor, labels: torch.Tensor, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int (images per class / in all), got {k!r}")
+    if probs.dim() != 2 or labels.shape != (probs.shape[0],):
+        raise ValueError(f"probs must be [N,K] and labels [N]; got {tuple(probs.shape)} and {tuple(labels.shape)}")
+
+
+def per_class(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` most confidently right images of each class, class by class.
+
+    "Right" means predicted == label; confidence is the predicted class's probability. A class with
+    fewer right images gives what it has; images with unknown labels (-1) are never chosen.
+
+    >>> per_class(torch.tensor([[.9, .1], [.6, .4], [.2, .8]]), torch.tensor([0, 0, 1]), 1)
+    tensor([0, 2])
+    """
+    _check_selection(probs, labels, k)
+    conf, pred = probs.max(dim=1)
+    labels = labels.to(pred.device)
+    order = torch.argsort(conf, descending=True, stable=True)
+    right = order[pred[order] == labels[order]]
+    picked = [right[labels[right] == c][:k] for c in range(probs.shape[1])]  # a loop over classes, not images
+    return torch.cat(picked).cpu() if picked else torch.zeros(0, dtype=torch.long)
+
+
+def misclassified(probs: torch.Tensor, labels: torch.Tensor, k: int, *, per_class: bool = False) -> torch.Tensor:
+    """Indices of the ``k`` most confidently wrong images (highest probability on a wrong class).
+
+    ``per_class=True``: ``k`` per true class, class by class. Unknown labels (-1) are never chosen.
+
+    >>> misclassified(torch.tensor([[.9, .1], [.3, .7], [.45, .55]]), torch.tensor([1, 0, 0]), 2)
+    tensor([0, 1])
+    """
+    _check_selection(probs, labels, k)
+    conf, pred = probs.max(dim=1)
+    labels = labels.to(pred.device)
+    order = torch.argsort(conf, descending=True, stable=True)
+    wrong = order[(pred[order] != labels[order]) & (labels[order] >= 0)]
+    if not per_class:
+        return wrong[:k].cpu()
+    return torch.cat([wrong[labels[wrong] == c][:k] for c in range(probs.shape[1])]).cpu()
+
+
+def by_index(indices: Sequence[int], n: int) -> torch.Tensor:
+    """``indices`` checked against a dataset of ``n`` images (negative indices count from the end)."""
+    idx = list(indices)
+    if not idx:
+        raise ValueError("no image indices given; pass e.g. 0,5,17")
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise ValueError(f"image index {bad[0]!r} is out of range: the split has {n} images (0..{n - 1})")
+    t = torch.tensor(idx, dtype=torch.long) % n
+    if len(set(t.tolist())) != len(idx):
+        raise ValueError(f"image indices repeat: {idx}")
+    return t
