@@ -16,6 +16,8 @@ from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.guided_grad_cam import guided_grad_cam
 from cnnlens.explain.integrated_gradients import integrated_gradients
+from cnnlens.explain.lime import lime, lime_explain
+from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
 
@@ -27,7 +29,9 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "grad-cam": grad_cam,
     "cam": cam,
     "guided-grad-cam": guided_grad_cam,
+    "occlusion": occlusion,
+    "lime": lime,
 }
 
 __all__ = ["METHODS", "cam", "grad_cam", "guided_backprop", "guided_grad_cam", "integrated_gradients",
-           "masked_image", "saliency", "smoothgrad"]
+           "lime", "lime_explain", "masked_image", "occlusion", "saliency", "smoothgrad"]

@@ -1,0 +1,201 @@
+"""Occlusion (Zeiler & Fergus 2014): how much the target score drops when a patch hides each region.
+
+``map[h,w] = mean over the patches P covering (h,w) of  f(x)_t - f(x with P filled)_t``, with ``f`` the
+softmax probability (or the logit) of the target class ``t``. This is Captum's ``Occlusion`` with
+``sliding_window_shapes=(C,ph,pw)``, ``strides=(sh,sw)``: patches start at multiples of the stride and
+the last one in each direction is clipped at the image border.
+
+The work is split in two steps so that faster scorers (incremental occlusion, folded BatchNorm) can
+replace the middle one: list the patch positions, score every occluded image (:func:`occlusion_scores`),
+then spread each patch's drop over the pixels it covered (:func:`assemble_map`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from cnnlens._types import Target
+from cnnlens.explain import _base
+
+FILLS = ("black", "white", "mean", "black+white")
+OUTPUTS = ("probability", "logit")
+
+
+def batch_ranges(total: int, batch_size: int, *, progress: bool = False,
+                 description: str = "") -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of ``range(total)``, with an optional rich progress bar."""
+    starts = range(0, total, batch_size)
+    if not progress:
+        yield from ((s, min(s + batch_size, total)) for s in starts)
+        return
+    from rich.progress import track
+
+    for s in track(starts, description=description or "explaining", total=len(starts)):
+        yield s, min(s + batch_size, total)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy with canonical strides, also for one channel.
+
+    ``x.contiguous(memory_format=channels_last)`` returns a 1-channel tensor unchanged (its layout is
+    ambiguous), and oneDNN then runs the whole first block in NCHW: measured 17x slower max-pooling.
+    """
+    if x.dim() != 4 or x.stride() == torch.empty_like(x, memory_format=torch.channels_last).stride():
+        return x
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+
+
+def channels_last_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward run with channels-last copies of its 4-D weights; the model itself is untouched.
+
+    Measured ~1.8x faster convolutions on CPU (oneDNN picks its channels-last kernels from the weight's
+    layout). The copies are taken once per call.
+    """
+    params = {name: to_channels_last(p.detach()) for name, p in model.named_parameters()}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, params, (to_channels_last(x),))
+
+    return forward
+
+
+def class_score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+    """The explained scalar per row: the target's softmax probability or its logit."""
+    if output == "probability":
+        return logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+    return _base.target_scores(logits, target)
+
+
+def check_output(output: str) -> None:
+    """Raise unless ``output`` names an explained score."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
+
+
+def check_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size``, or the device's default perturbation batch size when None."""
+    if batch_size is None:
+        return _base.default_batch_size(device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
+    return batch_size
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """``value`` as ``(h, w)``; an int means a square."""
+    pair = (value, value) if isinstance(value, int) else value
+    if not (isinstance(pair, tuple) and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+        raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return pair
+
+
+def fill_values(images: torch.Tensor, fill: str | float) -> torch.Tensor:
+    """Patch colours ``[N,F,C,1,1]``: one per fill (two for ``"black+white"``), per image and channel.
+
+    ``"mean"`` is each image's per-channel mean; a float fills every channel with that value.
+    """
+    n, c = images.shape[:2]
+    if isinstance(fill, str):
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))} or a float, got {fill!r}")
+        if fill == "mean":
+            return images.mean(dim=(2, 3)).reshape(n, 1, c, 1, 1)
+        values = {"black": [0.0], "white": [1.0], "black+white": [0.0, 1.0]}[fill]
+    elif isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        values = [float(fill)]
+    else:
+        raise TypeError(f"fill must be one of {', '.join(map(repr, FILLS))} or a float, got {type(fill).__name__}")
+    v = torch.tensor(values, dtype=images.dtype, device=images.device)
+    return v.reshape(1, -1, 1, 1, 1).expand(n, -1, c, 1, 1)
+
+
+def patch_starts(size: int, patch: int, stride: int) -> torch.Tensor:
+    """Start offsets of the patches along one axis (Captum's: ``ceil((size - patch) / stride) + 1`` of them)."""
+    count = math.ceil((size - patch) / stride) + 1
+    return torch.arange(count) * stride
+
+
+def coverage(size: int, starts: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[n_patches, size]`` float: 1 where the patch starting at ``starts[k]`` covers that row/column."""
+    ar = torch.arange(size)
+    return ((ar >= starts[:, None]) & (ar < starts[:, None] + patch)).float()
+
+
+@torch.inference_mode()
+def occlusion_scores(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, target: torch.Tensor,
+                     fills: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, output: str, batch_size: int,
+                     progress: bool = False) -> torch.Tensor:
+    """Score of ``target`` on every occluded image: ``[N, F, len(rows), len(cols)]``.
+
+    ``rows``/``cols`` are ``[n, H]``/``[n, W]`` 0/1 coverage of each patch position. All (image, fill,
+    position) triples are evaluated in chunks of ``batch_size`` images by ``forward`` (the model's).
+    """
+    n, c, h, w = images.shape
+    nf, nh, nw = fills.shape[1], rows.shape[0], cols.shape[0]
+    per_image = nf * nh * nw
+    rows_b, cols_b = rows.to(images.device, torch.bool), cols.to(images.device, torch.bool)
+    scores = torch.empty(n * per_image, dtype=images.dtype, device=images.device)
+    for start, end in batch_ranges(n * per_image, batch_size, progress=progress, description="occlusion"):
+        idx = torch.arange(start, end, device=images.device)
+        img, rest = idx // per_image, idx % per_image
+        f, pos = rest // (nh * nw), rest % (nh * nw)
+        mask = rows_b[pos // nw][:, :, None] & cols_b[pos % nw][:, None, :]
+        x = torch.where(mask[:, None], fills[img, f], images[img])
+        logits = forward(x)
+        scores[start:end] = class_score(logits, target[img], output)
+    return scores.reshape(n, nf, nh, nw)
+
+
+def assemble_map(drops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Spread each patch's drop ``[N,nh,nw]`` over the pixels it covers and average: ``[N,H,W]``."""
+    rows, cols = rows.to(drops), cols.to(drops)
+    total = torch.einsum("kh,nkl,lw->nhw", rows, drops, cols)
+    count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
+    return total / count
+
+
+def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
+              patch: int | tuple[int, int] = 5, stride: int | tuple[int, int] = 1,
+              fill: str | float = "black", output: str = "probability",
+              batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Occlusion map ``[N,H,W]``: the drop in the target's score when a patch covering a pixel is hidden.
+
+    Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", 2014.
+    ``map[h,w] = mean_{P covers (h,w)} s(x) - s(x_P)``, ``s`` the target's softmax probability
+    (``output="logit"``: its logit). Patches span all channels; ``fill`` is ``"black"`` (0), ``"white"``
+    (1), ``"mean"`` (each image's per-channel mean), ``"black+white"`` (the sum of the black and white
+    maps, as in the seeds) or a float. Positive = the region supports the target.
+
+    >>> occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")  # [N,H,W]
+    """
+    _base.check_images(images)
+    check_output(output)
+    n, _, h, w = images.shape
+    ph, pw = _pair(patch, "patch")
+    sh, sw = _pair(stride, "stride")
+    if ph > h or pw > w:
+        raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}x{w}); choose patch <= image size")
+    if sh > ph or sw > pw:
+        raise ValueError(f"stride {(sh, sw)} is larger than patch {(ph, pw)}: some pixels would never be occluded")
+    bs = check_batch_size(batch_size, images.device)
+    x = images.detach()
+    fills = fill_values(x, fill)
+    rows = coverage(h, patch_starts(h, ph, sh), ph)
+    cols = coverage(w, patch_starts(w, pw, sw), pw)
+    with _base.guarded(model, images):
+        forward = channels_last_forward(model)
+        with torch.inference_mode():
+            logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
+        t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
+        clean = class_score(logits, t, output)
+        scores = occlusion_scores(forward, x, t, fills, rows, cols, output=output, batch_size=bs, progress=progress)
+    drops = (clean[:, None, None, None] - scores).sum(dim=1)
+    return assemble_map(drops, rows, cols)  # outside inference mode: a normal tensor the caller may edit
