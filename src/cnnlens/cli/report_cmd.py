@@ -1,0 +1,96 @@
+"""``cnnlens report``: one self-contained HTML page about a run, with its figures, CSV and JSON beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cnnlens.report.context import DEFAULT_AVERAGE_METHODS, DEFAULT_METHODS, ReportOptions
+
+_D = ReportOptions()
+
+
+def _names(text: str | None, option: str) -> tuple[str, ...] | None:
+    """``"a,b"`` -> ``("a", "b")``; ``"none"`` -> ``()``; None stays None (the default)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise click.BadParameter(f"expected comma-separated names; got {text!r}", param_hint=option)
+    return names
+
+
+@click.command(name="report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default RUN_DIR/report); an existing report there is replaced only once the new one is complete.")
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default=_D.split, show_default=True,
+              help="Which images the report shows and scores.")
+@click.option("--images-per-class", type=click.IntRange(min=1), default=_D.images_per_class, show_default=True,
+              help="Most confidently right and most confidently wrong images explained per class (each).")
+@click.option("--examples-per-class", type=click.IntRange(min=1), default=_D.examples_per_class, show_default=True,
+              help="Example images per class in the Data section.")
+@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+              help="Explanation methods shown side by side, comma-separated (see `cnnlens explain --help`).")
+@click.option("--occlusion-stride", type=click.IntRange(min=1), default=_D.occlusion_stride, show_default=True,
+              help="Occlusion: pixels between patch positions (smaller = finer, slower).")
+@click.option("--occlusion-patch", type=click.IntRange(min=1), default=_D.occlusion_patch, show_default=True,
+              help="Occlusion: patch size in pixels.")
+@click.option("--lime-samples", type=click.IntRange(min=1), default=_D.lime_samples, show_default=True,
+              help="LIME: perturbed samples per image (LIME's own default is 1000).")
+@click.option("--smoothgrad-samples", type=click.IntRange(min=1), default=_D.smoothgrad_samples, show_default=True,
+              help="SmoothGrad: noisy copies per image.")
+@click.option("--ig-steps", type=click.IntRange(min=1), default=_D.ig_steps, show_default=True,
+              help="Integrated gradients: integration steps.")
+@click.option("--average-methods", default=",".join(DEFAULT_AVERAGE_METHODS), show_default=True,
+              help="Methods averaged per class in the class-average maps ('none' to leave the section out).")
+@click.option("--average-images", type=click.IntRange(min=1), default=_D.average_images, show_default=True,
+              help="Images per class in each class-average map.")
+@click.option("--filter-layers", default=None, metavar="LAYERS",
+              help="Layers for activation maximisation, comma-separated, or 'none' (default: the middle and the last convolution).")
+@click.option("--filters-per-layer", type=click.IntRange(min=1), default=_D.filters_per_layer, show_default=True,
+              help="Filters shown per activation-maximisation layer.")
+@click.option("--am-steps", type=click.IntRange(min=1), default=_D.am_steps, show_default=True,
+              help="Gradient-ascent steps of activation maximisation.")
+@click.option("--feature-map-layers", default=None, metavar="LAYERS",
+              help="Layers whose outputs are shown for one image, or 'none' (default: the first and the last convolution).")
+@click.option("--seed", type=int, default=_D.seed, show_default=True, help="Seeds LIME, SmoothGrad, sampling and activation maximisation.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per perturbation pass (default: per device).")
+@click.option("--title", default=None, help="Page title (default: 'cnnlens report: RUN').")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the stages.")
+def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: int, examples_per_class: int, methods: str,
+            occlusion_stride: int, occlusion_patch: int, lime_samples: int, smoothgrad_samples: int, ig_steps: int,
+            average_methods: str, average_images: int, filter_layers: str | None, filters_per_layer: int, am_steps: int,
+            feature_map_layers: str | None, seed: int, device: str, batch_size: int | None, title: str | None,
+            progress: bool) -> None:
+    """Write the report of the run in RUN_DIR: data, model, training, evaluation, explanations per class,
+    class-average maps, filters and (once `cnnlens faithfulness` has run) faithfulness, as one HTML page
+    that opens from disk with no network.
+
+    \b
+    Examples:
+      cnnlens report runs/fer                         # -> runs/fer/report/index.html
+      cnnlens report runs/fer --out site --images-per-class 3 --lime-samples 1000
+      cnnlens report runs/fer --methods saliency,grad-cam --average-methods none
+    """
+    from cnnlens.report import build_report
+
+    method_names = _names(methods, "--methods")
+    average = _names(average_methods, "--average-methods")
+    try:
+        options = ReportOptions(
+            split=split, images_per_class=images_per_class, examples_per_class=examples_per_class,
+            methods=method_names or (), occlusion_stride=occlusion_stride, occlusion_patch=occlusion_patch,
+            lime_samples=lime_samples, smoothgrad_samples=smoothgrad_samples, ig_steps=ig_steps,
+            average_methods=average or (), average_images=average_images,
+            filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
+            am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
+            device=device, batch_size=batch_size, title=title, progress=progress)
+        page = build_report(run_dir, out_dir, options=options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"report: {page}")

@@ -1,0 +1,237 @@
+"""What a report is made from (:class:`ReportInputs`), how much work it does (:class:`ReportOptions`),
+and the shared state its sections read (:class:`ReportContext`: predictions computed once, maps cached)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens.data.imageset import ImageSet
+from cnnlens.report.assets import Assets
+from cnnlens.train.run import resolve_device
+
+#: Method ids shown side by side, in the issue's order; "masked" is the saliency's third panel.
+DEFAULT_METHODS: tuple[str, ...] = (
+    "saliency", "smoothgrad", "guided-backprop", "grad-cam", "guided-grad-cam",
+    "integrated-gradients", "occlusion", "lime",
+)
+#: Cheap methods averaged over many images per class (perturbation methods cost hundreds of passes each).
+DEFAULT_AVERAGE_METHODS: tuple[str, ...] = ("saliency", "guided-backprop", "grad-cam")
+
+METHOD_LABELS: dict[str, str] = {
+    "saliency": "Saliency", "smoothgrad": "SmoothGrad", "guided-backprop": "Guided backprop",
+    "integrated-gradients": "Integrated gradients", "grad-cam": "Grad-CAM", "cam": "CAM",
+    "guided-grad-cam": "Guided Grad-CAM", "occlusion": "Occlusion", "lime": "LIME +/-",
+}
+
+
+def method_label(method: str) -> str:
+    """A person's name for a method id (``"grad-cam" -> "Grad-CAM"``)."""
+    return METHOD_LABELS.get(method, method)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How much a report computes. The defaults make the demo's report (small_cnn, 48x48 faces, 2 CPU
+    cores) take well under a minute; raise them for a closer look.
+
+    Attributes:
+        split: the run's split whose images are shown and scored.
+        images_per_class: per class, this many most-confidently-right and most-confidently-wrong images.
+        examples_per_class: example thumbnails per class in the Data section.
+        methods: explanation methods shown side by side (ids of ``cnnlens.explain.METHODS``).
+        occlusion_stride / occlusion_patch: the occlusion grid, in pixels.
+        lime_samples: perturbed samples per image for LIME (LIME's own default is 1000; 100 keeps the demo fast).
+        smoothgrad_samples / ig_steps: noisy copies for SmoothGrad, steps for integrated gradients.
+        average_methods / average_images: methods and images per class for the class-average maps.
+        filter_layers: layers for activation maximisation (None: the middle and the last conv layer).
+        filters_per_layer / am_steps / am_lr: filters shown per layer, gradient-ascent steps and rate
+            (0.1: twice cnnlens' default, so that 32 steps get well away from the starting noise).
+        feature_map_layers: layers whose outputs are shown for one image (None: the first and the last conv layer).
+        feature_maps: channels shown per feature-map layer.
+        mask_percentile: the masked original keeps pixels with saliency at or above this percentile.
+        seed: seeds LIME, SmoothGrad and activation maximisation.
+        device: where the model runs (``auto``, ``cpu``, ``cuda``).
+        batch_size: perturbation batch size (None: cnnlens' default for the device).
+        title: page title (default: "cnnlens report: <run name>").
+        progress: show a progress bar over the stages.
+    """
+
+    split: str = "val"
+    images_per_class: int = 1
+    examples_per_class: int = 6
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    occlusion_stride: int = 6
+    occlusion_patch: int = 8
+    lime_samples: int = 100
+    smoothgrad_samples: int = 12
+    ig_steps: int = 16
+    average_methods: tuple[str, ...] = DEFAULT_AVERAGE_METHODS
+    average_images: int = 16
+    filter_layers: tuple[str, ...] | None = None
+    filters_per_layer: int = 8
+    am_steps: int = 32
+    am_lr: float = 0.1
+    feature_map_layers: tuple[str, ...] | None = None
+    feature_maps: int = 12
+    mask_percentile: float = 50.0
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int | None = None
+    title: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_class", "examples_per_class", "occlusion_stride", "occlusion_patch",
+                     "lime_samples", "smoothgrad_samples", "ig_steps", "average_images",
+                     "filters_per_layer", "am_steps", "feature_maps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ReportOptions.{name} must be a positive int, got {v!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"ReportOptions.batch_size must be a positive int or None, got {self.batch_size!r}")
+        if isinstance(self.am_lr, bool) or not isinstance(self.am_lr, (int, float)) or not self.am_lr > 0:
+            raise ValueError(f"ReportOptions.am_lr must be a positive number, got {self.am_lr!r}")
+        if isinstance(self.mask_percentile, bool) or not isinstance(self.mask_percentile, (int, float)) \
+                or not 0.0 <= self.mask_percentile <= 100.0:
+            raise ValueError(f"ReportOptions.mask_percentile must be in [0, 100], got {self.mask_percentile!r}")
+        for name in ("methods", "average_methods"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not all(isinstance(m, str) for m in v):
+                raise TypeError(f"ReportOptions.{name} must be a tuple of method ids, got {v!r}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"ReportOptions.{name} lists a method twice: {list(v)}")
+        for name in ("filter_layers", "feature_map_layers"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, str) or not all(isinstance(m, str) for m in v)):
+                raise TypeError(f"ReportOptions.{name} must be a tuple of layer names or None, got {v!r}")
+
+
+@dataclass
+class ReportInputs:
+    """Everything a report reads: a model, the images it is judged on, and (optionally) its run folder.
+
+    Attributes:
+        model: the classifier (``[N,C,H,W]`` float in [0,1] -> logits ``[N,K]``).
+        dataset: the split shown in the report, labelled.
+        name: the run's name as shown in the page.
+        run_dir: the run folder (history.csv, curves.png, tensorboard/, eval/, faithfulness/), or None.
+        config: the run's config.json as a dict (empty when there is none).
+    """
+
+    model: nn.Module
+    dataset: ImageSet
+    name: str
+    run_dir: Path | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ReportContext:
+    """Shared state for the sections: the model's predictions on the split, computed once in batches."""
+
+    def __init__(self, inputs: ReportInputs, options: ReportOptions, assets: Assets) -> None:
+        self.inputs = inputs
+        self.options = options
+        self.assets = assets
+        self.device = resolve_device(options.device)
+        self._maps: dict[tuple[str, tuple[int, ...], tuple[int, ...]], np.ndarray | str] = {}
+
+    @property
+    def model(self) -> nn.Module:
+        """The model under study."""
+        return self.inputs.model
+
+    @property
+    def dataset(self) -> ImageSet:
+        """The split shown in the report."""
+        return self.inputs.dataset
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, index = label."""
+        return tuple(self.inputs.dataset.classes)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder, if the report is made from one."""
+        return self.inputs.run_dir
+
+    def float_images(self, index: Sequence[int] | None = None) -> torch.Tensor:
+        """Images of the split as float32 in [0,1] on the report's device."""
+        idx = None if index is None else list(index)
+        return self.dataset.float_images(idx).to(self.device)
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """Softmax probabilities ``[N,K]`` of the model on the whole split (one batched pass, eval mode)."""
+        from cnnlens.explain.runner import probabilities
+
+        n, bs = len(self.dataset), 512  # convert to float a chunk at a time: a whole split may not fit
+        parts = [probabilities(self.model, self.float_images(range(i, min(i + bs, n)))).cpu() for i in range(0, n, bs)]
+        probs = torch.cat(parts).numpy() if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
+        if probs.shape[1] != len(self.classes):
+            raise ValueError(f"the model returns {probs.shape[1]} scores but the dataset has "
+                             f"{len(self.classes)} classes {list(self.classes)}")
+        return probs
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """Predicted class per image ``[N]``."""
+        return self.probabilities.argmax(1) if len(self.probabilities) else np.zeros(0, dtype=np.int64)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """True labels ``[N]`` (-1 where unknown)."""
+        return self.dataset.labels.cpu().numpy().astype(np.int64)
+
+    def method_options(self, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per-method options the report controls (occlusion grid, LIME samples, SmoothGrad copies, IG steps)."""
+        o = self.options
+        known = {
+            "smoothgrad": {"n_samples": o.smoothgrad_samples},
+            "integrated-gradients": {"n_steps": o.ig_steps},
+            "occlusion": {"stride": o.occlusion_stride, "patch": o.occlusion_patch},
+            "lime": {"n_samples": o.lime_samples},
+        }
+        return {m: known[m] for m in methods if m in known}
+
+    def explain(self, methods: Sequence[str], index: Sequence[int], target: Sequence[int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Maps ``[N,H,W]`` (numpy) of each method for the split's images at ``index`` toward ``target``.
+
+        Runs :func:`cnnlens.explain.runner.run_methods` once per method and caches the result, so the
+        sections that show the same images share the work. A method that refuses this model (the
+        runner's ``skip_unsupported``: e.g. CAM without a global-average-pooling head) is left out; the
+        second dict maps it to the reason, for the page to say so.
+        """
+        from cnnlens.explain.runner import run_methods
+
+        idx, tgt = tuple(int(i) for i in index), tuple(int(t) for t in target)
+        maps: dict[str, np.ndarray] = {}
+        skipped: dict[str, str] = {}
+        todo = [m for m in methods if (m, idx, tgt) not in self._maps]
+        if todo and idx:
+            x = self.float_images(idx)
+            t = torch.tensor(tgt, dtype=torch.long, device=self.device)
+            options = self.method_options(todo)
+            for m in todo:  # one method at a time: each result is cached on its own
+                out = run_methods(self.model, x, t, [m], options={m: options[m]} if m in options else None,
+                                  batch_size=self.options.batch_size, seed=self.options.seed, skip_unsupported=True)
+                self._maps[(m, idx, tgt)] = out.skipped[m] if m in out.skipped else out.maps[m].detach().float().cpu().numpy()
+        for m in methods:
+            if not idx:
+                maps[m] = np.zeros((0, *self.dataset.input_shape[1:]), dtype=np.float32)
+                continue
+            value = self._maps[(m, idx, tgt)]
+            if isinstance(value, str):
+                skipped[m] = value
+            else:
+                maps[m] = value
+        return maps, skipped

@@ -1,0 +1,46 @@
+"""Helpers every section uses: figure dicts (what the template's ``figure`` macro renders) and picking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnlens.report.context import ReportContext
+from cnnlens.report.images import heat_layer, image_hwc
+
+
+def figure(src: str, caption: str, *, layer: str | None = None, title: str | None = None,
+           method: str | None = None, kind: str = "image") -> dict[str, Any]:
+    """A figure for the template: ``src`` (data URI) with an optional heat ``layer`` stacked on top.
+
+    ``caption`` is shown under the image, ``title`` in the enlarged view; ``method`` tags the figure for
+    the page's method chooser (None: always shown).
+    """
+    return {"src": src, "layer": layer, "caption": caption, "title": title or caption, "method": method, "kind": kind}
+
+
+def image_figure(ctx: ReportContext, name: str, index: int, caption: str, *, title: str | None = None) -> dict[str, Any]:
+    """The split's image ``index`` as a plain figure, written to ``figures/<name>.png``."""
+    return figure(ctx.assets.png(name, image_hwc(ctx.dataset.images[index])), caption, title=title)
+
+
+def overlay_figure(ctx: ReportContext, name: str, base: np.ndarray, attribution: np.ndarray, caption: str, *,
+                   style: str = "auto", method: str | None = None, title: str | None = None,
+                   base_src: str | None = None) -> dict[str, Any]:
+    """``base`` (uint8 ``[H,W]``/``[H,W,3]``) with ``attribution``'s heat layer stacked over it.
+
+    Both layers are written (``<name>.png`` holds the heat layer; the base is reused when ``base_src`` is
+    given) so the page can change the layer's opacity without re-rendering anything.
+    """
+    src = base_src if base_src is not None else ctx.assets.png(f"{name}-base", base)
+    layer = ctx.assets.png(name, heat_layer(attribution, style))
+    return figure(src, caption, layer=layer, title=title, method=method, kind="overlay")
+
+
+def top_by_confidence(candidates: np.ndarray, confidence: np.ndarray, k: int) -> list[int]:
+    """The ``k`` indices of ``candidates`` with the highest ``confidence``, highest first (ties: lower index)."""
+    if candidates.size == 0:
+        return []
+    order = np.lexsort((candidates, -confidence[candidates]))
+    return [int(i) for i in candidates[order][:k]]
