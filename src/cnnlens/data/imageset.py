@@ -61,3 +61,39 @@ class ImageSet:
             names=tuple(self.names[i] for i in idx.tolist()),
             masks=None if self.masks is None else self.masks[idx],
         )
+
+    def resized(self, size: int | tuple[int, int]) -> ImageSet:
+        """The same images resized to ``size`` (an int side or ``(height, width)``); masks follow by nearest pixel.
+
+        Bilinear with antialiasing (what Pillow's resize does), rounded back to uint8.
+        """
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+            raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+        if tuple(self.images.shape[2:]) == hw:
+            return self
+        x = torch.nn.functional.interpolate(self.images.float(), size=hw, mode="bilinear", antialias=True,
+                                            align_corners=False)
+        masks = None
+        if self.masks is not None:
+            masks = torch.nn.functional.interpolate(self.masks[:, None].float(), size=hw, mode="nearest")[:, 0] > 0.5
+        return ImageSet(images=x.round_().clamp_(0, 255).to(torch.uint8), labels=self.labels, classes=self.classes,
+                        names=self.names, masks=masks)
+
+    def with_channels(self, channels: int) -> ImageSet:
+        """The same images as 1 (gray) or 3 (RGB) channels: gray is repeated, RGB becomes ITU-R 601 luma
+        ``L = (299 R + 587 G + 114 B) / 1000`` (Pillow's ``convert("L")``)."""
+        c = self.images.shape[1]
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
+        if c == channels:
+            return self
+        if c == 1:
+            images = self.images.expand(-1, 3, -1, -1).contiguous()
+        elif c == 3:
+            weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+            images = ((self.images.to(torch.int32) * weights).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor")
+            images = images.to(torch.uint8)
+        else:
+            raise ValueError(f"cannot convert {c}-channel images to {channels} channels; only 1 <-> 3")
+        return ImageSet(images=images, labels=self.labels, classes=self.classes, names=self.names, masks=self.masks)
