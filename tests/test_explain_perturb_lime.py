@@ -238,7 +238,7 @@ def test_model_untouched_also_after_error(random_model_and_images):
     ({"kernel_width": 0}, ValueError, "kernel_width must be > 0"),
     ({"alpha": -1.0}, ValueError, "alpha"),
     ({"output": "prob"}, ValueError, "output must be"),
-    ({"batch_size": -2}, ValueError, "batch_size must be an int >= 1 or None"),
+    ({"batch_size": -2}, ValueError, "batch_size must be a positive int or None"),
 ])
 def test_bad_inputs_give_clear_errors(kwargs, error, match):
     model = make_random_model(1)

@@ -153,8 +153,8 @@ def test_model_and_input_untouched_also_after_error(random_model_and_images):
     ({"fill": "grey"}, ValueError, "fill must be one of 'black', 'white', 'mean', 'black\\+white' or a float"),
     ({"fill": None}, TypeError, "fill must be one of"),
     ({"output": "softmax"}, ValueError, "output must be 'probability' or 'logit'"),
-    ({"batch_size": -1}, ValueError, "batch_size must be an int >= 1 or None"),
-    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1 or None"),
+    ({"batch_size": -1}, ValueError, "batch_size must be a positive int or None"),
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive int or None"),
     ({"target": [0, 1]}, ValueError, "target has 2 entries but images has N=4"),
 ])
 def test_bad_inputs_give_clear_errors(kwargs, error, match):

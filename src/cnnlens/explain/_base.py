@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
 from cnnlens._types import Reduce, Target
@@ -20,6 +21,8 @@ from cnnlens._types import Reduce, Target
 CPU_BATCH_SIZE = 16
 #: Perturbation batch size on CUDA, where large batches pay off.
 CUDA_BATCH_SIZE = 256
+#: What perturbation methods explain: the target's softmax probability or its logit.
+OUTPUTS = ("probability", "logit")
 
 
 def default_batch_size(device: torch.device | str) -> int:
@@ -199,3 +202,63 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def batch_ranges(total: int, batch_size: int, *, progress: bool = False,
+                 description: str = "") -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of ``range(total)``, with an optional rich progress bar."""
+    starts = range(0, total, batch_size)
+    if not progress:
+        yield from ((s, min(s + batch_size, total)) for s in starts)
+        return
+    from rich.progress import track
+
+    for s in track(starts, description=description or "explaining", total=len(starts)):
+        yield s, min(s + batch_size, total)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy with canonical strides, also for one channel.
+
+    ``x.contiguous(memory_format=channels_last)`` returns a 1-channel tensor unchanged (its layout is
+    ambiguous), and oneDNN then runs the whole first block in NCHW: measured 17x slower max-pooling.
+    """
+    if x.dim() != 4 or x.stride() == torch.empty_like(x, memory_format=torch.channels_last).stride():
+        return x
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+
+
+def channels_last_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward run with channels-last copies of its 4-D weights; the model itself is untouched.
+
+    Measured ~1.8x faster convolutions on CPU (oneDNN picks its channels-last kernels from the weight's
+    layout). The copies are taken once per call.
+    """
+    params = {name: to_channels_last(p.detach()) for name, p in model.named_parameters()}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, params, (to_channels_last(x),))
+
+    return forward
+
+
+def class_score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+    """The explained scalar per row: the target's softmax probability or its logit."""
+    if output == "probability":
+        return logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+    return target_scores(logits, target)
+
+
+def check_output(output: str) -> None:
+    """Raise unless ``output`` names an explained score."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
+
+
+def check_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size``, or the device's default perturbation batch size when None."""
+    if batch_size is None:
+        return default_batch_size(device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    return batch_size

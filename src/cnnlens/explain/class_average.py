@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cnnlens.explain import _base
-from cnnlens.explain.occlusion import batch_ranges
+from cnnlens.explain._base import batch_ranges
 
 Method = Callable[..., torch.Tensor]
 NORMALIZE = ("max_abs", "minmax")

@@ -127,9 +127,7 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
     """
     _base.check_images(images)
     alphas, weights = quadrature(method, n_steps)
-    bs = _base.default_batch_size(images.device) if batch_size is None else batch_size
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    bs = _base.check_batch_size(batch_size, images.device)
     x = images.detach()
     base = make_baseline(x, baseline, blur_sigma)
     alphas, weights = alphas.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
@@ -140,13 +138,8 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
         diff = x - base
         total = torch.zeros_like(x)
         # Path point k is step k // n of image k % n (step-major, as Captum orders them).
-        starts = range(0, n_steps * n, bs)
-        if progress:
-            from rich.progress import track
-
-            starts = track(starts, description="integrated gradients")
-        for start in starts:
-            k = torch.arange(start, min(start + bs, n_steps * n), device=x.device)
+        for start, end in _base.batch_ranges(n_steps * n, bs, progress=progress, description="integrated gradients"):
+            k = torch.arange(start, end, device=x.device)
             step, img = k // n, k % n
             points = base[img] + alphas[step].view(-1, 1, 1, 1) * diff[img]
             grad = _base.input_gradient(model, points, t[img])

@@ -18,8 +18,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
-from cnnlens.explain.occlusion import (batch_ranges, channels_last_forward, check_batch_size, check_output,
-                                       class_score)
+from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 HIDES = ("mean", "black")

@@ -139,10 +139,8 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     names = check_methods(methods)
     opts = check_options(names, options)
     _base.check_images(images)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    chunk = _base.check_batch_size(batch_size, images.device)
     n = images.shape[0]
-    chunk = batch_size or _base.default_batch_size(images.device)
     with _base.guarded(model):
         target = _base.resolve_target(targets, n, logits=lambda: _base.predict_logits(model, images, chunk),
                                       device=images.device)

@@ -76,9 +76,7 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0:
         raise ValueError(f"sigma must be a number >= 0 (a fraction of each image's value range), got {sigma!r}")
-    bs = _base.default_batch_size(images.device) if batch_size is None else batch_size
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    bs = _base.check_batch_size(batch_size, images.device)
     x = images.detach()
     with _base.guarded(model, images):
         logits = _base.predict_logits(model, x)
