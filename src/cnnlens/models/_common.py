@@ -68,3 +68,26 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class GapClassifier(nn.Module):
+    """Base of the plain CNNs: children run in registration order, ending in GAP + dropout + linear.
+
+    Subclasses register ``normalize`` and their blocks, then call :meth:`add_head`; the head is what makes
+    class activation mapping exact (``logit_k = sum_c w_kc mean(A_c) + b_k``).
+    """
+
+    def add_head(self, width: int, num_classes: int, dropout: float) -> None:
+        """Register ``gap``, ``flatten``, ``dropout`` and ``fc`` and initialise every weight."""
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():
+            x = module(x)
+        return x

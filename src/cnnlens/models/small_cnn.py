@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnlens.models._common import Normalize, check_positive_int, init_weights, input_hw
+from cnnlens.models._common import GapClassifier, Normalize, check_positive_int, input_hw
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -26,7 +26,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     ))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(GapClassifier):
     """``small_cnn``: input float32 ``[N,C,H,W]`` in [0,1] -> logits ``[N,num_classes]``.
 
     Layers (names accepted by ``layer=``): ``normalize`` ((x-0.5)/0.25), ``block1`` .. ``block3`` (each with
@@ -49,21 +49,10 @@ class SmallCNN(nn.Module):
             raise ValueError("channels must list at least one block width, e.g. [64, 128, 512]")
         for c in channels:
             check_positive_int(c, "channels")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         input_hw(input_size, min_size=2 ** len(channels), model="small_cnn")  # every block halves the size
         self.normalize = Normalize()
         widths = [in_channels, *channels]
         for i in range(len(channels)):
             self.add_module(f"block{i + 1}", conv_block(widths[i], widths[i + 1]))
         self.cam_layer = f"block{len(channels)}"
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
+        self.add_head(channels[-1], num_classes, dropout)

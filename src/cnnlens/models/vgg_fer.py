@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnlens.models._common import Normalize, check_positive_int, init_weights, input_hw
+from cnnlens.models._common import GapClassifier, Normalize, check_positive_int, input_hw
 
 
 def vgg_stage(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequential:
@@ -27,7 +27,7 @@ def vgg_stage(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequent
     return nn.Sequential(layers)
 
 
-class VGGFER(nn.Module):
+class VGGFER(GapClassifier):
     """``vgg_fer``: input float32 ``[N,C,H,W]`` in [0,1] -> logits ``[N,num_classes]``.
 
     Layers: ``normalize``, ``stage1`` .. ``stage4`` (each ``conv1``, ``bn1``, ``relu1``, ``conv2``, ``bn2``,
@@ -51,21 +51,10 @@ class VGGFER(nn.Module):
             raise ValueError("channels must list at least one stage width, e.g. [64, 128, 256, 512]")
         for c in channels:
             check_positive_int(c, "channels")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         input_hw(input_size, min_size=2 ** len(channels), model="vgg_fer")
         self.normalize = Normalize()
         widths = [in_channels, *channels]
         for i in range(len(channels)):
             self.add_module(f"stage{i + 1}", vgg_stage(widths[i], widths[i + 1], convs_per_stage))
         self.cam_layer = f"stage{len(channels)}"
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
+        self.add_head(channels[-1], num_classes, dropout)
