@@ -1,0 +1,369 @@
+"""Run folders: what `cnnlens train` writes, and how everything after it reads a run back safely.
+
+A run folder (see docs/architecture.md, "Runs") holds ``config.json`` (enough to rebuild the model
+without the command line), ``weights.safetensors`` (best weights), ``checkpoint.pt`` (the last completed
+epoch, for ``--resume``), ``history.csv``, ``curves.png``, ``split.json``, ``tensorboard/`` and
+``train.log``.
+
+Loading never unpickles arbitrary objects: weights come from safetensors, checkpoints through
+``torch.load(weights_only=True)``, and both are checked key by key and shape by shape against the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlens import _atomic
+from cnnlens._types import PathArg
+from cnnlens.data.imageset import ImageSet
+from cnnlens.train.config import TrainConfig
+
+#: Version of config.json and checkpoint.pt; bumped when their layout changes.
+RUN_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+SPLIT_FILE = "split.json"
+LOG_FILE = "train.log"
+TENSORBOARD_DIR = "tensorboard"
+#: Columns of history.csv, in order.
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+#: Keys every checkpoint.pt must hold.
+CHECKPOINT_KEYS = ("version", "epoch", "model", "optimizer", "scheduler", "history", "best_val_acc",
+                   "best_epoch", "epochs_without_improvement", "finished", "rng", "train")
+#: Dataset splits a run can give back: its own train/val split of the dataset's train split, and the
+#: dataset's test split.
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------------------------- config.json
+
+def run_manifest(config: TrainConfig, model_kwargs: dict[str, Any], input_shape: tuple[int, int, int],
+                 classes: tuple[str, ...], n_images: int) -> dict[str, Any]:
+    """The content of ``config.json`` for a run."""
+    return {
+        "version": RUN_VERSION,
+        "model": {"name": config.model, "kwargs": model_kwargs},
+        "input_shape": list(input_shape),
+        "classes": list(classes),
+        "data": {"spec": config.data, "resolved_spec": absolute_spec(config.data), "image_size": config.image_size,
+                 "skip_bad_rows": config.skip_bad_rows, "n_images": n_images},
+        "train": config.to_dict(),
+    }
+
+
+def absolute_spec(spec: str) -> str:
+    """``kind:PATH`` with PATH made absolute, so a run can find its data from any working directory."""
+    kind, sep, where = spec.partition(":")
+    return f"{kind}:{Path(where).resolve()}" if sep and where else spec
+
+
+def data_spec(manifest: dict[str, Any]) -> str:
+    """The run's dataset spec: as it was given when its path still exists from here, else the absolute one."""
+    data = manifest["data"]
+    spec, resolved = data["spec"], data.get("resolved_spec")
+    _, sep, where = spec.partition(":")
+    if resolved and sep and not Path(where).exists():
+        return resolved
+    return spec
+
+
+def write_json(path: PathArg, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    _atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_manifest(run_dir: PathArg) -> dict[str, Any]:
+    """Read and check ``RUN/config.json``; raise ValueError naming what is wrong or missing."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a cnnlens run folder: {CONFIG_FILE} is missing (runs are written by `cnnlens train`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object with keys version, model, input_shape, classes, data, train")
+    missing = [k for k in ("version", "model", "input_shape", "classes", "data", "train") if k not in manifest]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    if manifest["version"] != RUN_VERSION:
+        raise ValueError(f"{path}: run format version {manifest['version']!r}, this cnnlens reads version {RUN_VERSION}")
+    model = manifest["model"]
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("kwargs"), dict)):
+        raise ValueError(f"{path}: 'model' must be {{\"name\": str, \"kwargs\": {{...}}}}, got {model!r}")
+    shape = manifest["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"{path}: 'input_shape' must be [C, H, W] of positive ints, got {shape!r}")
+    classes = manifest["classes"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{path}: 'classes' must be a non-empty list of class names, got {classes!r}")
+    TrainConfig.from_dict(manifest["train"], source=str(path))  # raises on a bad config
+    return manifest
+
+
+def build_model(manifest: dict[str, Any]) -> nn.Module:
+    """A freshly initialised model as the manifest describes it (name and constructor arguments)."""
+    from cnnlens.models import build
+
+    kwargs = dict(manifest["model"]["kwargs"])
+    if isinstance(kwargs.get("input_size"), list):  # JSON has no tuples
+        kwargs["input_size"] = tuple(kwargs["input_size"])
+    return build(manifest["model"]["name"], **kwargs)
+
+
+# -------------------------------------------------------------------------------------------- split.json
+
+def write_split(run_dir: PathArg, seed: int, train_index: torch.Tensor, val_index: torch.Tensor, n: int) -> None:
+    """Write ``split.json``: indices into the dataset's train split (``n`` images when the run started)."""
+    write_json(Path(run_dir) / SPLIT_FILE, {"seed": seed, "n": n, "train": train_index.tolist(), "val": val_index.tolist()})
+
+
+def read_split(run_dir: PathArg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_index, val_index)`` from ``split.json``, checked against a dataset of ``n`` images."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: {SPLIT_FILE} is missing, so the run's train/validation split is unknown")
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+        raise ValueError(f"{path}: expected {{\"seed\", \"train\": [indices], \"val\": [indices]}}")
+    idx = []
+    for key in ("train", "val"):
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in split[key]):
+            raise ValueError(f"{path}: '{key}' must list non-negative image indices")
+        idx.append(torch.tensor(split[key], dtype=torch.long))
+    if n is not None:
+        recorded = split.get("n")
+        top = max([int(t.max()) for t in idx if t.numel()] or [-1])
+        if (recorded is not None and recorded != n) or top >= n:
+            raise ValueError(f"{path}: the split was made for a dataset of {recorded if recorded is not None else top + 1}+ images, "
+                             f"but the data now has {n}; the dataset changed since training")
+    return idx[0], idx[1]
+
+
+# ------------------------------------------------------------------------------------------- history.csv
+
+def write_history(run_dir: PathArg, history: list[dict[str, float]]) -> None:
+    """Write ``history.csv`` (one row per completed epoch, columns :data:`HISTORY_COLUMNS`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (row[k] if k == "epoch" else f"{row[k]:.6g}") for k in HISTORY_COLUMNS})
+    _atomic.write_text(Path(run_dir) / HISTORY_FILE, buf.getvalue())
+
+
+def read_history(run_dir: PathArg) -> list[dict[str, float]]:
+    """Rows of ``history.csv`` as dicts (``epoch`` an int, the rest floats); [] when there is none yet."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                rows.append({k: (int(row[k]) if k == "epoch" else float(row[k])) for k in HISTORY_COLUMNS})
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path} line {line}: expected numbers in columns {', '.join(HISTORY_COLUMNS)}") from None
+    return rows
+
+
+# ----------------------------------------------------------------------------------- weights and checkpoint
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ValueError unless ``state`` has exactly ``model``'s keys, shapes and dtypes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: {tuple(state[k].shape)} {state[k].dtype} (model: {tuple(v.shape)} {v.dtype})"
+             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+    if missing or unexpected or wrong:
+        parts = [f"{name} {items[:5]}{' ...' if len(items) > 5 else ''}"
+                 for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape/dtype", wrong)) if items]
+        raise ValueError(f"{source} does not fit the model {type(model).__name__}: " + "; ".join(parts))
+
+
+def save_weights(path: PathArg, model: nn.Module) -> None:
+    """Write the model's state dict to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    # safetensors stores dense row-major tensors: channels_last weights are made contiguous first.
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with _atomic.atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "cnnlens_run_version": str(RUN_VERSION)})
+
+
+def load_weights(path: PathArg, model: nn.Module) -> None:
+    """Load a safetensors file into ``model`` after checking every key, shape and dtype."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is missing (the best weights of a run)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or not a cnnlens weights file") from None
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state)
+
+
+def save_checkpoint(path: PathArg, checkpoint: dict[str, Any]) -> None:
+    """Write a training checkpoint atomically: a kill mid-write leaves the previous checkpoint intact."""
+    with _atomic.atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: PathArg) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` with ``torch.load(weights_only=True)`` and check its layout.
+
+    Only tensors and plain containers are accepted; a file that would construct any other object (a
+    tampered or foreign pickle) is refused before anything in it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is missing (the last completed epoch of a run)")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which is exactly what must not be done here; keep
+        # only the line that names the refused object.
+        why = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = f"it would construct {why.group(1)}" if why else "it holds objects other than tensors and plain data"
+        raise ValueError(f"{path} was refused and nothing in it was run: {detail}. A cnnlens checkpoint holds only "
+                         "tensors and plain data; this file was tampered with or not written by cnnlens") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a cnnlens checkpoint: expected a dict, got {type(ckpt).__name__}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a cnnlens checkpoint: missing {missing}")
+    if ckpt["version"] != RUN_VERSION:
+        raise ValueError(f"{path}: checkpoint version {ckpt['version']!r}, this cnnlens reads version {RUN_VERSION}")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise ValueError(f"{path}: 'model' must map parameter names to tensors")
+    if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        raise ValueError(f"{path}: 'epoch' must be a non-negative int, got {ckpt['epoch']!r}")
+    return ckpt
+
+
+# -------------------------------------------------------------------------------------------------- Run
+
+@dataclass
+class Run:
+    """A trained model with everything needed to use and explain it.
+
+    Attributes:
+        path: the run folder.
+        model: the model with the best weights, in eval mode, on ``device``.
+        config: the training config.
+        classes: class names, index = label.
+        input_shape: ``(C, H, W)`` the model takes.
+        history: rows of history.csv (one per completed epoch).
+        manifest: the whole config.json (model name and arguments, data spec, ...).
+        device: where ``model`` lives.
+    """
+
+    path: Path
+    model: nn.Module
+    config: TrainConfig
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    history: list[dict[str, float]]
+    manifest: dict[str, Any]
+    device: torch.device
+    _train_split: ImageSet | None = field(default=None, repr=False)
+
+    def dataset(self, split: str = "val") -> ImageSet:
+        """The run's images of ``split``: ``train`` / ``val`` (the saved split of the dataset's train split)
+        or ``test`` (the dataset's own test split; its labels may be -1 when unknown).
+
+        The data is reloaded from the config's spec; the train split is cached on the Run.
+        """
+        from cnnlens.data import load_dataset
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        data = self.manifest["data"]
+        spec = data_spec(self.manifest)
+        kwargs = {"image_size": data.get("image_size"), "skip_bad_rows": bool(data.get("skip_bad_rows", False))}
+        if split == "test":
+            images = load_dataset(spec, "test", **kwargs)
+        else:
+            if self._train_split is None:
+                self._train_split = load_dataset(spec, "train", **kwargs)
+            train_index, val_index = read_split(self.path, len(self._train_split))
+            images = self._train_split.subset(train_index if split == "train" else val_index)
+        if tuple(images.classes) != self.classes:
+            raise ValueError(f"{spec} ({split}) has classes {list(images.classes)}, but the run was trained on {list(self.classes)}")
+        if images.input_shape != self.input_shape:
+            raise ValueError(f"{spec} ({split}) has images of shape {images.input_shape}, "
+                             f"but the run's model takes {self.input_shape}")
+        return images
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu or cuda[:N]; got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N]; got {name!r}")
+    return dev
+
+
+def load_run(path: PathArg, device: str | torch.device = "cpu") -> Run:
+    """Open a run folder: the model with its best weights (eval mode, on ``device``) and its metadata.
+
+    >>> run = load_run("demo-run/run")                     # doctest: +SKIP
+    >>> run.model(run.dataset("val").float_images()[:4])   # doctest: +SKIP
+    """
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is not a cnnlens run folder: no such folder")
+    manifest = read_manifest(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{run_dir} is not a finished cnnlens run folder: {WEIGHTS_FILE} is missing "
+                         "(no epoch has completed yet; resume it with `cnnlens train --resume`)")
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):  # random initial weights are overwritten; keep the caller's RNG as it was
+        model = build_model(manifest)
+    load_weights(run_dir / WEIGHTS_FILE, model)
+    model.to(dev).eval()
+    return Run(
+        path=run_dir,
+        model=model,
+        config=TrainConfig.from_dict(manifest["train"], source=str(run_dir / CONFIG_FILE)),
+        classes=tuple(manifest["classes"]),
+        input_shape=tuple(manifest["input_shape"]),
+        history=read_history(run_dir),
+        manifest=manifest,
+        device=dev,
+    )
