@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlens.cli._options import parse_methods, parse_options
 from cnnlens.data.imageset import ImageSet
 
 INDEX_VERSION = 1
@@ -65,38 +66,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
                                  param_hint="--input-shape")
     c, h, w = (int(p) for p in parts)
     return c, h, w
-
-
-def parse_methods(text: str) -> list[str] | None:
-    """``"saliency,grad-cam"`` -> the names (checked against ``METHODS``); ``"all"`` -> None (every method)."""
-    from cnnlens.explain.runner import check_methods
-
-    if text.strip().lower() == "all":
-        return None
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        return check_methods(names)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--methods") from None
-
-
-def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["occlusion.stride=4", "lime.n_samples=500"]`` -> ``{"occlusion": {"stride": 4}, "lime": {...}}``.
-
-    Values are read as JSON (numbers, true/false, lists) and otherwise kept as text.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not eq or not dot or not method.strip() or not name.strip():
-            raise click.BadParameter(f"expected METHOD.NAME=VALUE such as occlusion.stride=4; got {item!r}", param_hint="--option")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method.strip(), {})[name.strip()] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------- sources

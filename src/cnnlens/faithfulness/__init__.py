@@ -1,0 +1,31 @@
+"""Faithfulness: does an explanation tell the truth about the model?
+
+* :mod:`~cnnlens.faithfulness.deletion`: deletion and insertion curves (Petsiuk et al. 2018), beside a
+  random pixel order.
+* :mod:`~cnnlens.faithfulness.randomization`: the model-randomisation sanity check (Adebayo et al. 2018),
+  cascading and independent, Spearman and SSIM.
+* :mod:`~cnnlens.faithfulness.localization`: pointing game, relevance mass and rank accuracy against
+  ground-truth masks, beside a centre prior and a random map; :mod:`~cnnlens.faithfulness.masks` reads
+  user masks from PNG files.
+* :mod:`~cnnlens.faithfulness.runner`: all of them for many methods, with confidence intervals, figures
+  and files (``cnnlens faithfulness RUN_DIR``).
+
+Every metric takes plain tensors: ``(model, images [N,C,H,W], maps [N,H,W], targets, masks [N,H,W])``.
+"""
+
+from __future__ import annotations
+
+from cnnlens.faithfulness.deletion import CurveResult, deletion, insertion, random_maps
+from cnnlens.faithfulness.localization import (centre_prior, localization_scores, pointing_game, relevance_mass,
+                                               relevance_rank)
+from cnnlens.faithfulness.masks import load_mask_folder
+from cnnlens.faithfulness.randomization import (LayerGroup, RandomizationResult, model_randomization,
+                                                parameter_layers, spearman, ssim)
+from cnnlens.faithfulness.runner import FaithfulnessResult, Row, evaluate_faithfulness
+from cnnlens.faithfulness.stats import mean_ci
+
+__all__ = [
+    "CurveResult", "FaithfulnessResult", "LayerGroup", "RandomizationResult", "Row", "centre_prior", "deletion",
+    "evaluate_faithfulness", "insertion", "load_mask_folder", "localization_scores", "mean_ci", "model_randomization",
+    "parameter_layers", "pointing_game", "random_maps", "relevance_mass", "relevance_rank", "spearman", "ssim",
+]

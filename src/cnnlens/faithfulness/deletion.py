@@ -1,0 +1,202 @@
+"""Deletion and insertion curves (Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for
+Explanation of Black-box Models", BMVC).
+
+Deletion removes pixels in the order of the attribution (most relevant first) and records the model's
+probability for the target class: a faithful map makes it fall fast, so a *low* area under the curve is
+good. Insertion starts from a blurred (or zero, or mean) copy and puts the original pixels back in the
+same order: a faithful map makes it rise fast, a *high* area is good. Either is only meaningful beside
+the random-order baseline (:func:`random_maps` as the attribution).
+
+Every step of every image is one row of a single batched evaluation: the attribution's argsort gives
+each pixel its rank, and the image at step ``k`` keeps/replaces exactly the pixels whose rank is below
+``k * pixels_per_step``, built with one gather per chunk of ``batch_size`` rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlens._types import Target
+from cnnlens.explain import _base
+from cnnlens.explain._base import channels_last_forward, check_batch_size
+from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
+
+MODES = ("deletion", "insertion")
+#: What a removed pixel becomes (deletion) or what insertion starts from.
+SUBSTRATES = ("zero", "mean", "blur")
+#: Petsiuk et al. deleted to black; cnnlens deletes into the blurred copy by default too. On small gray
+#: faces black pixels are an out-of-distribution signal of their own: deleted to zero in *random* order
+#: they destroyed a trained small_cnn's prediction about as fast as Grad-CAM's order did (deletion AUC
+#: 0.20 random vs 0.18 Grad-CAM, 60 synthetic faces), while into the blurred copy the two separate
+#: (0.29 vs 0.16). Insertion starts from the blurred copy, as in the paper.
+DEFAULT_SUBSTRATE = {"deletion": "blur", "insertion": "blur"}
+#: Default blur: sigma = 10% of the shorter side (4.8 px on a 48x48 face), enough to wipe out the
+#: facial features that decide an expression, while keeping the face's overall brightness.
+BLUR_SIGMA_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class CurveResult:
+    """One deletion or insertion curve per image.
+
+    Attributes:
+        mode: ``"deletion"`` or ``"insertion"``.
+        substrate: ``"zero"``, ``"mean"`` or ``"blur"``.
+        fractions: ``[S+1]`` share of the pixels removed (inserted) at each step, 0 to 1.
+        probs: ``[N,S+1]`` target probability at each step (column 0: nothing changed yet).
+        auc: ``[N]`` area under each curve over ``fractions`` (trapezoid rule), in ``[0,1]``.
+        targets: ``[N]`` the explained classes.
+    """
+
+    mode: str
+    substrate: str
+    fractions: torch.Tensor
+    probs: torch.Tensor
+    auc: torch.Tensor
+    targets: torch.Tensor
+
+
+def pixels_per_step(step: int | float, n_pixels: int) -> int:
+    """Pixels changed per step: an int is a pixel count, a float in ``(0, 1]`` a share of the image.
+
+    >>> pixels_per_step(0.05, 48 * 48), pixels_per_step(48, 48 * 48)
+    (116, 48)
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise TypeError(f"step must be an int (pixels per step) or a float in (0, 1] (share of the pixels), got {step!r}")
+    if isinstance(step, int):
+        if step < 1:
+            raise ValueError(f"step must be >= 1 pixel, got {step}")
+        return min(step, n_pixels)
+    if not 0.0 < step <= 1.0:
+        raise ValueError(f"step as a float is a share of the pixels and must be in (0, 1], got {step}")
+    return max(1, math.ceil(step * n_pixels - 1e-9))
+
+
+def step_counts(step: int | float, n_pixels: int) -> torch.Tensor:
+    """Pixels changed after each step: ``[0, s, 2s, ..., n_pixels]`` (the last step may be shorter)."""
+    s = pixels_per_step(step, n_pixels)
+    return (torch.arange(math.ceil(n_pixels / s) + 1) * s).clamp_(max=n_pixels)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images`` ``[N,C,H,W]`` blurred by a separable Gaussian (radius 3 sigma, edges replicated)."""
+    if sigma <= 0:
+        return images.clone()
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, 1, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)
+
+
+def substrate_images(images: torch.Tensor, substrate: str, blur_sigma: float | None = None) -> torch.Tensor:
+    """What removed pixels become: zeros, each image's per-channel mean, or a blurred copy ``[N,C,H,W]``.
+
+    ``blur_sigma`` in pixels; None = 10% of the shorter image side.
+    """
+    check_choice(substrate, SUBSTRATES, "substrate")
+    if substrate == "zero":
+        return torch.zeros_like(images)
+    if substrate == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    sigma = BLUR_SIGMA_FRACTION * min(images.shape[2:]) if blur_sigma is None else float(blur_sigma)
+    if not sigma >= 0:
+        raise ValueError(f"blur_sigma must be >= 0 pixels or None, got {blur_sigma}")
+    return gaussian_blur(images, sigma)
+
+
+def random_maps(n: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[N,H,W]`` uniform noise: as an attribution it ranks the pixels in a random (seeded) order."""
+    return torch.rand(n, height, width, generator=check_generator(generator))
+
+
+def pixel_ranks(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[N,H*W]`` rank of each pixel in the removal order (0 = highest attribution, removed first).
+
+    Equal values are ordered at random (seeded), so a constant map gives the random-order baseline and
+    large tied regions (a ReLU'd Grad-CAM's zeros) are not removed in raster order.
+    """
+    flat = maps.detach().flatten(1)
+    n, p = flat.shape
+    g = check_generator(generator)
+    shuffle = torch.rand(n, p, generator=g).argsort(dim=1).to(flat.device)  # one random permutation per row
+    order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
+    ranks = torch.empty_like(order)
+    return ranks.scatter_(1, order, torch.arange(p, device=flat.device).expand(n, p).contiguous())
+
+
+def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                       mode: str = "deletion", step: int | float = 0.05, substrate: str | None = None,
+                       blur_sigma: float | None = None, batch_size: int | None = None,
+                       generator: torch.Generator | None = None) -> CurveResult:
+    """Deletion or insertion curve of every image (Petsiuk et al. 2018); see :func:`deletion`, :func:`insertion`."""
+    _base.check_images(images)
+    check_choice(mode, MODES, "mode")
+    n, c, h, w = images.shape
+    check_maps(maps, n=n, size=(h, w))
+    substrate = DEFAULT_SUBSTRATE[mode] if substrate is None else check_choice(substrate, SUBSTRATES, "substrate")
+    bs = check_batch_size(batch_size, images.device)
+    counts = step_counts(step, h * w).to(images.device)
+    ranks = pixel_ranks(maps.to(images.device), generator)
+    images = images.detach()
+    fill = substrate_images(images, substrate, blur_sigma)
+    # deletion shows the fill where a pixel is already removed; insertion shows the image where inserted
+    changed_src, unchanged_src = (fill, images) if mode == "deletion" else (images, fill)
+    s1 = counts.numel()
+    probs = torch.empty(n * s1, dtype=torch.float32, device=images.device)
+    with _base.guarded(model, images), torch.inference_mode():
+        forward = channels_last_forward(model)  # oneDNN's faster layout; the model itself is untouched
+        clean = _base.predict_logits(model, images)
+        t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
+        for start in range(0, n * s1, bs):
+            row = torch.arange(start, min(start + bs, n * s1), device=images.device)
+            img, k = row // s1, row % s1
+            changed = (ranks[img] < counts[k, None]).view(-1, 1, h, w)
+            x = torch.where(changed, changed_src[img], unchanged_src[img])
+            probs[start:start + len(row)] = forward(x).float().softmax(dim=1).gather(1, t[img, None])[:, 0]
+    probs = probs.reshape(n, s1).clone()  # a normal tensor, not an inference-mode one
+    fractions = counts.float() / (h * w)
+    auc = torch.trapezoid(probs, fractions, dim=1)
+    return CurveResult(mode=mode, substrate=substrate, fractions=fractions, probs=probs, auc=auc, targets=t.clone())
+
+
+def deletion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+             step: int | float = 0.05, substrate: str = "blur", blur_sigma: float | None = None,
+             batch_size: int | None = None, generator: torch.Generator | None = None) -> CurveResult:
+    """Deletion curves: target probability as the most relevant pixels are removed first. Lower AUC = better.
+
+    Petsiuk et al. 2018. ``probs[i, k] = p_t(x_i with its k*step top-ranked pixels set to the substrate)``,
+    ``auc = trapezoid(probs, fractions)``. ``step``: pixels per step (int) or share of the image (float);
+    ``substrate``: ``"blur"`` (default, see :data:`DEFAULT_SUBSTRATE`), ``"zero"`` (the paper's) or
+    ``"mean"``; ``target`` as in ``cnnlens.explain``
+    (None = predicted class). Ties in ``maps`` are broken at random with ``generator`` (default seed 0).
+
+    >>> d = deletion(model, images, grad_cam(model, images), step=0.05)
+    >>> r = deletion(model, images, random_maps(len(images), 48, 48))  # the baseline: d.auc should be lower
+    """
+    return perturbation_curve(model, images, maps, target, mode="deletion", step=step, substrate=substrate,
+                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator)
+
+
+def insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+              step: int | float = 0.05, substrate: str = "blur", blur_sigma: float | None = None,
+              batch_size: int | None = None, generator: torch.Generator | None = None) -> CurveResult:
+    """Insertion curves: target probability as the most relevant pixels are put back first. Higher AUC = better.
+
+    Petsiuk et al. 2018. Starts from the substrate (default a blurred copy, sigma = 10% of the shorter
+    side) and restores ``k*step`` top-ranked original pixels at step ``k``; arguments as in :func:`deletion`.
+
+    >>> insertion(model, images, occlusion(model, images)).auc.mean()
+    """
+    return perturbation_curve(model, images, maps, target, mode="insertion", step=step, substrate=substrate,
+                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator)
