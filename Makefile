@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/cnnlens demo --out demo-run
+	$(BIN)/cnnlens demo --out demo-run --overwrite
 
 test: install-test
 	$(BIN)/python -m pytest -q -n 2 --durations=15

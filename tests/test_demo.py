@@ -30,7 +30,8 @@ def test_stages_run_in_order_and_share_state(tmp_path: Path) -> None:
 
 
 def test_default_stages() -> None:
-    assert [title for title, _ in STAGES] == ["synthesise faces", "train small_cnn", "evaluate"]
+    assert [title for title, _ in STAGES] == ["synthesise faces", "train small_cnn", "evaluate",
+                                              "score the explanations' faithfulness", "explain and write the report"]
 
 
 def test_existing_folder_is_refused_before_any_stage(tmp_path: Path) -> None:
@@ -50,11 +51,13 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     args = ["demo", "--out", str(out), "--n-images", "350", "--epochs", "2", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    for stage in ("[1/3] synthesise faces", "[2/3] train small_cnn", "[3/3] evaluate", "Outputs:"):
+    for stage in ("[1/5] synthesise faces", "[2/5] train small_cnn", "[3/5] evaluate", "[4/5] score", "[5/5] explain",
+                  "Outputs:"):
         assert stage in result.output
     for rel in ("data/faces.csv", "data/faces.masks.npy", "run/config.json", "run/weights.safetensors",
                 "run/checkpoint.pt", "run/history.csv", "run/curves.png", "run/split.json", "run/train.log",
-                "run/eval/metrics.json", "run/eval/confusion.png"):
+                "run/eval/metrics.json", "run/eval/confusion.png", "run/faithfulness/faithfulness.json",
+                "report/index.html"):
         assert (out / rel).is_file(), rel
         assert str(out / rel.split("/")[0]) in result.output
     # the evaluation is of the run's validation split: 20% of the 315 training faces, stratified
@@ -68,6 +71,12 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     config = json.loads((out / "run" / "config.json").read_text())
     assert config["model"]["name"] == "small_cnn" and config["train"]["epochs"] == 2
     assert config["data"]["spec"] == f"synth:{out / 'data'}"
+
+    # the report shows the faithfulness table the demo measured, and the page embeds its images
+    page = (out / "report" / "index.html").read_text()
+    faith = json.loads((out / "run" / "faithfulness" / "faithfulness.json").read_text())
+    assert {row["method"] for row in faith["rows"]} >= {"saliency", "grad-cam", "occlusion", "random-order"}
+    assert 'id="faithfulness"' in page and "data:image/png;base64," in page
 
     again = CliRunner().invoke(main, args + ["--overwrite"], catch_exceptions=False)
     assert again.exit_code == 0, again.output

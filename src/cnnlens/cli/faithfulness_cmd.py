@@ -73,7 +73,7 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
       cnnlens faithfulness runs/food --masks food-masks/ --out runs/food/faith --overwrite
     """
     from cnnlens.faithfulness.masks import load_mask_folder
-    from cnnlens.faithfulness.runner import evaluate_faithfulness
+    from cnnlens.faithfulness.runner import evaluate_run_faithfulness
     from cnnlens.train import load_run
 
     out = out_dir if out_dir is not None else run_dir / "faithfulness"
@@ -98,19 +98,16 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
                                      param_hint="--randomization-methods")
     try:
         run = load_run(run_dir, device=device)
-        data = run.dataset(split)
-        if len(data) == 0:
-            raise ValueError(f"the run's {split} split has no images")
-        data = data.subset(range(min(n_images, len(data))))
-        masks = data.masks
+        masks = None
         if mask_dir is not None:
-            masks = load_mask_folder(mask_dir, data.names, tuple(data.images.shape[2:]))
-        images = data.float_images().to(run.device)
-        result = evaluate_faithfulness(
-            run.model, images, None, None if masks is None else masks.to(run.device), chosen,
+            data = run.dataset(split)
+            names_in_split = data.names[:n_images]
+            masks = load_mask_folder(mask_dir, names_in_split, tuple(data.images.shape[2:]))
+        result = evaluate_run_faithfulness(
+            run, split=split, n_images=n_images, masks=masks, methods=chosen,
             n_perturbation_images=n_perturbation_images, n_randomization_images=n_randomization_images,
-            randomization_methods=randomized, step=step_value, deletion_substrate=deletion_substrate, insertion_substrate=insertion_substrate,
-            method_kwargs=options, names=data.names, seed=seed, batch_size=batch_size,
+            randomization_methods=randomized, step=step_value, deletion_substrate=deletion_substrate,
+            insertion_substrate=insertion_substrate, method_kwargs=options, seed=seed, batch_size=batch_size,
             skip_unsupported=names is None, progress=True)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

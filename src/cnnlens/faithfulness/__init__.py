@@ -21,10 +21,11 @@ from cnnlens.faithfulness.localization import (centre_prior, localization_scores
 from cnnlens.faithfulness.masks import load_mask_folder
 from cnnlens.faithfulness.randomization import (LayerGroup, RandomizationResult, model_randomization,
                                                 parameter_layers, spearman, ssim)
-from cnnlens.faithfulness.runner import FaithfulnessResult, Row, evaluate_faithfulness
+from cnnlens.faithfulness.runner import FaithfulnessResult, Row, evaluate_faithfulness, evaluate_run_faithfulness
 from cnnlens.faithfulness.stats import mean_ci
 
 __all__ = [
+    "evaluate_run_faithfulness",
     "CurveResult", "FaithfulnessResult", "LayerGroup", "RandomizationResult", "Row", "centre_prior", "deletion",
     "evaluate_faithfulness", "insertion", "load_mask_folder", "localization_scores", "mean_ci", "model_randomization",
     "parameter_layers", "pointing_game", "random_maps", "relevance_mass", "relevance_rank", "spearman", "ssim",

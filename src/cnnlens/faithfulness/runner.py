@@ -412,6 +412,25 @@ def evaluate_faithfulness(
                               timings=timings, example_image=images[0].cpu())
 
 
+def evaluate_run_faithfulness(run: Any, *, split: str = "val", n_images: int = 200,
+                              masks: torch.Tensor | None = None, methods: Sequence[str] = ("saliency", "grad-cam"),
+                              **options: Any) -> FaithfulnessResult:
+    """:func:`evaluate_faithfulness` on the first ``n_images`` of a run's ``split``
+    (a :class:`cnnlens.train.Run`), against ``masks`` or else the dataset's own (the synthetic faces'),
+    explaining the predicted class. ``options`` go to :func:`evaluate_faithfulness`.
+
+    >>> evaluate_run_faithfulness(load_run("runs/faces"), methods=["grad-cam"]).save("runs/faces/faithfulness")
+    """
+    data = run.dataset(split)
+    if len(data) == 0:
+        raise ValueError(f"the run's {split} split has no images")
+    data = data.subset(range(min(n_images, len(data))))
+    masks = data.masks if masks is None else masks
+    images = data.float_images().to(run.device)
+    return evaluate_faithfulness(run.model, images, None, None if masks is None else masks.to(run.device), methods,
+                                 names=data.names, **options)
+
+
 def _curves(model: nn.Module, images: torch.Tensor, t: torch.Tensor, maps: Mapping[str, torch.Tensor], *,
             step: int | float, substrates: tuple[str, str], batch_size: int | None, seed: int,
             timings: dict[str, float], progress: bool) -> dict[str, dict[str, CurveResult]]:
