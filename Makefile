@@ -39,7 +39,7 @@ bench-smoke: install-test
 
 bench: install-test
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --threads 1
 
 clean:
 	rm -rf $(VENV) demo-run

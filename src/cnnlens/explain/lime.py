@@ -19,6 +19,7 @@ from torch import nn
 from cnnlens._types import Target
 from cnnlens.explain import _base
 from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
+from cnnlens.explain._fast import fast_scorer
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 HIDES = ("mean", "black")
@@ -212,7 +213,7 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
                  segmentation_kwargs: dict | None = None, n_samples: int = 1000, kernel_width: float = 0.25,
                  hide: str | float = "mean", alpha: float = 1.0, output: str = "probability",
                  batch_size: int | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> LimeResult:
+                 progress: bool = False, fast: bool = True, precision: str = "float32") -> LimeResult:
     """LIME for a batch of images: superpixels, random masks, weighted ridge surrogate.
 
     Ribeiro, Singh & Guestrin, "Why Should I Trust You?", KDD 2016.
@@ -221,7 +222,9 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     ``"felzenszwalb"`` or a precomputed int tensor ``[N,H,W]`` / ``[H,W]``. ``hide``: ``"mean"`` (each
     superpixel's mean colour, lime's default), ``"black"`` or a float. ``output``: explain the target's
     ``"probability"`` (lime's) or ``"logit"``. Every sample of every image goes through the model in
-    chunks of ``batch_size``; the same ``generator`` seed gives the same result.
+    chunks of ``batch_size``; the same ``generator`` seed gives the same result. ``fast`` (default) scores them
+    with a folded-BatchNorm, channels-last copy at a measured batch size (``precision="bfloat16"``: in
+    bfloat16, opt-in); ``fast=False`` runs the model itself.
 
     >>> res = lime_explain(model, images, generator=torch.Generator().manual_seed(0))
     >>> res.map().shape, res.top_positive[0][:3]
@@ -244,7 +247,10 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     masks = _sample_masks(num, n_samples, generator, images.device)
 
     with _base.guarded(model, images):
-        forward = channels_last_forward(model)
+        if fast or precision != "float32":
+            forward, bs = fast_scorer(model, images, batch_size, precision=precision)
+        else:
+            forward = channels_last_forward(model)
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)

@@ -1,0 +1,377 @@
+"""The benchmark's contestants: for each method, cnnlens's calls and the peers' calls on the same inputs.
+
+A peer is measured with its default settings and with its batching knob set to the batch size at which
+the model itself runs fastest in the peer's (contiguous) layout, measured for the floor: the best
+batching a user of that peer could choose.
+
+A *case* is one (model, method): images, the explained classes, a list of :class:`Contestant` (each a
+zero-argument callable returning an output comparable across sides), how many model passes the
+method needs (for the floor), and an agreement check between cnnlens and the peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens.explain import _fast, _incremental
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # lime 0.2 draws a tqdm bar over its samples: not part of the work
+from cnnlens.explain._base import last_conv_layer
+from cnnlens.explain.grad_cam import grad_cam
+from cnnlens.explain.guided_backprop import guided_backprop
+from cnnlens.explain.integrated_gradients import integrated_gradients
+from cnnlens.explain.lime import hide_values, lime_explain, relabel, segment_images, weighted_ridge
+from cnnlens.explain.occlusion import class_score, occlusion
+from cnnlens.explain.saliency import saliency
+from cnnlens.explain.smoothgrad import smoothgrad
+
+
+@dataclass
+class Contestant:
+    """One way of computing the method: ``run()`` returns the output compared across sides."""
+
+    name: str
+    side: str  # "cnnlens" or "peer"
+    run: Callable[[], torch.Tensor]
+    config: str = ""
+    default: bool = False  # the library's default settings (as opposed to its best batching)
+    warmup: Callable[[], object] | None = None  # a cheaper call that fills the same caches (None: run itself)
+
+
+@dataclass
+class Case:
+    """One (model, method) measurement."""
+
+    model: str
+    method: str
+    settings: str
+    images: int
+    contestants: list[Contestant]
+    passes: int  # model passes per image (forward or forward+backward)
+    pass_kind: str  # "fwd" or "fwd+bwd"
+    agreement: Callable[[], dict[str, float | str]] | None = None
+    notes: list[str] = field(default_factory=list)
+    reference: Callable[[], torch.Tensor] | None = None  # the same output computed in float64
+
+
+def float64(fn: Callable[..., torch.Tensor], model: nn.Module, x: torch.Tensor, *args: object,
+            **kwargs: object) -> Callable[[], torch.Tensor]:
+    """``fn`` run on float64 copies of the model and images: the reference every side is measured against."""
+    def run() -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(copy.deepcopy(model).double(), x.double(), *args, **kwargs)
+    return run
+
+
+def error_vs(ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Largest error relative to the reference's scale, and the fraction of values off by > 1e-4 of it."""
+    ours, reference = ours.detach().double().cpu(), reference.detach().double().cpu()
+    scale = float(reference.abs().max())
+    err = (ours - reference).abs()
+    return {"max_rel_err": float(err.max()) / scale, "frac_off": float((err > 1e-4 * scale).double().mean())}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The workload: full benchmark or smoke."""
+
+    smoothgrad_samples: int = 50
+    ig_steps: int = 50
+    patch: int = 5
+    lime_samples: int = 1000
+    sigma: float = 0.15
+
+
+def _supports(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def captum():
+    """Captum's attribution module, or None when it is not installed."""
+    try:
+        import captum.attr as attr
+    except ImportError:
+        return None
+    return attr
+
+
+def _quiet(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Run ``fn`` without the peers' UserWarnings (Captum warns about in-place ReLU hooks on every call)."""
+    @functools.wraps(fn)
+    def run() -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    return run
+
+
+def max_diff(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference, and the same relative to the peer's largest magnitude."""
+    ours, theirs = ours.detach().double().cpu(), theirs.detach().double().cpu()
+    if ours.shape != theirs.shape:
+        raise ValueError(f"outputs differ in shape: {tuple(ours.shape)} vs {tuple(theirs.shape)}")
+    diff = float((ours - theirs).abs().max())
+    scale = float(theirs.abs().max())
+    return {"max_abs_diff": diff, "max_rel_diff": diff / scale if scale > 0 else float("nan")}
+
+
+# ---------------------------------------------------------------- gradient methods
+
+
+def saliency_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
+    attr = captum()
+    cs = [Contestant("cnnlens", "cnnlens", lambda: saliency(model, x, t, reduce=None), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: saliency(fast, x, t, reduce=None), "prepare(model)")]
+    if attr:
+        cs.append(Contestant("Captum Saliency", "peer", lambda: attr.Saliency(model).attribute(x, target=t),
+                             "default (one pass)", default=True))
+    return Case(name, "saliency", "|d logit / dx|", len(x), cs, 1, "fwd+bwd",
+                reference=float64(saliency, model, x, t, reduce=None))
+
+
+def guided_backprop_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                         sizes: Sizes) -> Case:
+    attr = captum()
+    cs = [Contestant("cnnlens", "cnnlens", lambda: guided_backprop(model, x, t, reduce=None), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: guided_backprop(fast, x, t, reduce=None), "prepare(model)")]
+    if attr:
+        cs.append(Contestant("Captum GuidedBackprop", "peer",
+                             _quiet(lambda: attr.GuidedBackprop(model).attribute(x, target=t)), "default", default=True))
+    return Case(name, "guided backprop", "", len(x), cs, 1, "fwd+bwd",
+                reference=float64(guided_backprop, model, x, t, reduce=None))
+
+
+def _noise_scale(x: torch.Tensor, sigma: float) -> float:
+    """Captum takes one stdev for the batch: the benchmark images share the same value range."""
+    return float(sigma * (x.amax() - x.amin()))
+
+
+@contextlib.contextmanager
+def _captum_noise(noise: torch.Tensor) -> Iterator[None]:
+    """Make Captum's NoiseTunnel add ``noise`` (``[N*n,C,H,W]``, image-major) instead of its own draws."""
+    from captum.attr._core.noise_tunnel import NoiseTunnel
+
+    original = NoiseTunnel.__dict__["_add_noise_to_input"]
+    NoiseTunnel._add_noise_to_input = staticmethod(lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + noise)
+    try:
+        yield
+    finally:
+        NoiseTunnel._add_noise_to_input = original
+
+
+def smoothgrad_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes,
+                    fast_batch: int, peer_batch: int) -> Case:
+    attr = captum()
+    n_s, sigma = sizes.smoothgrad_samples, sizes.sigma
+
+    def ours(m: nn.Module, batch_size: int | None = None) -> torch.Tensor:
+        return smoothgrad(m, x, t, n_samples=n_s, sigma=sigma, generator=torch.Generator().manual_seed(0),
+                          batch_size=batch_size, reduce=None)
+
+    cs = [Contestant("cnnlens", "cnnlens", lambda: ours(model), "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: ours(fast, fast_batch), f"prepare(model), batch {fast_batch}")]
+    agreement = None
+    notes = []
+    if attr:
+        stdev = _noise_scale(x, sigma)
+
+        def peer(batch: int | None) -> torch.Tensor:
+            return attr.NoiseTunnel(attr.Saliency(model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=n_s, stdevs=stdev, target=t, nt_samples_batch_size=batch)
+
+        per_image = max(1, peer_batch // len(x))  # nt_samples_batch_size counts samples per image
+        cs.append(Contestant("Captum NoiseTunnel(Saliency)", "peer", lambda: peer(None),
+                             "default (all samples in one batch)", default=True))
+        cs.append(Contestant("Captum NoiseTunnel(Saliency)", "peer", lambda: peer(per_image),
+                             f"nt_samples_batch_size={per_image}"))
+
+        def agreement() -> dict[str, float | str]:
+            # The same noise on both sides: cnnlens's draws handed to Captum.
+            g = torch.Generator().manual_seed(0)
+            scale = sigma * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
+            noise = torch.stack([torch.randn(x.shape, generator=g) for _ in range(n_s)], dim=1)
+            noise = (noise * scale.view(-1, 1, 1, 1, 1)).flatten(0, 1)
+            with _captum_noise(noise):
+                theirs = peer(None)
+            return {**max_diff(ours(model), theirs), "compared": "same noise draws"}
+        notes.append("outputs compared with the same noise draws (cnnlens's draws handed to Captum)")
+    return Case(name, "SmoothGrad", f"{n_s} samples, sigma {sigma}", len(x), cs, n_s, "fwd+bwd", agreement, notes)
+
+
+def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                              sizes: Sizes, fast_batch: int, peer_batch: int) -> Case:
+    attr = captum()
+    steps = sizes.ig_steps
+    cs = [Contestant("cnnlens", "cnnlens", lambda: integrated_gradients(model, x, t, n_steps=steps, reduce=None),
+                     "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens",
+                     lambda: integrated_gradients(fast, x, t, n_steps=steps, batch_size=fast_batch, reduce=None),
+                     f"prepare(model), batch {fast_batch}")]
+    if attr:
+        def peer(batch: int | None) -> torch.Tensor:
+            return attr.IntegratedGradients(model).attribute(x, target=t, n_steps=steps, internal_batch_size=batch)
+
+        cs.append(Contestant("Captum IntegratedGradients", "peer", lambda: peer(None),
+                             "default (all steps in one batch)", default=True))
+        cs.append(Contestant("Captum IntegratedGradients", "peer", lambda: peer(peer_batch),
+                             f"internal_batch_size={peer_batch}"))
+    notes: list[str] = []
+    return Case(name, "integrated gradients", f"{steps} steps, Gauss-Legendre, zero baseline", len(x), cs,
+                steps, "fwd+bwd", None, notes, float64(integrated_gradients, model, x, t, n_steps=steps, reduce=None))
+
+
+def grad_cam_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
+    attr = captum()
+    layer = last_conv_layer(model)
+    fast = _fast.prepare(model, keep=[layer])
+    cs = [Contestant("cnnlens", "cnnlens", lambda: grad_cam(model, x, t, layer=layer, upsample=False), "default",
+                     default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: grad_cam(fast, x, t, layer=layer, upsample=False),
+                     f"prepare(model, keep=[{layer!r}])")]
+    notes = [f"layer {layer!r} (the last convolution), maps at the layer's resolution (no upsampling on any side)"]
+    module = dict(model.named_modules())[layer]
+    if attr:
+        cs.append(Contestant("Captum LayerGradCam", "peer",
+                             lambda: attr.LayerGradCam(model, module).attribute(x, target=t, relu_attributions=True)[:, 0],
+                             "default", default=True))
+    try:
+        from torchcam.methods import GradCAM
+    except ImportError:
+        notes.append("torchcam not installed")
+    else:
+        def torchcam_run() -> torch.Tensor:
+            # torchcam's documented use: hooks live for the `with` block (construction is ~0.1 ms).
+            with GradCAM(model, target_layer=layer, input_shape=tuple(x.shape[1:])) as extractor:
+                scores = model(x)
+                return extractor(class_idx=t.tolist(), scores=scores, normalized=False)[0].detach()
+
+        cs.append(Contestant("torchcam GradCAM", "peer", torchcam_run, "default (normalized=False)", default=True))
+    notes.append("pytorch-grad-cam not measured: it requires torchvision, which does not work with the CPU torch here")
+    return Case(name, "Grad-CAM", f"layer {layer}", len(x), cs, 1, "fwd+bwd", None, notes,
+                float64(grad_cam, model, x, t, layer=layer, upsample=False))
+
+
+# ---------------------------------------------------------------- perturbation methods
+
+
+def occlusion_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, stride: int,
+                   peer_batch: int) -> Case:
+    attr = captum()
+    p = sizes.patch
+    c, h, w = x.shape[1:]
+    windows = (-(-(h - p) // stride) + 1) * (-(-(w - p) // stride) + 1)
+    fast_call = (functools.partial(occlusion, fast=True) if _supports(occlusion, "fast")
+                 else _incremental.fast_occlusion)
+    plan = _incremental.local_plan(model)
+    incremental = not isinstance(plan, str)
+    cs = [Contestant("cnnlens", "cnnlens", lambda: occlusion(model, x, t, patch=p, stride=stride), "default (batch 16)",
+                     default=True, warmup=lambda: occlusion(model, x, t, patch=p, stride=p)),
+          Contestant("cnnlens fast", "cnnlens", _quiet(lambda: fast_call(model, x, t, patch=p, stride=stride)),
+                     "incremental" if incremental else f"plain occlusion on prepare(model) ({plan})",
+                     warmup=_quiet(lambda: fast_call(model, x, t, patch=p, stride=p)))]
+    notes = [] if incremental else [f"incremental occlusion does not apply: {plan}; fast = folded BN, channels-last, tuned batch"]
+    if attr:
+        def forward(z: torch.Tensor) -> torch.Tensor:
+            return model(z).softmax(1)
+
+        def peer(ppe: int, s: int = stride) -> torch.Tensor:
+            return attr.Occlusion(forward).attribute(x, target=t, sliding_window_shapes=(c, p, p), strides=(c, s, s),
+                                                     baselines=0.0, perturbations_per_eval=ppe)[:, 0]
+
+        ppe = max(1, peer_batch // len(x))  # perturbations_per_eval counts occluded copies per image
+        cs.append(Contestant("Captum Occlusion", "peer", lambda: peer(1), "default (perturbations_per_eval=1)",
+                             default=True, warmup=lambda: peer(1, p)))
+        if ppe != 1:
+            cs.append(Contestant("Captum Occlusion", "peer", lambda: peer(ppe), f"perturbations_per_eval={ppe}",
+                                 warmup=lambda: peer(ppe, p)))
+    return Case(name, "occlusion", f"{p}x{p} patches, stride {stride} ({windows} windows), black, probability",
+                len(x), cs, windows + 1, "fwd", None, notes)
+
+
+def lime_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, peer_batch: int) -> Case:
+    n_s = sizes.lime_samples
+    segments = segment_images(x, "slic")
+    notes = [f"same SLIC segments on both sides ({int(relabel(segments)[1].float().mean())} per image on average); "
+             "each side draws its own random masks, so the timed outputs differ by sampling noise; "
+             "'max diff' is measured with lime's masks given to cnnlens's scoring and ridge"]
+    has_fast = _supports(lime_explain, "fast")
+
+    def ours(fast: bool = False, samples: int = n_s) -> torch.Tensor:
+        kwargs = {"fast": True} if fast else {}
+        return lime_explain(model, x, t, segmentation=segments, n_samples=samples,
+                            generator=torch.Generator().manual_seed(0), **kwargs).map()
+
+    cheap = max(2, n_s // 20)
+    cs = [Contestant("cnnlens", "cnnlens", ours, "default (batch 16)", default=True, warmup=lambda: ours(False, cheap))]
+    if has_fast:
+        cs.append(Contestant("cnnlens fast", "cnnlens", lambda: ours(True), "fast=True", warmup=lambda: ours(True, cheap)))
+    else:
+        notes.append("cnnlens fast not measured: lime_explain has no fast= option in this tree")
+    agreement = None
+    try:
+        from lime import lime_image
+    except ImportError:
+        notes.append("lime not installed")
+    else:
+        images_hwc = x.permute(0, 2, 3, 1).double().cpu().numpy()
+        if x.shape[1] == 1:
+            images_hwc = np.repeat(images_hwc, 3, axis=-1)  # lime works on RGB; the model reads channel 0
+        seg_np = segments.cpu().numpy()
+
+        def classifier(batch: np.ndarray) -> np.ndarray:
+            z = torch.from_numpy(batch).float().permute(0, 3, 1, 2)[:, : x.shape[1]].contiguous().to(x.device)
+            with torch.no_grad():
+                return model(z).softmax(1).cpu().numpy()
+
+        def peer(batch: int, samples: int = n_s) -> torch.Tensor:
+            maps = []
+            for i in range(len(x)):
+                explainer = lime_image.LimeImageExplainer(random_state=i)
+                exp = explainer.explain_instance(images_hwc[i], classifier, labels=(int(t[i]),), top_labels=None,
+                                                 hide_color=None, num_samples=samples, batch_size=batch,
+                                                 segmentation_fn=lambda _img, s=seg_np[i]: s, random_seed=0)
+                weights = dict(exp.local_exp[int(t[i])])
+                maps.append(np.vectorize(lambda s: weights.get(s, 0.0))(seg_np[i]))
+            return torch.from_numpy(np.stack(maps)).float()
+
+        cs.append(Contestant("lime", "peer", lambda: peer(10), "default (batch_size=10)", default=True,
+                             warmup=lambda: peer(10, cheap)))
+        if peer_batch != 10:
+            cs.append(Contestant("lime", "peer", lambda: peer(peer_batch), f"batch_size={peer_batch}",
+                                 warmup=lambda: peer(peer_batch, cheap)))
+
+        def agreement() -> dict[str, float | str]:
+            # lime draws its masks with RandomState(random_state).randint(0, 2, (samples, S)), row 0 all on.
+            i = 0
+            seg = segments[i : i + 1]
+            segs, num = relabel(seg)
+            s = int(num[0])
+            masks = np.random.RandomState(i).randint(0, 2, n_s * s).reshape(n_s, s)
+            masks[0] = 1
+            masks_t = torch.from_numpy(masks).bool().to(x.device)
+            fill = hide_values(x[i : i + 1], segs, s, "mean")
+            shown = masks_t[:, segs[0].reshape(-1)].reshape(n_s, 1, *x.shape[2:])
+            with torch.no_grad():
+                scores = torch.cat([class_score(model(torch.where(shown[k : k + 100], x[i : i + 1], fill)),
+                                                t[i].expand(len(shown[k : k + 100])), "probability")
+                                    for k in range(0, n_s, 100)])
+            distance = 1 - (masks_t.sum(1).double() / s).sqrt()
+            kernel = torch.exp(-(distance**2) / 0.25**2).sqrt()
+            coef, _, _ = weighted_ridge(masks_t[None].double(), scores[None].double(), kernel[None], 1.0)
+            ours_map = coef[0][segs[0]]
+            return {**max_diff(ours_map, peer(10)[0]), "compared": "lime's masks, image 0"}
+
+    return Case(name, "LIME", f"{n_s} samples, hide = segment mean, probability", len(x), cs, n_s + 1, "fwd",
+                agreement, notes)

@@ -1,0 +1,270 @@
+"""Speed machinery for explanation passes: folded BatchNorm, channels-last, tuned batches, bfloat16.
+
+Everything here works on a *copy* of the user's model (the model itself is never modified) and keeps
+the arithmetic of the explanation the same up to float rounding:
+
+- :func:`fold_batchnorm`: ``bn(conv(x)) = conv'(x)`` with ``W' = W * g / sqrt(v + eps)``,
+  ``b' = (b - m) * g / sqrt(v + eps) + beta`` (eval mode), found on the traced graph (``torch.fx``),
+  written back into the copy's own module tree so every layer name still exists.
+- :func:`prepare`: folded, ``channels_last`` weights (oneDNN then picks its NHWC kernels: measured
+  ~1.8x faster convolutions on CPU), eval mode, no parameter gradients. Any gradient method can take
+  the prepared copy instead of the model: its input gradients are the same function.
+- :func:`fast_forward`: the prepared copy's forward under ``torch.inference_mode``, optionally under
+  bfloat16 autocast (``precision="bfloat16"``, opt-in; :func:`precision_agreement` reports what it
+  changes).
+- :func:`tuned_batch_size`: a tiny measured search over batch sizes, cached per (architecture, input
+  shape, device, dtype, threads); on a 2-core CPU ~16 images per pass beat 512.
+
+>>> forward, bs = fast_scorer(model, images[:1])   # prepared forward + batch size measured once per shape
+>>> logits = forward(images[:bs])                   # under inference_mode
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from cnnlens.explain._base import to_channels_last
+
+PRECISIONS = ("float32", "bfloat16")
+
+#: (architecture signature, input shape, device, dtype, precision, threads) -> measured best batch size.
+_TUNED: dict[tuple, int] = {}
+
+
+def check_precision(precision: str) -> None:
+    """Raise unless ``precision`` names a supported arithmetic."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+
+
+def _traced_graph(model: nn.Module) -> torch.fx.Graph | None:
+    """The model's ``torch.fx`` graph, or None where the forward cannot be traced symbolically."""
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...): not traceable
+        return None
+
+
+def foldable_pairs(model: nn.Module, keep: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``(conv name, bn name)`` pairs where a ``BatchNorm2d`` reads only the output of a ``Conv2d``.
+
+    Found on the ``torch.fx`` graph, so a pair is only folded when the forward really is
+    ``bn(conv(x))`` with nothing else reading ``conv(x)``; each module must run exactly once. Pairs
+    naming a layer in ``keep`` are left alone (Grad-CAM on a convolution needs its own output).
+    Untraceable models give no pairs.
+    """
+    graph = _traced_graph(model)
+    if graph is None:
+        return []
+    keep = set(keep)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and type(modules.get(src.target)) is nn.Conv2d and len(src.users) == 1):
+            continue
+        bn = modules[node.target]
+        if not bn.track_running_stats or bn.running_mean is None or len(node.args) != 1 or node.kwargs:
+            continue  # without running statistics BN normalises by the batch: not a fixed affine map
+        if calls[node.target] != 1 or calls[src.target] != 1 or {node.target, src.target} & keep:
+            continue
+        pairs.append((src.target, node.target))
+    return pairs
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def fold_batchnorm(model: nn.Module, *, keep: Iterable[str] = ()) -> nn.Module:
+    """An eval-mode copy of ``model`` with each ``BatchNorm2d`` folded into the convolution before it.
+
+    ``bn(conv(x)) = conv'(x)``: ``W' = W g / sqrt(v + eps)``, ``b' = (b - m) g / sqrt(v + eps) + beta``
+    (Ioffe & Szegedy 2015 in inference mode). The folded BN becomes ``nn.Identity`` so every layer name
+    of the model still exists. ``model`` itself is not touched. See :func:`foldable_pairs` for which
+    pairs fold (``keep`` names layers to leave as they are).
+
+    >>> fast = fold_batchnorm(model)
+    >>> torch.testing.assert_close(fast(x), model.eval()(x))
+    """
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    for conv_name, bn_name in foldable_pairs(folded, keep):
+        _set_submodule(folded, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
+        _set_submodule(folded, bn_name, nn.Identity())
+    return folded
+
+
+def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
+            keep: Iterable[str] = ()) -> nn.Module:
+    """A copy of ``model`` for explanation passes: eval mode, BatchNorm folded, channels-last weights,
+    parameters without ``requires_grad``. Same function of the input up to float rounding.
+
+    ``keep``: layer names that must keep their own outputs (Grad-CAM's layer). The user's model is
+    untouched. Pass the copy to any method: ``saliency(prepare(model), images)``.
+    """
+    fast = fold_batchnorm(model, keep=keep) if fold_bn else copy.deepcopy(model).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+        if channels_last and p.dim() == 4:
+            p.data = to_channels_last(p.data)
+    return fast
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``precision="bfloat16"``, a no-op context for float32."""
+    check_precision(precision)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def fast_forward(model: nn.Module, *, precision: str = "float32", channels_last: bool = True,
+                 fold_bn: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits ``[B,K]`` of a prepared copy of ``model`` under ``torch.inference_mode`` (float32 in bfloat16 mode).
+
+    Forward-only methods (occlusion, LIME) score perturbed images with it. ``precision="bfloat16"``
+    runs the model under bfloat16 autocast (opt-in: see :func:`precision_agreement`).
+
+    >>> forward = fast_forward(model, precision="bfloat16")
+    >>> logits = forward(images)
+    """
+    check_precision(precision)
+    fast = prepare(model, fold_bn=fold_bn, channels_last=channels_last)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(x.device, precision):
+            out = fast(to_channels_last(x) if channels_last else x)
+        return out.float() if precision == "bfloat16" else out
+
+    return forward
+
+
+def fast_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None = None, *,
+                precision: str = "float32") -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """``(forward, batch_size)`` for scoring perturbed images: :func:`fast_forward` and, when
+    ``batch_size`` is None, the measured best batch size for this architecture and image shape.
+
+    >>> forward, bs = fast_scorer(model, images[:1])
+    """
+    forward = fast_forward(model, precision=precision)
+    if batch_size is None:
+        batch_size = tuned_batch_size(forward, example[:1], key=("forward", precision, *architecture_key(model)))
+    return forward, batch_size
+
+
+def architecture_key(model: nn.Module) -> tuple:
+    """What the speed of a forward pass depends on: the class and every parameter's name and shape."""
+    return (type(model).__module__, type(model).__qualname__,
+            tuple((name, tuple(p.shape)) for name, p in model.named_parameters()))
+
+
+def _candidates(device: torch.device) -> tuple[int, ...]:
+    return (32, 64, 128, 256, 512, 1024) if device.type == "cuda" else (8, 16, 32, 64, 128)
+
+
+def _seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor, min_time: float) -> float:
+    """Best-of-runs seconds per item of ``run(batch)`` after one warm-up call (one timed run at least,
+    more until ``min_time`` is spent)."""
+    run(batch)
+    sync = torch.cuda.synchronize if batch.device.type == "cuda" else (lambda: None)
+    best, spent = math.inf, 0.0
+    while spent < min_time or best == math.inf:
+        sync()
+        start = time.perf_counter()
+        run(batch)
+        sync()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return best / batch.shape[0]
+
+
+def tuned_batch_size(run: Callable[[torch.Tensor], object], example: torch.Tensor, *, key: tuple,
+                     candidates: Iterable[int] | None = None, min_time: float = 0.02) -> int:
+    """The batch size with the lowest measured time per item for ``run``, cached under ``key``.
+
+    ``example`` is one item ``[1,...]`` (repeated to each candidate size); ``key`` names what the
+    timing depends on (e.g. ``architecture_key(model)`` and the method); the input shape, device,
+    dtype and thread count are added. Each size runs twice (warm-up, timed); the search stops once two
+    sizes in a row are 15% slower per item than the best (on CPU large batches lose: cache misses).
+
+    >>> bs = tuned_batch_size(forward, images[:1], key=("occlusion", *architecture_key(model)))
+    """
+    if example.dim() < 1 or example.shape[0] < 1:
+        raise ValueError(f"example must hold at least one item, got shape {tuple(example.shape)}")
+    full_key = (key, tuple(example.shape[1:]), str(example.device), example.dtype, torch.get_num_threads())
+    if full_key in _TUNED:
+        return _TUNED[full_key]
+    sizes = sorted(set(candidates or _candidates(example.device)))
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"candidates must be positive ints, got {candidates!r}")
+    best_size, best_time, worse = sizes[0], math.inf, 0
+    for size in sizes:
+        batch = example[:1].expand(size, *example.shape[1:]).contiguous()
+        per_item = _seconds_per_item(run, batch, min_time)
+        if per_item < best_time:
+            best_size, best_time, worse = size, per_item, 0
+        elif per_item > 1.15 * best_time:
+            worse += 1
+            if worse == 2:
+                break
+    _TUNED[full_key] = best_size
+    return best_size
+
+
+def clear_tuning_cache() -> None:
+    """Forget every measured batch size (e.g. after changing ``torch.set_num_threads``)."""
+    _TUNED.clear()
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation per row of two ``[N,...]`` maps: ``[N]`` in [-1, 1].
+
+    Pearson correlation of the ranks (ties broken by position: fine for real-valued maps).
+    A constant row gives 0.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ra = a.reshape(a.shape[0], -1).double().argsort(1).argsort(1).double()
+    rb = b.reshape(b.shape[0], -1).double().argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    denom = (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
+    same_a = (a.reshape(a.shape[0], -1) == a.reshape(a.shape[0], -1)[:, :1]).all(1)
+    same_b = (b.reshape(b.shape[0], -1) == b.reshape(b.shape[0], -1)[:, :1]).all(1)
+    return torch.where(same_a | same_b, 0.0, (ra * rb).sum(1) / denom)
+
+
+def precision_agreement(reference_maps: torch.Tensor, maps: torch.Tensor,
+                        reference_logits: torch.Tensor | None = None,
+                        logits: torch.Tensor | None = None) -> dict[str, float]:
+    """How far a lower-precision explanation is from the float32 one.
+
+    Returns ``spearman_mean`` / ``spearman_min`` (rank correlation of each image's two maps),
+    ``max_abs_diff`` and ``max_rel_diff`` (over each map's largest value), and, given logits of the
+    same images, ``changed_predictions`` (fraction of images whose predicted class changed).
+    """
+    rho = rank_correlation(reference_maps, maps)
+    scale = reference_maps.reshape(reference_maps.shape[0], -1).abs().amax(1).clamp_min(1e-12)
+    diff = (reference_maps.float() - maps.float()).reshape(maps.shape[0], -1).abs().amax(1)
+    out = {"spearman_mean": float(rho.mean()), "spearman_min": float(rho.min()),
+           "max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / scale).max())}
+    if reference_logits is not None and logits is not None:
+        out["changed_predictions"] = float((reference_logits.argmax(1) != logits.argmax(1)).float().mean())
+    return out
+

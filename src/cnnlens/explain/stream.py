@@ -1,0 +1,217 @@
+"""Explain a whole dataset in batches, writing the maps to disk as they come.
+
+Memory stays that of one batch whatever the number of images: images are read one batch at a time
+(from an :class:`~cnnlens.data.imageset.ImageSet`, a tensor/array, or a ``.npy`` file opened for each
+batch), each batch's maps are appended to a ``.npy`` file with plain writes (no growing memory map),
+and the finished file is moved into place atomically. Time grows linearly with N; a rich progress
+bar shows the rate in images per second.
+
+>>> res = stream_explain(model, "test_images.npy", "grad-cam", out="maps.npy", progress=True)
+>>> maps = res.load()            # float32 [N,H,W], memory-mapped
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlens._atomic import atomic_path
+from cnnlens._types import PathArg
+from cnnlens.data.imageset import ImageSet
+from cnnlens.explain import _base, _fast
+from cnnlens.explain.grad_cam import grad_cam
+from cnnlens.explain.saliency import saliency
+
+#: Methods streamed by name; any callable ``method(model, images, target=...) -> [B,H,W]`` works too.
+STREAM_METHODS: dict[str, Callable[..., torch.Tensor]] = {"saliency": saliency, "grad-cam": grad_cam}
+
+Source = ImageSet | torch.Tensor | np.ndarray | PathArg
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Where a streamed explanation went.
+
+    Attributes:
+        maps: ``.npy`` file holding float32 ``[N,H,W]`` maps, row i = image i.
+        targets: ``.npy`` file holding int64 ``[N]``: the class each map explains.
+        count: N.
+        seconds: wall time of the whole stream.
+    """
+
+    maps: Path
+    targets: Path
+    count: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        """Average rate of the stream."""
+        return self.count / self.seconds if self.seconds > 0 else float("inf")
+
+    def load(self, mmap: bool = True) -> np.ndarray:
+        """The maps as an array, memory-mapped read-only by default (nothing is read until used)."""
+        return np.load(self.maps, mmap_mode="r" if mmap else None)
+
+
+def _count_and_shape(images: Source) -> tuple[int, tuple[int, ...]]:
+    if isinstance(images, ImageSet):
+        return len(images), tuple(images.images.shape[1:])
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        shape = tuple(images.shape)
+    elif isinstance(images, (str, Path)):
+        path = Path(images)
+        if path.suffix != ".npy" or not path.is_file():
+            raise ValueError(f"images path must be an existing .npy file of [N,C,H,W] images, got {str(path)!r}")
+        shape = tuple(np.load(path, mmap_mode="r").shape)
+    else:
+        raise TypeError("images must be an ImageSet, a [N,C,H,W] tensor or array (uint8 0-255 or float 0-1), "
+                        f"or the path of such a .npy file; got {type(images).__name__}")
+    if len(shape) != 4 or shape[0] < 1:
+        raise ValueError(f"images must have shape [N,C,H,W] with N >= 1, got {shape}")
+    return shape[0], shape[1:]
+
+
+def _batch(images: Source, start: int, end: int) -> torch.Tensor:
+    """Images ``start:end`` as float32 in [0,1]; a ``.npy`` is mapped only while the batch is read, so the
+    pages it touched do not pile up in the process's memory."""
+    if isinstance(images, ImageSet):
+        return images.float_images(slice(start, end))
+    if isinstance(images, (str, Path)):
+        x = torch.from_numpy(np.array(np.load(images, mmap_mode="r")[start:end]))
+    elif isinstance(images, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:end]))
+    else:
+        x = images[start:end]
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise TypeError(f"images must be uint8 (0-255) or floating point (0-1), got {x.dtype}")
+    return x.float()
+
+
+def _targets(target: object, images: Source, n: int) -> torch.Tensor | None:
+    """None (the predicted class) or int64 ``[N]``."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target != "labels" or not isinstance(images, ImageSet):
+            raise ValueError(f"target must be None, 'labels' (with an ImageSet), an int or one int per image; got {target!r}")
+        if (images.labels < 0).any():
+            raise ValueError("target='labels' but some images have no label (-1); use target=None")
+        return images.labels
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
+    return _base.resolve_target(target, n)  # type: ignore[arg-type]
+
+
+class _NpyAppender:
+    """Writes a ``.npy`` of known shape batch after batch with plain file writes."""
+
+    def __init__(self, handle: object, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.handle, self.shape, self.dtype, self.rows = handle, shape, np.dtype(dtype), 0
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(handle, header)
+
+    def append(self, rows: np.ndarray) -> None:
+        if tuple(rows.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"method returned maps of shape {tuple(rows.shape[1:])}, expected {self.shape[1:]}")
+        self.handle.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += rows.shape[0]
+
+
+@contextlib.contextmanager
+def _first_logits(model: nn.Module, size: int) -> Iterator[list[torch.Tensor]]:
+    """Catch the first output of ``model`` with ``size`` rows in a block (the method's own forward pass),
+    so that the predicted classes are recorded without another pass."""
+    caught: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if not caught and isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == size:
+            caught.append(output.detach().argmax(dim=1))
+
+    with _base.hooks() as handles:
+        handles.append(model.register_forward_hook(hook))
+        yield caught
+
+
+def _progress(total: int, enabled: bool, description: str) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: object) -> Text:
+            speed = getattr(task, "speed", None)
+            return Text("- img/s" if speed is None else f"{speed:,.1f} img/s", style="progress.data.speed")
+
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def stream_explain(model: nn.Module, images: Source, method: str | Callable[..., torch.Tensor] = "saliency", *,
+                   out: PathArg, target: object = None, batch_size: int = 128, progress: bool = False,
+                   fast: bool = False, device: torch.device | str | None = None, **options: object) -> StreamResult:
+    """Explain every image of ``images`` with ``method``, ``batch_size`` images at a time, into ``out``.
+
+    ``method``: ``"saliency"``, ``"grad-cam"`` or any ``method(model, images, target=...) -> [B,H,W]``;
+    ``options`` go to it (e.g. ``layer="block3"``). ``target``: None (each image's predicted class),
+    ``"labels"`` (an ImageSet's labels), an int or one int per image. ``out`` receives float32
+    ``[N,H,W]`` maps and ``<stem>.targets.npy`` the explained classes, both atomically. ``fast=True``
+    explains with a folded, channels-last copy of the model (:func:`cnnlens.explain._fast.prepare`;
+    Grad-CAM's layer is kept as it is). Peak memory is one batch's, whatever N.
+
+    >>> res = stream_explain(model, imageset, "grad-cam", out="maps/grad_cam.npy", batch_size=256)
+    >>> res.images_per_second
+    """
+    fn = STREAM_METHODS.get(method) if isinstance(method, str) else method
+    if fn is None or not callable(fn):
+        raise ValueError(f"method must be one of {', '.join(map(repr, STREAM_METHODS))} or a callable, got {method!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    n, shape = _count_and_shape(images)
+    targets = _targets(target, images, n)
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise ValueError(f"out must name a .npy file, got {str(out)!r}")
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    explained = model
+    if fast:
+        layer = options.get("layer") if fn is grad_cam else None
+        keep = [layer if isinstance(layer, str) else _base.last_conv_layer(model)] if fn is grad_cam else []
+        explained = _fast.prepare(model, keep=keep)
+    start_time = time.perf_counter()
+    name = method if isinstance(method, str) else getattr(method, "__name__", "explaining")
+    with atomic_path(out) as tmp_maps, atomic_path(out.with_suffix(".targets.npy")) as tmp_targets, \
+            open(tmp_maps, "wb") as fm, open(tmp_targets, "wb") as ft, \
+            _progress(n, progress, f"{name}") as bar:
+        task = bar.add_task(name, total=n) if bar is not None else None
+        maps_out = _NpyAppender(fm, (n, *shape[1:]), np.float32)
+        targets_out = _NpyAppender(ft, (n,), np.int64)
+        for start in range(0, n, batch_size):
+            end = min(start + batch_size, n)
+            x = _batch(images, start, end).to(device)
+            t = None if targets is None else targets[start:end].to(device)
+            with _first_logits(explained, end - start) as caught:
+                maps = fn(explained, x, target=t, **options)
+            if t is None:
+                if not caught:
+                    raise ValueError("target=None needs the method to run the model on the whole batch; pass target")
+                t = caught[0]
+            maps_out.append(maps.detach().float().cpu().numpy())
+            targets_out.append(t.cpu().numpy())
+            if bar is not None:
+                bar.update(task, advance=end - start)
+    return StreamResult(out, out.with_suffix(".targets.npy"), n, time.perf_counter() - start_time)
+

@@ -1,0 +1,44 @@
+"""The benchmark's tiny version runs end to end, measures every method against its peers, and finds the
+same answers as they do (agreement is what makes a speed comparison count). Not a timed test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("captum")
+pytest.importorskip("lime")
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_writes_tables_and_agrees_with_the_peers(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, check=False, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    methods = {r["method"] for r in payload["results"]}
+    assert methods == {"saliency", "SmoothGrad", "guided backprop", "integrated gradients", "Grad-CAM", "occlusion",
+                       "LIME"}
+    for result in payload["results"]:
+        s = result["summary"]
+        assert s["cnnlens_best"] > 0 and s["floor"] > 0
+        assert any(c["side"] == "peer" for c in result["contestants"]), result["method"]
+        # Same inputs, same answers: the deterministic methods agree to float rounding; SmoothGrad with the
+        # same noise draws; LIME with lime's masks given to cnnlens's scoring and ridge.
+        assert s["max_rel_diff"] < 1e-4, (result["method"], s["max_rel_diff"])
+        # Against the same method in float64, every side is right on all but a few values (max-pool near-ties
+        # may route a pixel's gradient differently under another float32 rounding: see the benchmark's doc).
+        for name, err in result.get("vs_float64", {}).items():
+            assert err["frac_off"] < 0.01, (result["method"], name, err)
+    doc = (tmp_path / "benchmarks.md").read_text()
+    assert "| occlusion |" in doc and "| LIME |" in doc and "pytorch-grad-cam not measured" in doc
+    assert "## Whole datasets" in doc and "## Opt-in bfloat16" in doc
+    stream = {(r["method"], r["n"]): r for r in payload["stream"]}
+    assert {n for _, n in stream} == {48, 192} and all(r["ok"] for r in stream.values())
+    assert not (ROOT / "docs" / "benchmarks-smoke.md").exists()

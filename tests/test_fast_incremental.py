@@ -1,0 +1,160 @@
+"""Incremental occlusion: the same map as plain occlusion (1e-5 in float32, 1e-12 in float64) on random
+small_cnn / vgg_fer-like models, gray and RGB, borders and clipped patches included; box geometry by
+hand; a clear fallback for models it cannot decompose; the model left untouched."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlens.explain._incremental import LocalPlan, NotDecomposable, _span, fast_occlusion, local_plan
+from cnnlens.explain.occlusion import occlusion
+from cnnlens.models import build
+from conftest import assert_model_untouched, make_random_model
+from test_fast import random_bn
+
+CASES = [  # (patch, stride, fill, output): stride 1, clipped last patches, rectangles, both fills
+    (5, 1, "black", "probability"),
+    (4, 3, "white", "logit"),
+    ((3, 5), (2, 3), "mean", "logit"),
+    (3, 2, "black+white", "probability"),
+    (7, 7, 0.3, "logit"),
+]
+
+
+def small(name: str, channels: int, size: int | tuple[int, int] = 16, seed: int = 0) -> nn.Module:
+    """A narrow small_cnn (3 blocks) or vgg_fer (3 stages of two convs): the real layer sequence, tiny widths."""
+    widths = (4, 8, 8) if name == "small_cnn" else (4, 4, 8)
+    torch.manual_seed(seed)
+    return random_bn(build(name, in_channels=channels, num_classes=5, input_size=size, channels=widths), seed)
+
+
+class OddNet(nn.Module):
+    """Padded, ceil-mode max-pooling, a strided dilated conv, padded average pooling, functional ops."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 6, 3, padding=1), nn.BatchNorm2d(6), nn.LeakyReLU(0.1),
+            nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+            nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.AvgPool2d(2, padding=1), nn.Conv2d(8, 8, 1), nn.Tanh())
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.gap(self.features(x * 2 - 1)), 1))
+
+
+@pytest.mark.parametrize(("patch", "stride", "fill", "output"), CASES)
+@pytest.mark.parametrize("name", ["small_cnn", "vgg_fer"])
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_matches_plain_occlusion_in_float32(name, channels, patch, stride, fill, output):
+    model = small(name, channels, seed=channels)
+    x = torch.rand(2, channels, 16, 16, generator=torch.Generator().manual_seed(channels))
+    ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=64)
+    got = fast_occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=37)
+    assert ref.abs().max() > 1e-3  # not a comparison of two empty maps
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize(("patch", "stride", "fill", "output"), CASES[:4])
+@pytest.mark.parametrize("odd", [False, True], ids=["small_cnn", "odd_layers"])
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_exact_in_float64_on_odd_sizes_and_layers(channels, odd, patch, stride, fill, output):
+    # float64 leaves only rounding: any geometry or border mistake would show far above 1e-12
+    model, size = (random_bn(OddNet(channels)), (15, 9)) if odd else (small("small_cnn", channels, (13, 11)), (13, 11))
+    model = copy.deepcopy(model).double()
+    x = torch.rand(2, channels, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output)
+    got = fast_occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=11)
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+def test_box_geometry_by_hand():
+    # rows 0..4 changed, conv 3x3 pad 1: outputs -1..5 change (7 rows) and need inputs -2..6 (9 rows)
+    assert _span(0, 5, 3, 1, 1) == (-1, 7, -2, 9)
+    # rows -1..5 into a 2x2 max-pool: outputs -1 (reads -2,-1) .. 2 (reads 4,5); output 3 reads 6,7: unchanged
+    assert _span(-1, 7, 2, 2, 0) == (-1, 4, -2, 8)
+    # a 1x1 stride-2 conv reading rows 3..6: outputs 2 (row 4) and 3 (row 6)
+    assert _span(3, 4, 1, 2, 0) == (2, 2, 4, 3)
+
+
+def test_result_does_not_depend_on_batch_size_and_model_is_untouched():
+    model = small("small_cnn", 1).train()
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    a = fast_occlusion(model, x, target=[0, 2, 4], batch_size=1, patch=4, stride=2)
+    b = fast_occlusion(model, x, target=[0, 2, 4], batch_size=1000, patch=4, stride=2)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert_model_untouched(model, modes)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # BN stats not updated
+    assert not a.is_inference()
+
+
+def test_residual_model_falls_back_with_a_warning_that_says_why():
+    model = make_random_model(3, seed=2)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert "feeds more than one layer" in local_plan(model)
+    with pytest.warns(UserWarning, match="incremental occlusion does not apply to this ResidualNet: .*skip connection"):
+        got = fast_occlusion(model, x, patch=4, stride=2, batch_size=8)
+    ref = occlusion(model, x, patch=4, stride=2)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_reasons_for_models_it_cannot_decompose():
+    max_head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    flat_head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
+    batch_stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False),
+                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    with pytest.raises(NotDecomposable, match="AdaptiveMaxPool2d.*not known to be local"):
+        LocalPlan.build(max_head)
+    with pytest.raises(NotDecomposable, match="Flatten.*not known to be local"):
+        LocalPlan.build(flat_head)
+    with pytest.raises(NotDecomposable, match="normalises by batch statistics"):
+        LocalPlan.build(batch_stats)
+
+
+def test_bfloat16_is_opt_in_and_close():
+    model = small("small_cnn", 1, seed=3)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    ref = fast_occlusion(model, x, patch=5, stride=2, output="logit")
+    low = fast_occlusion(model, x, patch=5, stride=2, output="logit", precision="bfloat16")
+    assert not torch.equal(ref, low)  # it really ran in bfloat16
+    centred = lambda m: (m - m.mean()).flatten()  # noqa: E731
+    assert torch.corrcoef(torch.stack([centred(ref), centred(low)]))[0, 1] > 0.9
+
+
+def test_bad_arguments_are_clear_errors():
+    model = small("small_cnn", 1)
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"patch \(17, 17\) is larger than the images \(16x16\)"):
+        fast_occlusion(model, x, patch=17)
+    with pytest.raises(ValueError, match=r"stride \(4, 4\) is larger than patch \(3, 3\)"):
+        fast_occlusion(model, x, patch=3, stride=4)
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
+        fast_occlusion(model, x, precision="float16")
+    with pytest.raises(ValueError, match="batch_size must be a positive int or None, got 0"):
+        fast_occlusion(model, x, batch_size=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a decomposable model never warns
+        fast_occlusion(model, x, patch=8, stride=8)
+
+
+@pytest.mark.skipif("fast" not in inspect.signature(occlusion).parameters,
+                    reason="occlusion() has no fast= option yet (the patch in the speed report wires it)")
+def test_occlusion_fast_option_is_incremental_occlusion():
+    model = small("small_cnn", 3, seed=8)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    ref = occlusion(model, x, patch=4, stride=2, fill="mean")
+    got = occlusion(model, x, patch=4, stride=2, fill="mean", fast=True)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
+        occlusion(model, x, fast=True, precision="half")
