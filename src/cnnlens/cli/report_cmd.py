@@ -39,6 +39,8 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
               help="Occlusion: pixels between patch positions (smaller = finer, slower).")
 @click.option("--occlusion-patch", type=click.IntRange(min=1), default=_D.occlusion_patch, show_default=True,
               help="Occlusion: patch size in pixels.")
+@click.option("--occlusion-fill", type=click.Choice(["mean", "black", "white", "black+white"]), default=_D.occlusion_fill,
+              show_default=True, help="Occlusion: what a patch hides with (black+white: both maps summed, as in the seeds).")
 @click.option("--lime-samples", type=click.IntRange(min=1), default=_D.lime_samples, show_default=True,
               help="LIME: perturbed samples per image (LIME's own default is 1000).")
 @click.option("--smoothgrad-samples", type=click.IntRange(min=1), default=_D.smoothgrad_samples, show_default=True,
@@ -63,7 +65,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--title", default=None, help="Page title (default: 'cnnlens report: RUN').")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the stages.")
 def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: int, examples_per_class: int, methods: str,
-            occlusion_stride: int, occlusion_patch: int, lime_samples: int, smoothgrad_samples: int, ig_steps: int,
+            occlusion_stride: int, occlusion_patch: int, occlusion_fill: str, lime_samples: int, smoothgrad_samples: int, ig_steps: int,
             average_methods: str, average_images: int, filter_layers: str | None, filters_per_layer: int, am_steps: int,
             feature_map_layers: str | None, seed: int, device: str, batch_size: int | None, title: str | None,
             progress: bool) -> None:
@@ -85,7 +87,7 @@ def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: i
         options = ReportOptions(
             split=split, images_per_class=images_per_class, examples_per_class=examples_per_class,
             methods=method_names or (), occlusion_stride=occlusion_stride, occlusion_patch=occlusion_patch,
-            lime_samples=lime_samples, smoothgrad_samples=smoothgrad_samples, ig_steps=ig_steps,
+            occlusion_fill=occlusion_fill, lime_samples=lime_samples, smoothgrad_samples=smoothgrad_samples, ig_steps=ig_steps,
             average_methods=average or (), average_images=average_images,
             filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
             am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,

@@ -47,8 +47,10 @@ class ReportOptions:
         images_per_class: per class, this many most-confidently-right and most-confidently-wrong images.
         examples_per_class: example thumbnails per class in the Data section.
         methods: explanation methods shown side by side (ids of ``cnnlens.explain.METHODS``).
-        occlusion_stride / occlusion_patch: the occlusion grid, in pixels.
-        lime_samples: perturbed samples per image for LIME (LIME's own default is 1000; 100 keeps the demo fast).
+        occlusion_stride / occlusion_patch: the occlusion grid, in pixels (the seeds' 5x5 patches).
+        occlusion_fill: what a patch hides with (``black``, ``white``, ``mean``, ``black+white``); the image's
+            mean by default: on dark faces a black patch hides little (measured on the demo faces).
+        lime_samples: perturbed samples per image for LIME (LIME's own default is 1000; 300 keeps the demo fast).
         smoothgrad_samples / ig_steps: noisy copies for SmoothGrad, steps for integrated gradients.
         average_methods / average_images: methods and images per class for the class-average maps.
         filter_layers: layers for activation maximisation (None: the middle and the last conv layer).
@@ -68,9 +70,10 @@ class ReportOptions:
     images_per_class: int = 1
     examples_per_class: int = 6
     methods: tuple[str, ...] = DEFAULT_METHODS
-    occlusion_stride: int = 6
-    occlusion_patch: int = 8
-    lime_samples: int = 100
+    occlusion_stride: int = 2
+    occlusion_patch: int = 5
+    occlusion_fill: str = "mean"
+    lime_samples: int = 300
     smoothgrad_samples: int = 12
     ig_steps: int = 16
     average_methods: tuple[str, ...] = DEFAULT_AVERAGE_METHODS
@@ -198,7 +201,7 @@ class ReportContext:
         known = {
             "smoothgrad": {"n_samples": o.smoothgrad_samples},
             "integrated-gradients": {"n_steps": o.ig_steps},
-            "occlusion": {"stride": o.occlusion_stride, "patch": o.occlusion_patch},
+            "occlusion": {"stride": o.occlusion_stride, "patch": o.occlusion_patch, "fill": o.occlusion_fill},
             "lime": {"n_samples": o.lime_samples},
         }
         return {m: known[m] for m in methods if m in known}
