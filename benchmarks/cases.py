@@ -32,7 +32,8 @@ from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.integrated_gradients import integrated_gradients
 from cnnlens.explain.lime import hide_values, lime_explain, relabel, segment_images, weighted_ridge
-from cnnlens.explain.occlusion import class_score, occlusion
+from cnnlens.explain._base import class_score
+from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import smoothgrad
 

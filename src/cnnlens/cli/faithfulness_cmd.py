@@ -3,7 +3,6 @@ method on a run's images, with baselines and confidence intervals, written as a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click

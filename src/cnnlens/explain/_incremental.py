@@ -39,8 +39,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlens._types import Target
 from cnnlens.explain import _base, _fast
-from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score, to_channels_last
-from cnnlens.explain.occlusion import _pair, assemble_map, coverage, fill_values, occlusion_scores, patch_starts
+from cnnlens.explain._base import batch_ranges, check_batch_size, class_score, to_channels_last
+from cnnlens.explain.occlusion import assemble_map, check_grid, fill_values, occlusion_scores
 
 #: Modules that act on each pixel on its own (in eval mode).
 POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -440,22 +440,15 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
 
     >>> fast_occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")
     """
-    _base.check_images(images)
-    check_output(output)
+    grid = check_grid(images, output, patch, stride)
     _fast.check_precision(precision)
-    n, _, h, w = images.shape
-    ph, pw = _pair(patch, "patch")
-    sh, sw = _pair(stride, "stride")
-    if ph > h or pw > w:
-        raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}x{w}); choose patch <= image size")
-    if sh > ph or sw > pw:
-        raise ValueError(f"stride {(sh, sw)} is larger than patch {(ph, pw)}: some pixels would never be occluded")
+    n = images.shape[0]
+    ph, pw = grid.patch
+    starts_h, starts_w, rows, cols = grid.starts_h, grid.starts_w, grid.rows, grid.cols
     if batch_size is not None:
         check_batch_size(batch_size, images.device)
     x = images.detach()
     fills = fill_values(x, fill)
-    starts_h, starts_w = patch_starts(h, ph, sh), patch_starts(w, pw, sw)
-    rows, cols = coverage(h, starts_h, ph), coverage(w, starts_w, pw)
     with _base.guarded(model, images):
         plan = local_plan(model)
         if isinstance(plan, str):

@@ -13,16 +13,15 @@ then spread each patch's drop over the pixels it covered (:func:`assemble_map`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
-from cnnlens.explain._base import (batch_ranges, channels_last_forward, check_batch_size, check_output,  # noqa: F401
-                                   class_score, to_channels_last)
+from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
 
 FILLS = ("black", "white", "mean", "black+white")
 
@@ -103,6 +102,32 @@ def assemble_map(drops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return total / count
 
 
+class Grid(NamedTuple):
+    """Where the patches go: size, start positions and which patches cover each row / column."""
+
+    patch: tuple[int, int]
+    starts_h: torch.Tensor
+    starts_w: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def check_grid(images: torch.Tensor, output: str, patch: int | tuple[int, int],
+               stride: int | tuple[int, int]) -> Grid:
+    """Check occlusion's inputs (raising the clear errors) and lay out its patch grid."""
+    _base.check_images(images)
+    check_output(output)
+    h, w = images.shape[2:]
+    ph, pw = _pair(patch, "patch")
+    sh, sw = _pair(stride, "stride")
+    if ph > h or pw > w:
+        raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}x{w}); choose patch <= image size")
+    if sh > ph or sw > pw:
+        raise ValueError(f"stride {(sh, sw)} is larger than patch {(ph, pw)}: some pixels would never be occluded")
+    starts_h, starts_w = patch_starts(h, ph, sh), patch_starts(w, pw, sw)
+    return Grid((ph, pw), starts_h, starts_w, coverage(h, starts_h, ph), coverage(w, starts_w, pw))
+
+
 def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               patch: int | tuple[int, int] = 5, stride: int | tuple[int, int] = 1,
               fill: str | float = "black", output: str = "probability",
@@ -129,20 +154,12 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 
         return fast_occlusion(model, images, target, patch=patch, stride=stride, fill=fill, output=output,
                               batch_size=batch_size, progress=progress, precision=precision, warn=fast is True)
-    _base.check_images(images)
-    check_output(output)
-    n, _, h, w = images.shape
-    ph, pw = _pair(patch, "patch")
-    sh, sw = _pair(stride, "stride")
-    if ph > h or pw > w:
-        raise ValueError(f"patch {(ph, pw)} is larger than the images ({h}x{w}); choose patch <= image size")
-    if sh > ph or sw > pw:
-        raise ValueError(f"stride {(sh, sw)} is larger than patch {(ph, pw)}: some pixels would never be occluded")
+    grid = check_grid(images, output, patch, stride)
+    n = images.shape[0]
     bs = check_batch_size(batch_size, images.device)
     x = images.detach()
     fills = fill_values(x, fill)
-    rows = coverage(h, patch_starts(h, ph, sh), ph)
-    cols = coverage(w, patch_starts(w, pw, sw), pw)
+    rows, cols = grid.rows, grid.cols
     with _base.guarded(model, images):
         forward = channels_last_forward(model)
         with torch.inference_mode():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from cnnlens.models._common import GapClassifier, Normalize, check_positive_int, input_hw
