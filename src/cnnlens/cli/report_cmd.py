@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cnnlens.explain.occlusion import FILLS
+
 from cnnlens.report.context import DEFAULT_AVERAGE_METHODS, DEFAULT_METHODS, ReportOptions
 
 _D = ReportOptions()
@@ -39,7 +41,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
               help="Occlusion: pixels between patch positions (smaller = finer, slower).")
 @click.option("--occlusion-patch", type=click.IntRange(min=1), default=_D.occlusion_patch, show_default=True,
               help="Occlusion: patch size in pixels.")
-@click.option("--occlusion-fill", type=click.Choice(["mean", "black", "white", "black+white"]), default=_D.occlusion_fill,
+@click.option("--occlusion-fill", type=click.Choice(list(FILLS)), default=_D.occlusion_fill,
               show_default=True, help="Occlusion: what a patch hides with (black+white: both maps summed, as in the seeds).")
 @click.option("--lime-samples", type=click.IntRange(min=1), default=_D.lime_samples, show_default=True,
               help="LIME: perturbed samples per image (LIME's own default is 1000).")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -76,6 +76,24 @@ class GapClassifier(nn.Module):
     Subclasses register ``normalize`` and their blocks, then call :meth:`add_head`; the head is what makes
     class activation mapping exact (``logit_k = sum_c w_kc mean(A_c) + b_k``).
     """
+
+    def build(self, *, model: str, prefix: str, in_channels: int, num_classes: int, input_size: int | Sequence[int],
+              channels: Sequence[int], dropout: float, make_block: Callable[[int, int], nn.Module]) -> None:
+        """Check the arguments, then register ``normalize``, ``{prefix}1..K`` (``make_block(c_in, c_out)``,
+        each halving the size) and the head; ``cam_layer`` names the last block."""
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(num_classes, "num_classes")
+        widths = list(channels)
+        if not widths:
+            raise ValueError(f"channels must list at least one {prefix} width, e.g. [64, 128, 512]")
+        for c in widths:
+            check_positive_int(c, "channels")
+        input_hw(input_size, min_size=2 ** len(widths), model=model)  # every block halves the size
+        self.normalize = Normalize()
+        for i, (c_in, c_out) in enumerate(zip([in_channels, *widths], widths), start=1):
+            self.add_module(f"{prefix}{i}", make_block(c_in, c_out))
+        self.cam_layer = f"{prefix}{len(widths)}"
+        self.add_head(widths[-1], num_classes, dropout)
 
     def add_head(self, width: int, num_classes: int, dropout: float) -> None:
         """Register ``gap``, ``flatten``, ``dropout`` and ``fc`` and initialise every weight."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlens.models._common import GapClassifier, Normalize, check_positive_int, input_hw
+from cnnlens.models._common import GapClassifier
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -41,17 +41,5 @@ class SmallCNN(GapClassifier):
     def __init__(self, in_channels: int = 1, num_classes: int = 7, input_size: int | Sequence[int] = 48, *,
                  channels: Sequence[int] = (64, 128, 512), dropout: float = 0.0) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(num_classes, "num_classes")
-        channels = list(channels)
-        if not channels:
-            raise ValueError("channels must list at least one block width, e.g. [64, 128, 512]")
-        for c in channels:
-            check_positive_int(c, "channels")
-        input_hw(input_size, min_size=2 ** len(channels), model="small_cnn")  # every block halves the size
-        self.normalize = Normalize()
-        widths = [in_channels, *channels]
-        for i in range(len(channels)):
-            self.add_module(f"block{i + 1}", conv_block(widths[i], widths[i + 1]))
-        self.cam_layer = f"block{len(channels)}"
-        self.add_head(channels[-1], num_classes, dropout)
+        self.build(model="small_cnn", prefix="block", in_channels=in_channels, num_classes=num_classes,
+                   input_size=input_size, channels=channels, dropout=dropout, make_block=conv_block)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlens.models._common import GapClassifier, Normalize, check_positive_int, input_hw
+from cnnlens.models._common import GapClassifier, check_positive_int
 
 
 def vgg_stage(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequential:
@@ -42,18 +42,6 @@ class VGGFER(GapClassifier):
                  channels: Sequence[int] = (64, 128, 256, 512), convs_per_stage: int = 2,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(num_classes, "num_classes")
         check_positive_int(convs_per_stage, "convs_per_stage")
-        channels = list(channels)
-        if not channels:
-            raise ValueError("channels must list at least one stage width, e.g. [64, 128, 256, 512]")
-        for c in channels:
-            check_positive_int(c, "channels")
-        input_hw(input_size, min_size=2 ** len(channels), model="vgg_fer")
-        self.normalize = Normalize()
-        widths = [in_channels, *channels]
-        for i in range(len(channels)):
-            self.add_module(f"stage{i + 1}", vgg_stage(widths[i], widths[i + 1], convs_per_stage))
-        self.cam_layer = f"stage{len(channels)}"
-        self.add_head(channels[-1], num_classes, dropout)
+        self.build(model="vgg_fer", prefix="stage", in_channels=in_channels, num_classes=num_classes,
+                   input_size=input_size, channels=channels, dropout=dropout, make_block=lambda c_in, c_out: vgg_stage(c_in, c_out, convs_per_stage))

@@ -87,15 +87,21 @@ def write_json(path: PathArg, obj: Any) -> None:
     _atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _read_json(path: Path, missing: str) -> Any:
+    """The JSON in ``path``; ValueError with ``missing`` if there is no such file, or naming the file if it is bad."""
+    if not path.is_file():
+        raise ValueError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
 def read_manifest(run_dir: PathArg) -> dict[str, Any]:
     """Read and check ``RUN/config.json``; raise ValueError naming what is wrong or missing."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{run_dir} is not a cnnlens run folder: {CONFIG_FILE} is missing (runs are written by `cnnlens train`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    manifest = _read_json(path, f"{run_dir} is not a cnnlens run folder: {CONFIG_FILE} is missing "
+                                "(runs are written by `cnnlens train`)")
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: expected a JSON object with keys version, model, input_shape, classes, data, train")
     missing = [k for k in ("version", "model", "input_shape", "classes", "data", "train") if k not in manifest]
@@ -136,12 +142,7 @@ def write_split(run_dir: PathArg, seed: int, train_index: torch.Tensor, val_inde
 def read_split(run_dir: PathArg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train_index, val_index)`` from ``split.json``, checked against a dataset of ``n`` images."""
     path = Path(run_dir) / SPLIT_FILE
-    if not path.is_file():
-        raise ValueError(f"{run_dir}: {SPLIT_FILE} is missing, so the run's train/validation split is unknown")
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    split = _read_json(path, f"{run_dir}: {SPLIT_FILE} is missing, so the run's train/validation split is unknown")
     if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
         raise ValueError(f"{path}: expected {{\"seed\", \"train\": [indices], \"val\": [indices]}}")
     idx = []
