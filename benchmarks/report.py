@@ -60,10 +60,12 @@ def render(payload: dict, json_path: Path) -> str:
         "- Times are **milliseconds per image**, the median over interleaved repeats (each repeat runs every "
         "contestant once, in rotating order, so machine noise hits all sides alike); a warm-up call of each "
         "contestant comes first (it fills cnnlens's measured batch sizes and the allocator).",
-        "- *cnnlens*: the method with its default arguments. *cnnlens fast*: gradient methods given "
-        "`cnnlens.explain._fast.prepare(model)` (BatchNorm folded into the convolutions, channels-last weights; "
-        "Grad-CAM keeps its layer unfolded), with a measured batch size where the method batches; occlusion with "
-        "incremental occlusion; LIME with `fast=True` (folded, channels-last, `inference_mode`, measured batch size).",
+        "- *cnnlens*: the method with its default arguments, which since the gradient methods took `fast=True` "
+        "means they differentiate the cached prepared copy (`_fast.prepared(model)`, below). *cnnlens fast*: "
+        "gradient methods given `cnnlens.explain._fast.prepare(model)` explicitly (BatchNorm folded into the "
+        "convolutions, channels-last weights; Grad-CAM keeps its layer unfolded), with a measured batch size where "
+        "the method batches; occlusion with incremental occlusion; LIME with `fast=True` (folded, channels-last, "
+        "`inference_mode`, measured batch size).",
         "- *best peer*: the fastest peer configuration: its defaults, or its batching knob (Captum's "
         "`perturbations_per_eval`, `internal_batch_size`, `nt_samples_batch_size`, lime's `batch_size`) set to the "
         "batch size at which the model itself runs fastest in the peer's contiguous layout (measured with the "
@@ -93,7 +95,10 @@ def render(payload: dict, json_path: Path) -> str:
         "networks: ResNet-18 here) fall back, with a warning, to plain occlusion on the prepared copy below.",
         "- **Prepared copy** (`cnnlens.explain._fast.prepare`): BatchNorm folded into the preceding convolution "
         "(found on the `torch.fx` graph, written into a copy; the user's model is untouched), channels-last "
-        "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`.",
+        "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`. The gradient "
+        "methods (saliency, guided backprop, integrated gradients, SmoothGrad through them, Grad-CAM, guided "
+        "Grad-CAM) run it by default through `_fast.prepared(model)`, which keeps one copy per model and makes a "
+        "new one when the model's modules, parameters or buffers change (`fast=False` runs the model itself).",
         "- **Measured batch size** (`_fast.tuned_batch_size`): a few timed passes per candidate size, once per "
         "architecture, input shape, device and thread count (cached for the process).",
         "- **bfloat16** (`precision=\"bfloat16\"`): opt-in autocast for the perturbation methods; see its table.",
@@ -108,7 +113,10 @@ def render(payload: dict, json_path: Path) -> str:
             f"## {titles.get(model, model)}",
             "",
             f"One pass: forward {ms(fwd['seconds'])} ms/img ({fwd['layout']}, batch {fwd['batch_size']}), "
-            f"forward + input gradient {ms(fb['seconds'])} ms/img ({fb['layout']}, batch {fb['batch_size']}).",
+            f"forward + input gradient {ms(fb['seconds'])} ms/img ({fb['layout']}, batch {fb['batch_size']})."
+            + (f" The forward is {floors['gflop']:.3g} GFLOP per image: {floors['gflop'] / fwd['seconds']:.0f} GFLOP/s, "
+               f"against {info['matmul_gflops']:.0f} GFLOP/s for a 1024^3 float32 matrix product."
+               if "gflop" in floors and "matmul_gflops" in info else ""),
             "",
             "| method | settings | cnnlens | cnnlens fast | best peer | peer default | speedup vs best peer "
             "| speedup vs peer default | floor | best cnnlens / floor | max rel diff (cnnlens / fast) |",
@@ -144,17 +152,39 @@ def render(payload: dict, json_path: Path) -> str:
             "",
             "`precision=\"bfloat16\"` runs the fast path under bfloat16 autocast; off by default. Agreement with "
             "float32: Spearman rank correlation of the maps, largest difference relative to the float32 map, and "
-            "the fraction of 64 face images whose predicted class changes.",
+            "the fraction of 64 face images whose predicted class changes. *vs peer default*: the peer's default "
+            "time from the table above over the bfloat16 time (timed at another moment of the same run).",
             "",
-            "| model | method | float32 ms/img | bfloat16 ms/img | speedup | Spearman (mean / min) | max rel diff "
-            "| changed predictions |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | method | float32 ms/img | bfloat16 ms/img | speedup | vs peer default | Spearman (mean / min) "
+            "| max rel diff | changed predictions |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        peer_default = {(r["model"], r["method"]): r["summary"].get("peer_default") for r in payload["results"]}
         for b in payload["bfloat16"]:
+            peer = peer_default.get((b["model"], b["method"]))
             lines.append(f"| {b['model']} | {b['method']} | {ms(b['float32_s'])} | {ms(b['bfloat16_s'])} "
-                         f"| {ratio(b['speedup'])} | {b['spearman_mean']:.4f} / {b['spearman_min']:.4f} "
+                         f"| {ratio(b['speedup'])} | {ratio(peer / b['bfloat16_s'] if peer else None)} "
+                         f"| {b['spearman_mean']:.4f} / {b['spearman_min']:.4f} "
                          f"| {sci(b['max_rel_diff'])} | {b.get('changed_predictions', float('nan')):.1%} |")
         lines.append("")
+    if not payload.get("smoke"):
+        lines += [
+            "## Tried, and why LIME stays under 2x the lime package on vgg_fer and ResNet-18",
+            "",
+            "- LIME's 1000 masked images each need a full forward pass: nothing a patch-style incremental trick "
+            "can reuse (about half of the superpixels change in every sample). cnnlens's LIME runs at its "
+            "pass-count floor (table above), and lime's own time is mostly the same model passes, so in float32 "
+            "the ratio is bounded by how much faster one pass can be than lime's (NCHW, batch 10).",
+            "- One pass is already at the CPU's float32 arithmetic peak: compare each model's GFLOP/s in its "
+            "section with the matrix product's (both measured in this run).",
+            "- Winograd convolutions (fewer multiplications: F(2x2,3x3) 2.25x, F(4x4,3x3) 4x) were prototyped in "
+            "plain torch on 2026-11-30 (transforms as GEMMs, batched GEMM in the middle): against oneDNN's direct "
+            "channels-last convolution at batch 16 they ran 0.2-1.0x on vgg_fer's 48x48 and 24x24 layers and "
+            "1.1-1.6x only on its 12x12 and 6x6 ones, errors 1e-6 (F2) and 5e-6 (F4): no net gain without "
+            "native kernels, so not shipped.",
+            "- The opt-in bfloat16 mode above is the way past it (AVX-512 BF16 doubles the multiply throughput).",
+            "",
+        ]
     if payload["stream"]:
         rows = payload["stream"]
         lines += [

@@ -73,7 +73,7 @@ def config(smoke: bool) -> dict:
         },
         "sizes": C.Sizes(),
         "stream": {"counts": (1795, 7178), "batch_size": 128},  # the FER2013 test split, and about a quarter
-        "bf16": ["small_cnn"],
+        "bf16": ["small_cnn", "vgg_fer", "resnet18"],
     }
 
 
@@ -101,6 +101,35 @@ def clock(fn: Callable[[], object], device: torch.device) -> tuple[float, object
 
 
 LAST: dict[str, float] = {}
+
+
+def forward_gflop(model: torch.nn.Module, channels: int, side: int, device: torch.device) -> float:
+    """Floating-point operations (2 x multiply-adds) of one image's forward pass in its convolutions and
+    linear layers, in GFLOP: what the arithmetic peak bounds."""
+    macs = [0]
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs[0] += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+        elif isinstance(module, torch.nn.Linear):
+            macs[0] += output[0].numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(faces(1, channels, side).to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * macs[0] / 1e9
+
+
+def matmul_gflops(device: torch.device) -> float:
+    """Measured float32 GFLOP/s of a 1024^3 matrix product: the arithmetic peak a pass can approach."""
+    a, b = torch.rand(1024, 1024, device=device), torch.rand(1024, 1024, device=device)
+    best = min(clock(lambda: a @ b, device)[0] for _ in range(5))
+    return 2 * 1024**3 / best / 1e9
 
 
 def pass_time(model: torch.nn.Module, channels: int, side: int, device: torch.device, backward: bool,
@@ -390,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine(device)
     info["clock"] = CLOCK["kind"]
     info["note"] = args.note
+    info["matmul_gflops"] = matmul_gflops(device)
     info["cnnlens_source"] = str(Path(sys.modules["cnnlens"].__file__).parent)
     log(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, load {info['load_average_start']}")
     results, floors = [], {}
@@ -399,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         model_cases, measured = build_cases(name, spec, cfg["sizes"], device, args.smoke, methods)
         model = measured.pop("model")
         floors[name] = measured
+        floors[name]["gflop"] = forward_gflop(model, spec["channels"], spec["side"], device)
         log(f"{name}: one pass = {floors[name]['fwd']['seconds'] * 1e3:.2f} ms fwd, "
             f"{floors[name]['fwd+bwd']['seconds'] * 1e3:.2f} ms fwd+bwd per image")
         incremental = not isinstance(_incremental.local_plan(model), str)

@@ -121,7 +121,9 @@ def test_smoothgrad_noise_is_sigma_times_each_images_range():
     images[2] = 0.3  # range 0: no noise at all
     ranges = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))
     model = Recorder()
-    smoothgrad(model, images, 0, n_samples=100, sigma=0.25, batch_size=7, generator=torch.Generator().manual_seed(1))
+    # fast=False: the recording model itself must see the batches, not a prepared copy of it.
+    smoothgrad(model, images, 0, method=functools.partial(saliency, fast=False), n_samples=100, sigma=0.25,
+               batch_size=7, generator=torch.Generator().manual_seed(1))
     noisy = torch.cat(model.seen[1:])  # seen[0]: the clean pass that checks the targets
     assert noisy.shape == (300, 2, 8, 8)
     noise = (noisy - images.repeat(100, 1, 1, 1)).reshape(100, 3, -1).transpose(0, 1).flatten(1)  # [3, 100*128]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import assert_model_untouched, make_random_model
 from torch import nn
 
+from cnnlens.explain import _fast
 from cnnlens.explain.cam import cam
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
@@ -29,6 +30,18 @@ METHODS = {
     "grad_cam": grad_cam,
     "cam": cam,
     "guided_grad_cam": guided_grad_cam,
+}
+
+#: The same calls on the model itself (fast=False): Exploding counts the forward calls of the model it is.
+EXACT = {
+    "saliency": functools.partial(saliency, fast=False),
+    "guided_backprop": functools.partial(guided_backprop, fast=False),
+    "integrated_gradients": functools.partial(integrated_gradients, n_steps=4, batch_size=3, fast=False),
+    "smoothgrad": functools.partial(smoothgrad, n_samples=3, batch_size=2, method=functools.partial(saliency, fast=False)),
+    "smoothgrad_guided": functools.partial(smoothgrad, method=functools.partial(guided_backprop, fast=False), n_samples=2),
+    "grad_cam": functools.partial(grad_cam, fast=False),
+    "cam": cam,
+    "guided_grad_cam": functools.partial(guided_grad_cam, fast=False),
 }
 
 
@@ -97,13 +110,33 @@ def test_model_untouched_after_an_error_mid_call(name):
     state = snapshot(model)
     images = torch.rand(3, 3, 12, 12)
     with pytest.raises(RuntimeError, match="boom"):
-        METHODS[name](model, images, 1)
+        EXACT[name](model, images, 1)
     assert model.calls == FAIL_ON[name]
     assert_model_untouched(model, modes)
     assert_same_state(model, state)
     assert not images.requires_grad and images.grad is None
     model.fail_on = None  # and the model still works normally afterwards
-    assert METHODS[name](model, images, 1).abs().max() > 0
+    assert EXACT[name](model, images, 1).abs().max() > 0
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "cam"])
+def test_an_error_inside_the_prepared_copy_leaves_model_and_copy_clean(name):
+    model = Exploding()
+    modes = mixed_mode(model)
+    state = snapshot(model)
+    images = torch.rand(3, 3, 12, 12)
+    with pytest.raises(ValueError, match="target classes must be in"):  # raised after the copy's forward pass
+        METHODS[name](model, images, 99)
+    assert_model_untouched(model, modes)
+    assert_same_state(model, state)
+    layer = "net.head.0"  # grad_cam's default layer here (the last nn.Conv2d), kept unfolded in its copy
+    copies = [_fast.prepared(model), _fast.prepared(model, keep=[layer])]
+    assert all(c is not model for c in copies)
+    for copy_ in copies:  # the guide hooks and Grad-CAM's hook were on the copy: all gone
+        assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in copy_.modules())
+    seeded = (lambda: {"generator": torch.Generator().manual_seed(0)}) if name.startswith("smoothgrad") else dict
+    torch.testing.assert_close(METHODS[name](model, images, 1, **seeded()), EXACT[name](model, images, 1, **seeded()),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", [grad_cam, guided_grad_cam])

@@ -120,12 +120,85 @@ def test_prepared_model_gives_the_same_gradients_in_channels_last():
     conv = fast.stem[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert not any(p.requires_grad for p in fast.parameters())
-    torch.testing.assert_close(saliency(fast, x, [0, 1], reduce=None), saliency(model, x, [0, 1], reduce=None),
-                               rtol=1e-4, atol=1e-5)
+    exact = saliency(model, x, [0, 1], reduce=None, fast=False)
+    torch.testing.assert_close(saliency(fast, x, [0, 1], reduce=None), exact, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(saliency(model, x, [0, 1], reduce=None), exact, rtol=1e-4, atol=1e-5)  # the default
     # Grad-CAM on a kept layer: its conv still outputs what the model's conv outputs
     kept = _fast.prepare(model, keep=["head.0"])
-    torch.testing.assert_close(grad_cam(kept, x, 2, layer="head.0"), grad_cam(model, x, 2, layer="head.0"),
-                               rtol=1e-4, atol=1e-5)
+    exact = grad_cam(model, x, 2, layer="head.0", fast=False)
+    torch.testing.assert_close(grad_cam(kept, x, 2, layer="head.0"), exact, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_cam(model, x, 2, layer=model.head[0]), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_prepared_copy_is_reused_until_the_model_changes():
+    model = make_random_model(1, seed=8)
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    first = _fast.prepared(model)
+    assert first is not model and _fast.prepared(model) is first and _fast.prepared(first) is first
+    assert _fast.prepared(model, keep=["head.0"]) is not first  # Grad-CAM's layer kept: its own copy
+
+    def same_logits() -> None:
+        with torch.no_grad():
+            torch.testing.assert_close(_fast.prepared(model)(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+    # each way a user changes weights makes a new copy that computes the new function
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    torch.optim.SGD(model.parameters(), lr=0.5).step()  # in place: bumps the tensor's version
+    second = _fast.prepared(model)
+    assert second is not first
+    same_logits()
+    model.load_state_dict(make_random_model(1, seed=9).state_dict())
+    assert _fast.prepared(model) is not second
+    same_logits()
+    third = _fast.prepared(model)
+    model.stem[0].weight.data.mul_(-1.0)  # through .data: no version bump, caught by the sampled values
+    assert _fast.prepared(model) is not third
+    same_logits()
+    model.head[1] = nn.Tanh()  # a module swapped
+    same_logits()
+    model.stem[1].running_var.data = model.stem[1].running_var.data * 4  # a buffer replaced
+    same_logits()
+
+
+def test_prepared_runs_the_model_itself_when_a_copy_would_differ():
+    model = make_random_model(1, seed=8)
+    seen: list[int] = []
+    handle = model.head[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    try:
+        assert _fast.prepared(model) is model  # the user's hook must see the explained batches
+        saliency(model, torch.rand(2, 1, 16, 16), 0)
+        assert seen == [2]
+    finally:
+        handle.remove()
+    assert _fast.prepared(model) is not model
+
+    class Uncopyable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def __deepcopy__(self, memo: dict) -> nn.Module:
+            raise TypeError("cannot copy me")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
+    odd = Uncopyable()
+    assert _fast.prepared(odd) is odd
+    assert saliency(odd, torch.rand(1, 1, 2, 2), 0).shape == (1, 2, 2)
+
+
+def test_prepared_copies_go_with_their_model():
+    import gc
+    import weakref
+
+    model = make_random_model(1, seed=8)
+    copy_ref = weakref.ref(_fast.prepared(model))
+    gc.collect()
+    assert copy_ref() is not None  # cached while the model lives
+    del model
+    gc.collect()
+    assert copy_ref() is None  # and freed with it
 
 
 def test_fast_forward_matches_logits_and_bf16_is_close():

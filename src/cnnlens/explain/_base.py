@@ -158,6 +158,12 @@ def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     return modules[layer]
 
 
+def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+    """The name of ``layer`` (a name or a sub-module) in ``model``; errors as :func:`get_layer`."""
+    module = get_layer(model, layer)
+    return next(name for name, m in model.named_modules() if m is module)
+
+
 def last_conv_layer(model: nn.Module) -> str:
     """Name of the last ``nn.Conv2d`` in registration order (Grad-CAM's default layer)."""
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, _fast
 
 
 def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Target,
@@ -49,20 +49,23 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
-             layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True) -> torch.Tensor:
+             layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
+             fast: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) of ``layer`` (a name from ``model.named_modules()``; default
     ``_base.default_cam_layer``: the model's ``cam_layer``, else the last ``nn.Conv2d``): ``ReLU(sum_k mean_ij(d logit_t / d A_k) * A_k)``.
 
     Returns ``[N,H,W]`` bilinearly upsampled to the input, or the layer's own ``[N,h,w]`` with
     ``upsample=False``; ``relu=False`` keeps the negative part. This is Captum's ``LayerGradCam`` with
-    ``relu_attributions=True`` followed by ``LayerAttribution.interpolate(..., "bilinear")``.
+    ``relu_attributions=True`` followed by ``LayerAttribution.interpolate(..., "bilinear")``. ``fast``:
+    as in :func:`~cnnlens.explain.saliency.saliency`, the layer itself kept unfolded.
 
     >>> maps = grad_cam(model, images, layer="features.8")
     """
     _base.check_images(images)
     with _base.guarded(model, images):
-        acts, grads, _ = layer_output_and_gradient(model, images, target,
-                                                   _base.default_cam_layer(model) if layer is None else layer)
+        name = _base.default_cam_layer(model) if layer is None else _base.layer_name(model, layer)
+        net = _fast.prepared(model, keep=[name]) if fast else model
+        acts, grads, _ = layer_output_and_gradient(net, images, target, name)
     cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
     if relu:
         cam = cam.clamp(min=0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, _fast
 from cnnlens.explain.saliency import saliency
 
 
@@ -45,17 +45,19 @@ def relu_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = None, *,
-                    reduce: Reduce = "max_abs") -> torch.Tensor:
+                    reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015) through every ``nn.ReLU`` module of ``model``.
 
     ``[N,H,W]`` after ``reduce`` (default ``max_c |.|``), raw signed ``[N,C,H,W]`` with ``reduce=None``
-    (Captum's ``GuidedBackprop``). Raises ValueError when the model has no ``nn.ReLU`` module.
+    (Captum's ``GuidedBackprop``). Raises ValueError when the model has no ``nn.ReLU`` module. ``fast``:
+    as in :func:`~cnnlens.explain.saliency.saliency` (the hooks then sit on the cached copy's ReLUs).
 
     >>> maps = guided_backprop(model, images, target=[0, 3])
     """
     _base.check_images(images)
-    relus = relu_modules(model)
+    relu_modules(model)
     with _base.guarded(model, images), _base.hooks() as handles:
-        handles.extend(m.register_forward_hook(_guide) for m in relus)
-        grad = saliency(model, images, target, reduce=None, abs=False)
+        net = _fast.prepared(model) if fast else model
+        handles.extend(m.register_forward_hook(_guide) for m in relu_modules(net))
+        grad = saliency(net, images, target, reduce=None, abs=False, fast=False)
     return _base.reduce_channels(grad, reduce)

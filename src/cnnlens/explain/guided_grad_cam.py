@@ -9,25 +9,27 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, _fast
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 
 
 def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
-                    layer: str | nn.Module | None = None, reduce: Reduce = "max_abs") -> torch.Tensor:
+                    layer: str | nn.Module | None = None, reduce: Reduce = "max_abs",
+                    fast: bool = True) -> torch.Tensor:
     """Guided backprop times bilinearly upsampled, ReLU'd Grad-CAM of ``layer`` (Selvaraju et al. 2017).
 
     ``[N,H,W]`` after ``reduce`` (default ``max_c |.|``), raw ``[N,C,H,W]`` with ``reduce=None``: Captum's
-    ``GuidedGradCam(model, layer).attribute(..., interpolate_mode="bilinear")``.
+    ``GuidedGradCam(model, layer).attribute(..., interpolate_mode="bilinear")``. ``fast``: as in
+    :func:`~cnnlens.explain.saliency.saliency`.
 
     >>> maps = guided_grad_cam(model, images, target=2, layer="features.8")
     """
     _base.check_images(images)
     with _base.guarded(model, images):
         # One target for both halves: the predicted class is the same (the guide hooks leave forward values alone).
-        logits = _base.predict_logits(model, images)
+        logits = _base.predict_logits(_fast.prepared(model) if fast else model, images)
         t = _base.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
-        cam = grad_cam(model, images, t, layer=layer)
-        guided = guided_backprop(model, images, t, reduce=None)
+        cam = grad_cam(model, images, t, layer=layer, fast=fast)
+        guided = guided_backprop(model, images, t, reduce=None, fast=fast)
     return _base.reduce_channels(guided * cam[:, None], reduce)

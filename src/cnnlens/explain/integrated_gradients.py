@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, _fast
 
 BASELINES = ("zeros", "mean", "blur")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -118,7 +118,8 @@ def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor, bl
 def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                                 baseline: str | float | torch.Tensor = "zeros", n_steps: int = 50,
                                 method: str = "gausslegendre", blur_sigma: float | None = None,
-                                batch_size: int | None = None, progress: bool = False) -> IntegratedGradientsResult:
+                                batch_size: int | None = None, progress: bool = False,
+                                fast: bool = True) -> IntegratedGradientsResult:
     """Integrated gradients (Sundararajan et al. 2017) with per-image completeness gap; see
     :func:`integrated_gradients` for the arguments.
 
@@ -133,7 +134,8 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
     alphas, weights = alphas.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
     n = x.shape[0]
     with _base.guarded(model, images):
-        logits = _base.predict_logits(model, x, bs)
+        net = _fast.prepared(model) if fast else model
+        logits = _base.predict_logits(net, x, bs)
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
         diff = x - base
         total = torch.zeros_like(x)
@@ -142,10 +144,10 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
             k = torch.arange(start, end, device=x.device)
             step, img = k // n, k % n
             points = base[img] + alphas[step].view(-1, 1, 1, 1) * diff[img]
-            grad = _base.input_gradient(model, points, t[img])
+            grad = _base.input_gradient(net, points, t[img])
             total.index_add_(0, img, grad * weights[step].view(-1, 1, 1, 1))
         scores = _base.target_scores(logits, t)
-        baseline_scores = _base.target_scores(_base.predict_logits(model, base, bs), t)
+        baseline_scores = _base.target_scores(_base.predict_logits(net, base, bs), t)
     attributions = total * diff
     gap = attributions.sum(dim=(1, 2, 3)) - (scores - baseline_scores)
     return IntegratedGradientsResult(attributions, t, base, scores, baseline_scores, gap)
@@ -155,7 +157,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target 
                          baseline: str | float | torch.Tensor = "zeros", n_steps: int = 50,
                          method: str = "gausslegendre", blur_sigma: float | None = None,
                          batch_size: int | None = None, progress: bool = False,
-                         reduce: Reduce = "sum") -> torch.Tensor:
+                         reduce: Reduce = "sum", fast: bool = True) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017): ``(x - b) * mean over the path of d logit_t / dx``.
 
     ``baseline``: ``"zeros"``, ``"mean"`` (per-image channel means), ``"blur"`` (``blur_sigma`` pixels),
@@ -163,10 +165,12 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target 
     ``"riemann_trapezoid"``, ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``). Returns
     ``[N,H,W]`` summed over channels (signed; the sum over pixels is ``logit_t(x) - logit_t(b)``), raw
     ``[N,C,H,W]`` with ``reduce=None``: Captum's ``IntegratedGradients`` with the same steps and method
-    (except ``riemann_trapezoid``, see :func:`quadrature`).
+    (except ``riemann_trapezoid``, see :func:`quadrature`). ``fast``: as in
+    :func:`~cnnlens.explain.saliency.saliency`.
 
     >>> maps = integrated_gradients(model, images, baseline="blur", n_steps=32, batch_size=64)
     """
     result = integrated_gradients_result(model, images, target, baseline=baseline, n_steps=n_steps, method=method,
-                                         blur_sigma=blur_sigma, batch_size=batch_size, progress=progress)
+                                         blur_sigma=blur_sigma, batch_size=batch_size, progress=progress,
+                                         fast=fast)
     return _base.reduce_channels(result.attributions, reduce)

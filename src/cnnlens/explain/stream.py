@@ -160,15 +160,15 @@ def _progress(total: int, enabled: bool, description: str) -> contextlib.Abstrac
 
 def stream_explain(model: nn.Module, images: Source, method: str | Callable[..., torch.Tensor] = "saliency", *,
                    out: PathArg, target: object = None, batch_size: int = 128, progress: bool = False,
-                   fast: bool = False, device: torch.device | str | None = None, **options: object) -> StreamResult:
+                   fast: bool = True, device: torch.device | str | None = None, **options: object) -> StreamResult:
     """Explain every image of ``images`` with ``method``, ``batch_size`` images at a time, into ``out``.
 
     ``method``: ``"saliency"``, ``"grad-cam"`` or any ``method(model, images, target=...) -> [B,H,W]``;
     ``options`` go to it (e.g. ``layer="block3"``). ``target``: None (each image's predicted class),
     ``"labels"`` (an ImageSet's labels), an int or one int per image. ``out`` receives float32
-    ``[N,H,W]`` maps and ``<stem>.targets.npy`` the explained classes, both atomically. ``fast=True``
-    explains with a folded, channels-last copy of the model (:func:`cnnlens.explain._fast.prepare`;
-    Grad-CAM's layer is kept as it is). Peak memory is one batch's, whatever N.
+    ``[N,H,W]`` maps and ``<stem>.targets.npy`` the explained classes, both atomically. ``fast`` goes
+    to the built-in methods (default: a cached folded, channels-last copy of the model,
+    :func:`cnnlens.explain._fast.prepared`; ``False``: the model itself). Peak memory is one batch's, whatever N.
 
     >>> res = stream_explain(model, imageset, "grad-cam", out="maps/grad_cam.npy", batch_size=256)
     >>> res.images_per_second
@@ -186,11 +186,13 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    explained = model
-    if fast:
-        layer = options.get("layer") if fn is grad_cam else None
-        keep = [layer if isinstance(layer, str) else _base.last_conv_layer(model)] if fn is grad_cam else []
-        explained = _fast.prepare(model, keep=keep)
+    if fn is grad_cam:  # by name: a module of the user's model is not a module of the prepared copy
+        layer = options.get("layer")
+        options = {**options, "layer": _base.default_cam_layer(model) if layer is None else _base.layer_name(model, layer)}
+    # The copy is prepared here, not inside each call, so that _first_logits hooks the module that runs.
+    explained = _fast.prepared(model, keep=[options["layer"]] if fn is grad_cam else []) if fast else model
+    if fn in STREAM_METHODS.values():
+        options = {**options, "fast": fast}
     start_time = time.perf_counter()
     name = method if isinstance(method, str) else getattr(method, "__name__", "explaining")
     with atomic_path(out) as tmp_maps, atomic_path(out.with_suffix(".targets.npy")) as tmp_targets, \
