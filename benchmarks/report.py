@@ -88,11 +88,13 @@ def render(payload: dict, json_path: Path) -> str:
         "",
         "- **Incremental occlusion** (`occlusion(..., fast=True)`, `cnnlens.explain._incremental`): a patch changes "
         "only the box of each feature map it can reach through the local layers (convolutions, BatchNorm, ReLU, "
-        "pooling), so only those boxes are recomputed, with the clean activations around them as context and the "
-        "zero (or -inf) padding rebuilt at the borders; global average pooling is updated as "
-        "`clean mean + sum(new - clean over the box) / (h w)`, then the head runs. Same map as plain occlusion to "
-        "float rounding (tests: 1e-5 in float32, 1e-12 in float64). Models that are not such a chain (residual "
-        "networks: ResNet-18 here) fall back, with a warning, to plain occlusion on the prepared copy below.",
+        "pooling, and the adds of residual blocks, which change the union of their inputs' boxes), so only those "
+        "boxes are recomputed, with the clean activations around them as context and the zero (or -inf) padding "
+        "rebuilt at the borders; a map the changes have spread over entirely is recomputed whole, never as a "
+        "larger box; global average pooling is updated as `clean mean + sum(new - clean over the box) / (h w)`, "
+        "then the head runs. Same map as plain occlusion to float rounding (tests: 1e-5 in float32, 1e-12 in "
+        "float64, chains and residual networks). Models it cannot decompose fall back, with a warning, to plain "
+        "occlusion on the prepared copy below.",
         "- **Prepared copy** (`cnnlens.explain._fast.prepare`): BatchNorm folded into the preceding convolution "
         "(found on the `torch.fx` graph, written into a copy; the user's model is untouched), channels-last "
         "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`. The gradient "

@@ -106,8 +106,9 @@ def test_class_average_with_occlusion_matches_per_image_maps(random_model_and_im
     assert_model_untouched(model, modes)
     model.eval()
     per_image = normalize_maps(occlusion(model, images, labels, patch=4, stride=4), "max_abs")
-    torch.testing.assert_close(out[1], per_image[[0, 1, 3]].mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[0], per_image[2], rtol=1e-5, atol=1e-6)
+    # maps in [-1, 1]; other batch sizes run other float32 kernels (incremental occlusion: ~2e-6 apart)
+    torch.testing.assert_close(out[1], per_image[[0, 1, 3]].mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0], per_image[2], rtol=1e-5, atol=1e-5)
     assert out[2].isnan().all()
 
 

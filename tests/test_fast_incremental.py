@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens.explain._incremental import LocalPlan, NotDecomposable, _span, fast_occlusion, local_plan
+from cnnlens.explain._incremental import LocalPlan, Merge, NotDecomposable, Pointwise, _span, fast_occlusion, local_plan
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.models import build
 from conftest import assert_model_untouched, make_random_model
@@ -99,13 +99,85 @@ def test_result_does_not_depend_on_batch_size_and_model_is_untouched():
     assert not a.is_inference()
 
 
-def test_residual_model_falls_back_with_a_warning_that_says_why():
-    model = make_random_model(3, seed=2)
-    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert "feeds more than one layer" in local_plan(model)
-    with pytest.warns(UserWarning, match="incremental occlusion does not apply to this ResidualNet: .*skip connection"):
+class InPlaceResidual(nn.Module):
+    """A residual block written with in-place ops (``out += x``, ``F.relu(..., inplace=True)``), a strided
+    1x1 shortcut and a second add reading the block's input again."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+        self.conv1 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.short = nn.Conv2d(4, 6, 1, stride=2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out = torch.nn.functional.relu(self.conv1(x), inplace=True)
+        out = self.conv2(out)
+        out += self.short(x)
+        out = out * 0.5 + self.short(x)
+        return self.fc(torch.flatten(self.gap(torch.nn.functional.relu(out, inplace=True)), 1))
+
+
+@pytest.mark.parametrize(("patch", "stride", "fill", "output"), CASES[:4])
+@pytest.mark.parametrize("net", ["residual", "inplace"])
+def test_residual_networks_are_incremental_and_exact_in_float64(net, patch, stride, fill, output):
+    model = make_random_model(3, seed=2) if net == "residual" else random_bn(InPlaceResidual(3), seed=4)
+    plan = local_plan(model)
+    assert isinstance(plan, LocalPlan), plan
+    assert sum(isinstance(step.layer, Merge) for step in plan.steps) >= 1
+    model = copy.deepcopy(model).double()
+    x = torch.rand(2, 3, 13, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, fast=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # incremental: no fallback warning
+        got = fast_occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=13)
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [40, 96], ids=["small_stem", "maxpool_stem"])
+def test_resnet18_is_incremental_and_matches_plain_occlusion(side):
+    torch.manual_seed(0)
+    model = random_bn(build("resnet18", in_channels=3, num_classes=4, input_size=side))
+    assert isinstance(local_plan(model), LocalPlan)
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(2))
+    patch, stride = (5, 3) if side == 40 else (12, 10)
+    ref = occlusion(model, x, patch=patch, stride=stride, output="logit", fast=False)
+    got = fast_occlusion(model, x, patch=patch, stride=stride, output="logit")
+    assert ref.abs().max() > 1e-3
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_boxes_never_outgrow_their_maps():
+    # vgg_fer's 5x5 patch reaches every pixel of its 6x6 and 3x3 maps: those are recomputed whole, not as
+    # 10x10 boxes that would mostly be padding.
+    torch.manual_seed(0)
+    model = random_bn(build("vgg_fer", in_channels=1, num_classes=3, input_size=48, channels=(4, 4, 4, 4)))
+    plan = local_plan(model)
+    from cnnlens.explain._incremental import IncrementalOcclusion, _axis
+
+    engine = IncrementalOcclusion(plan, torch.rand(1, 1, 48, 48))
+    sizes = [s[0] for s in engine.sizes]
+    geo = _axis(plan, sizes, 0, 5, 0, engine.period[0])
+    assert all(1 <= n <= size for n, size in zip(geo.lengths[1:], sizes[1:]))
+    first_conv = 1 + next(k for k, step in enumerate(plan.steps) if not isinstance(step.layer, Pointwise))
+    assert geo.lengths[-1] == sizes[-1] == 3 and geo.lengths[first_conv] == 7  # 5 rows + a 3x3 conv's reach
+    assert geo.whole[-1] and not geo.whole[first_conv]
+    t = torch.tensor([0, 3, 9])
+    assert geo.at(len(sizes) - 1, t).tolist() == [0, 0, 0]  # a whole map does not move with the patch
+    assert geo.at(first_conv, t).tolist() == (geo.starts[first_conv] + t * geo.shifts[first_conv]).tolist()
+
+
+def test_undecomposable_model_falls_back_with_a_warning_that_says_why():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 14 * 14, 3))
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert "Flatten" in local_plan(model)
+    with pytest.warns(UserWarning, match="incremental occlusion does not apply to this Sequential: .*Flatten"):
         got = fast_occlusion(model, x, patch=4, stride=2, batch_size=8)
-    ref = occlusion(model, x, patch=4, stride=2)
+    ref = occlusion(model, x, patch=4, stride=2, fast=False)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 

@@ -2,21 +2,24 @@
 
 A patch changes the input on a small box. A convolution or pooling layer maps a changed box to a
 slightly larger changed box of its output; pointwise layers (BatchNorm in eval mode, ReLU, the fixed
-input normalisation...) keep it. So, for a model that is a chain of such *local* layers followed by
-global average pooling and a head, each occluded image only needs its changed boxes recomputed, with
-the clean activations (computed once per image) around them as context, and
+input normalisation...) keep it; the add of a residual block changes the union of its two inputs'
+boxes. So, for a model whose every feature map up to global average pooling is computed by such
+*local* steps (a chain like the small CNN, or a residual network like ResNet-18), each occluded image
+only needs its changed boxes recomputed, with the clean activations (computed once per image) around
+them as context, and
 
     GAP(perturbed map) = GAP(clean map) + sum over the changed box of (new - clean) / (h w).
 
 Everything computed is exact (borders included: zero padding is rebuilt around each box, -inf for
 max-pooling), so the map equals :func:`cnnlens.explain.occlusion.occlusion`'s up to float rounding
-(~1e-6), at a fraction of the arithmetic: ~6x fewer multiply-adds for the small CNN with 5x5 patches.
+(~1e-6). A box is never larger than its map: once the changes have spread over a whole map (deep,
+small maps), that map is simply recomputed whole, so no arithmetic is wasted past the borders.
 
 Patches are grouped by their start modulo the product of the strides; inside a group every box has
-the same size and the same offsets, shifted, so a group is a few batched convolutions on small boxes.
-The chain is read from the model's ``torch.fx`` graph; a model that is not such a chain (a residual
-network, an untraceable forward) is explained by plain occlusion on a folded, channels-last copy
-instead, with a warning that says why.
+the same size, so a group is a few batched convolutions on small boxes. The graph is read from the
+model's ``torch.fx`` trace; a model it cannot decompose (an untraceable forward, a layer not known to
+be local, a head that is not global average pooling) is explained by plain occlusion on a folded,
+channels-last copy instead, with a warning that says why.
 
 >>> maps = fast_occlusion(model, images, target=3, patch=5, stride=1)   # == occlusion(...) to ~1e-6
 """
@@ -63,7 +66,7 @@ IMAGE_CHUNK = 16
 
 
 class NotDecomposable(ValueError):
-    """The model is not a chain of local layers followed by global average pooling."""
+    """Some map before global average pooling is not computed by local layers (or there is no such pooling)."""
 
 
 @dataclass(frozen=True)
@@ -143,35 +146,67 @@ def _operand_ok(arg: object, root: nn.Module) -> bool:
     return False
 
 
-def _single_node_module(root: nn.Module, node: fx.Node, prev: fx.Node) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``node`` alone as a callable of the tensor ``prev`` computes (its constants copied along)."""
+#: In-place operators a traced forward may use (``out += identity``), replaced by their out-of-place form.
+OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
+#: Functions and tensor methods that combine two feature maps of one size pixel by pixel.
+MERGE_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, *OUT_OF_PLACE}
+MERGE_METHODS = {"add", "sub", "mul"}
+
+
+def _node_module(root: nn.Module, node: fx.Node, *maps: fx.Node) -> Callable[..., torch.Tensor]:
+    """``node`` alone as a callable of the tensors ``maps`` compute (its constants copied along), made
+    out-of-place so that it can never overwrite a kept clean activation."""
     graph = fx.Graph()
-    x = graph.placeholder("x")
-    env: dict[fx.Node, fx.Node] = {prev: x}
+    env: dict[fx.Node, fx.Node] = {m: graph.placeholder(f"x{i}") for i, m in enumerate(maps)}
 
     def remap(n: fx.Node) -> fx.Node:
         if n not in env:
             env[n] = graph.get_attr(n.target)  # only get_attr constants reach here (checked before)
         return env[n]
 
-    graph.output(graph.node_copy(node, remap))
+    copied = graph.node_copy(node, remap)
+    copied.target = OUT_OF_PLACE.get(copied.target, copied.target)
+    if copied.kwargs.get("inplace"):
+        copied.kwargs = {**copied.kwargs, "inplace": False}
+    graph.output(copied)
     return fx.GraphModule(root, graph)
 
 
 @dataclass(frozen=True)
-class LocalPlan:
-    """A model split as ``tail(gap(layers(x)))`` with ``layers`` a chain of local layers."""
+class Merge:
+    """A pixel-by-pixel combination of two maps of one size (the add of a residual block)."""
 
-    layers: tuple[Spatial | Pointwise, ...]
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One local layer: what it computes and the maps it reads (0: the image; i: step i-1's output)."""
+
+    layer: Spatial | Pointwise | Merge
+    inputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """A model split as ``tail(gap(maps[pooled]))``, every map computed from the image by local steps.
+
+    ``strides[i]``: how many image pixels one pixel of map ``i`` steps over (rows, columns).
+    """
+
+    steps: tuple[Step, ...]
+    pooled: int
     gap: Callable[[torch.Tensor], torch.Tensor]
     tail: Callable[[torch.Tensor], torch.Tensor]
+    strides: tuple[tuple[int, int], ...]
 
     @staticmethod
     def build(model: nn.Module, fold_bn: bool = True) -> LocalPlan:
-        """Read the chain from ``model``'s fx graph (eval mode); raise :class:`NotDecomposable` if it is not one.
+        """Read the local steps from ``model``'s fx graph (eval mode); raise :class:`NotDecomposable` if it
+        has other layers before global average pooling.
 
         Convolutions are copied (BatchNorm right after one folded into it, weights channels-last);
-        the other modules are the model's own, called as they are.
+        pointwise modules are the model's own (copied out-of-place where they work in place).
         """
         try:
             gm = fx.symbolic_trace(model)
@@ -181,33 +216,63 @@ class LocalPlan:
         nodes = [n for n in gm.graph.nodes if n.op != "get_attr"]
         if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
             raise NotDecomposable("its forward does not take exactly one input")
-        layers: list[Spatial | Pointwise] = []
-        prev = nodes[0]
+        index: dict[fx.Node, int] = {nodes[0]: 0}
+        steps: list[Step] = []
+        strides: list[tuple[int, int]] = [(1, 1)]
         for i, node in enumerate(nodes[1:], start=1):
-            if len(prev.users) != 1 or prev not in node.all_input_nodes:
-                raise NotDecomposable(f"{prev.name} feeds more than one layer (a skip connection?)")
-            others = [a for a in node.all_input_nodes if a is not prev]
-            if any(a.op != "get_attr" for a in others):
-                raise NotDecomposable(f"{node.name} combines several tensors")
+            maps = [a for a in node.all_input_nodes if a.op != "get_attr"]
             if _is_gap(node, modules):
-                return LocalPlan(tuple(layers), _single_node_module(gm, node, prev), _tail(gm, nodes[i:]))
-            layers.append(_layer(gm, modules, node, prev, others, fold_bn and bool(layers)
-                                 and _is_conv_node(prev, modules)))
-            if layers[-1] is None:  # a BatchNorm folded into the convolution before it (copies, eval mode)
-                layers.pop()
-                conv, bn = copy.deepcopy(modules[prev.target]).eval(), copy.deepcopy(modules[node.target]).eval()
-                layers[-1] = _conv_layer(fuse_conv_bn_eval(conv, bn))
-            prev = node
+                return LocalPlan(tuple(steps), index[maps[0]], _node_module(gm, node, maps[0]), _tail(gm, nodes[i:]),
+                                 tuple(strides))
+            if len(maps) == 1:
+                src = maps[0]
+                fold = fold_bn and _is_conv_node(src, modules) and len(src.users) == 1
+                layer = _layer(gm, modules, node, src, fold)
+                if layer is None:  # a BatchNorm folded into the convolution before it (copies, eval mode)
+                    j = index[src] - 1
+                    conv, bn = copy.deepcopy(modules[src.target]).eval(), copy.deepcopy(modules[node.target]).eval()
+                    steps[j] = Step(_conv_layer(fuse_conv_bn_eval(conv, bn)), steps[j].inputs)
+                    index[node] = index[src]
+                    continue
+                steps.append(Step(layer, (index[src],)))
+                stride = layer.stride if isinstance(layer, Spatial) else (1, 1)
+                strides.append((strides[index[src]][0] * stride[0], strides[index[src]][1] * stride[1]))
+            elif len(maps) == 2 and _is_merge(node, maps, gm):
+                a, b = index[maps[0]], index[maps[1]]
+                if strides[a] != strides[b]:
+                    raise NotDecomposable(f"{node.name} combines maps of different resolutions")
+                steps.append(Step(Merge(_node_module(gm, node, *maps)), (a, b)))
+                strides.append(strides[a])
+            else:
+                raise NotDecomposable(f"{node.name} combines {len(maps)} tensors in a way not known to be local")
+            index[node] = len(steps)
         raise NotDecomposable("it has no global average pooling")
+
+    def readers(self) -> list[list[Step]]:
+        """For each map, the steps that read it."""
+        out: list[list[Step]] = [[] for _ in range(len(self.steps) + 1)]
+        for step in self.steps:
+            for i in step.inputs:
+                out[i].append(step)
+        return out
 
 
 def _is_conv_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and type(modules[node.target]) is nn.Conv2d
 
 
+def _is_merge(node: fx.Node, maps: list[fx.Node], root: nn.Module) -> bool:
+    """Whether ``node`` combines the two maps pixel by pixel (a residual add), other operands constants."""
+    if not ((node.op == "call_function" and node.target in MERGE_FUNCTIONS)
+            or (node.op == "call_method" and node.target in MERGE_METHODS)):
+        return False
+    return all(_operand_ok(a, root) for a in (*node.args, *node.kwargs.values()) if a not in maps)
+
+
 def _layer(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, prev: fx.Node,
-           others: list[fx.Node], after_conv: bool) -> Spatial | Pointwise | None:
-    """``node`` as a local layer; None for a BatchNorm to fold into the convolution before it."""
+           after_conv: bool) -> Spatial | Pointwise | None:
+    """``node`` as a local layer reading the one map ``prev``; None for a BatchNorm to fold into the
+    convolution before it."""
     if node.op == "call_module":
         m = modules[node.target]
         if len(node.args) != 1 or node.kwargs:
@@ -219,14 +284,19 @@ def _layer(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, pre
         if isinstance(m, nn.BatchNorm2d) and (not m.track_running_stats or m.running_mean is None):
             raise NotDecomposable(f"BatchNorm {node.target} normalises by batch statistics")
         if isinstance(m, POINTWISE_MODULES):
-            return None if isinstance(m, nn.BatchNorm2d) and after_conv and len(prev.users) == 1 else Pointwise(m)
+            if isinstance(m, nn.BatchNorm2d) and after_conv:
+                return None
+            if getattr(m, "inplace", False) and len(prev.users) > 1:  # it would overwrite a map read again
+                m = copy.copy(m)
+                m.inplace = False
+            return Pointwise(m)
         raise NotDecomposable(f"layer {node.target} ({type(m).__name__}) is not known to be local")
     pointwise = (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS) or \
                 (node.op == "call_method" and node.target in POINTWISE_METHODS)
     operands = [a for a in (*node.args, *node.kwargs.values()) if a is not prev]
     if not pointwise or not all(_operand_ok(a, gm) for a in operands):
         raise NotDecomposable(f"operation {node.name} ({node.target}) is not known to be local")
-    return Pointwise(_single_node_module(gm, node, prev))
+    return Pointwise(_node_module(gm, node, prev))
 
 
 def _tail(gm: fx.GraphModule, nodes: list[fx.Node]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -260,22 +330,53 @@ def _span(start: int, length: int, kernel: int, stride: int, padding: int) -> tu
 
 @dataclass(frozen=True)
 class _Axis:
-    """Geometry of one alignment class along one axis, for t = 0 (a patch start shifts it by t * shift)."""
+    """One alignment class along one axis: for each map, where its changed box starts for t = 0, how far
+    it moves per unit of t (a patch start moves by t * period), and its length.
 
-    windows: tuple[tuple[int, int, int, int], ...]  # per spatial layer: (box start, box len, in start, in len)
-    final: tuple[int, int]  # (start, len) of the changed box of the map global pooling reads
-    shifts: tuple[int, ...]  # per spatial layer, then the final map: rows moved per unit of t
+    A box that would be at least as long as its map is the whole map (start 0, not moving): deep, small
+    maps are recomputed whole rather than as larger boxes that would be mostly padding.
+    """
+
+    starts: tuple[int, ...]
+    shifts: tuple[int, ...]
+    lengths: tuple[int, ...]
+    whole: tuple[bool, ...]
+
+    def at(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """Where map ``i``'s box starts for each t (it may hang over the map's border)."""
+        return torch.zeros_like(t) if self.whole[i] else self.starts[i] + t * self.shifts[i]
+
+    def extent(self, i: int, t_range: tuple[int, int]) -> tuple[int, int]:
+        """The first and one-past-last row map ``i``'s box covers over ``t`` in ``t_range``."""
+        if self.whole[i]:
+            return 0, self.lengths[i]
+        return (self.starts[i] + min(t_range) * self.shifts[i],
+                self.starts[i] + max(t_range) * self.shifts[i] + self.lengths[i])
 
 
-def _axis(start: int, length: int, layers: list[Spatial], axis: int, period: int) -> _Axis:
-    windows, shifts, shift = [], [], period
-    for layer in layers:
-        k, s, p = layer.kernel[axis], layer.stride[axis], layer.padding[axis]
-        out_start, out_len, in_start, in_len = _span(start, length, k, s, p)
-        windows.append((start, length, in_start, in_len))
-        shifts.append(shift)
-        start, length, shift = out_start, out_len, shift // s
-    return _Axis(tuple(windows), (start, length), (*shifts, shift))
+def _axis(plan: LocalPlan, sizes: list[int], start: int, length: int, axis: int, period: int) -> _Axis:
+    """The boxes every map gets from a patch of ``length`` at ``start`` (t = 0) along ``axis``.
+
+    Computing more of a map than a patch changed gives that map's clean values there, so a box only
+    has to cover the changed part: one at least as long as its map becomes the whole map.
+    """
+    starts, shifts, lengths = [start], [period], [length]
+    for step in plan.steps:
+        i = step.inputs[0]
+        if isinstance(step.layer, Spatial):
+            layer = step.layer
+            out_start, out_len, _, _ = _span(starts[i], lengths[i], layer.kernel[axis], layer.stride[axis],
+                                              layer.padding[axis])
+            starts.append(out_start), shifts.append(shifts[i] // layer.stride[axis]), lengths.append(max(out_len, 1))
+        elif isinstance(step.layer, Merge):
+            j = step.inputs[1]
+            lo, hi = min(starts[i], starts[j]), max(starts[i] + lengths[i], starts[j] + lengths[j])
+            starts.append(lo), shifts.append(shifts[i]), lengths.append(hi - lo)
+        else:
+            starts.append(starts[i]), shifts.append(shifts[i]), lengths.append(lengths[i])
+    whole = tuple(i > 0 and n >= size for i, (n, size) in enumerate(zip(lengths, sizes)))
+    lengths = [size if w else n for n, size, w in zip(lengths, sizes, whole)]
+    return _Axis(tuple(starts), tuple(shifts), tuple(lengths), whole)
 
 
 def _gather(padded: torch.Tensor, img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -283,10 +384,36 @@ def _gather(padded: torch.Tensor, img: torch.Tensor, rows: torch.Tensor, cols: t
     return padded[img[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _valid(start: torch.Tensor, length: int, size: int) -> torch.Tensor:
-    """``[B,length]`` bool: which rows ``start[b] + i`` lie inside ``[0, size)``."""
-    rows = start[:, None] + torch.arange(length, device=start.device)
-    return (rows >= 0) & (rows < size)
+def _paste(window: torch.Tensor, win_h: torch.Tensor, win_w: torch.Tensor, box: torch.Tensor,
+           box_h: torch.Tensor, box_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``window`` ``[B,C,h,w]`` (rows ``win_h[b] + i``, cols ``win_w[b] + j`` of a map) with the pixels
+    ``box`` holds (it starts at ``box_h[b]``, ``box_w[b]``) taken from ``box``, except where they lie
+    outside the map: the window keeps its padding there. ``window`` is a fresh gather: it is written in place."""
+    (h, w), (bh, bw) = window.shape[2:], box.shape[2:]
+    rows = win_h[:, None] + torch.arange(h, device=window.device)
+    cols = win_w[:, None] + torch.arange(w, device=window.device)
+    oh, ow = box_h - win_h, box_w - win_w  # where the box starts inside each window
+    out = window
+    if bool((oh == oh[0]).all() and (ow == ow[0]).all()):
+        # The usual case: the box sits at one place in every window (both move with the patch).
+        oh, ow = int(oh[0]), int(ow[0])
+        a0, a1, b0, b1 = max(0, oh), min(h, oh + bh), max(0, ow), min(w, ow + bw)
+        if a1 <= a0 or b1 <= b0:
+            return out
+        piece = box[:, :, a0 - oh:a1 - oh, b0 - ow:b1 - ow]
+        in_h = (rows[:, a0:a1] >= 0) & (rows[:, a0:a1] < size[0])
+        in_w = (cols[:, b0:b1] >= 0) & (cols[:, b0:b1] < size[1])
+        if not bool(in_h.all() and in_w.all()):  # a box hanging over the border: keep the padding there
+            piece = torch.where((in_h[:, :, None] & in_w[:, None, :])[:, None], piece, out[:, :, a0:a1, b0:b1])
+        out[:, :, a0:a1, b0:b1] = piece
+        return out
+    # A moving box in a window that does not move (a whole map): each window takes its own rows.
+    rh, rw = rows - box_h[:, None], cols - box_w[:, None]
+    in_h = (rh >= 0) & (rh < bh) & (rows >= 0) & (rows < size[0])
+    in_w = (rw >= 0) & (rw < bw) & (cols >= 0) & (cols < size[1])
+    b = torch.arange(box.shape[0], device=box.device)
+    taken = box[b[:, None, None], :, rh.clamp(0, bh - 1)[:, :, None], rw.clamp(0, bw - 1)[:, None, :]]
+    return torch.where((in_h[:, :, None] & in_w[:, None, :])[:, None], taken.permute(0, 3, 1, 2), out)
 
 
 class IncrementalOcclusion:
@@ -294,28 +421,58 @@ class IncrementalOcclusion:
 
     def __init__(self, plan: LocalPlan, images: torch.Tensor, precision: str = "float32") -> None:
         self.plan, self.precision = plan, precision
-        self.spatial = [layer for layer in plan.layers if isinstance(layer, Spatial)]
-        self.period = (math.prod(s.stride[0] for s in self.spatial), math.prod(s.stride[1] for s in self.spatial))
         with torch.inference_mode(), _fast.autocast(images.device, precision):
-            self.inputs, final = self._clean(images)
-            pooled = plan.gap(final)
+            maps = [to_channels_last(images.clone())]
+            for step in plan.steps:
+                maps.append(_full(step.layer, [maps[i] for i in step.inputs]))
+            pooled = plan.gap(maps[plan.pooled])
             self.logits = plan.tail(pooled).to(images.dtype)
-        self.final = final
+        self.maps = maps
+        self.sizes = [tuple(m.shape[2:]) for m in maps]
         self.pooled_shape = pooled.shape[1:]
         self.pooled = pooled.reshape(images.shape[0], -1)
-        self.sizes = [tuple(x.shape[2:]) for x in self.inputs] + [tuple(final.shape[2:])]
+        self.period = (math.lcm(*(s[0] for s in plan.strides)), math.lcm(*(s[1] for s in plan.strides)))
 
-    def _clean(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The clean input of every spatial layer and the map global pooling reads."""
-        x = to_channels_last(images.clone())
-        inputs = []
-        for layer in self.plan.layers:
-            if isinstance(layer, Spatial):
-                inputs.append(x)
-                x = layer.full(x)
-            else:
-                x = layer.fn(x)
-        return inputs, x
+    def _windows(self, geo: tuple[dict[int, _Axis], dict[int, _Axis]], t_range: tuple[tuple[int, int], ...]
+                 ) -> list[tuple[int, float, int, int, int, int]]:
+        """Every window a pass reads from a clean map: ``(map, padding value, top, bottom, left, right)``,
+        the rows / columns it reaches outside the map (for the padding)."""
+        reads = []
+        for gh in geo[0].values():
+            for gw in geo[1].values():
+                for k, step in enumerate(self.plan.steps, start=1):
+                    layer = step.layer
+                    if isinstance(layer, Pointwise):
+                        continue
+                    spans = []
+                    for axis, g in ((0, gh), (1, gw)):
+                        lo, hi = g.extent(k, t_range[axis])
+                        if isinstance(layer, Spatial):
+                            s_, p_, k_ = layer.stride[axis], layer.padding[axis], layer.kernel[axis]
+                            lo, hi = lo * s_ - p_, (hi - 1) * s_ - p_ + k_
+                        spans.append((lo, hi))
+                    value = layer.pad_value if isinstance(layer, Spatial) else 0.0
+                    for i in step.inputs:
+                        (h0, h1), (w0, w1) = spans
+                        reads.append((i, value, -h0, h1 - self.sizes[i][0], -w0, w1 - self.sizes[i][1]))
+                p = self.plan.pooled
+                (h0, h1), (w0, w1) = gh.extent(p, t_range[0]), gw.extent(p, t_range[1])
+                reads.append((p, 0.0, -h0, h1 - self.sizes[p][0], -w0, w1 - self.sizes[p][1]))
+        return reads
+
+    def _padded(self, geo: tuple[dict[int, _Axis], dict[int, _Axis]], t_range: tuple[tuple[int, int], ...]
+                ) -> dict[tuple[int, float], tuple[torch.Tensor, int, int]]:
+        """The clean maps the pass gathers from, NHWC, padded with each reader's padding value (0, or -inf
+        for max-pooling) so that every window fits: ``{(map, value): (tensor, top, left)}``."""
+        margins: dict[tuple[int, float], list[int]] = {}
+        for i, value, *reach in self._windows(geo, t_range):
+            m = margins.setdefault((i, value), [0, 0, 0, 0])
+            margins[(i, value)] = [max(a, b) for a, b in zip(m, reach)]
+        out = {}
+        for (i, value), (top, bottom, left, right) in margins.items():
+            nhwc = F.pad(self.maps[i], (left, right, top, bottom), value=value).permute(0, 2, 3, 1).contiguous()
+            out[(i, value)] = (nhwc, top, left)
+        return out
 
     def scores(self, target: torch.Tensor, fills: torch.Tensor, starts_h: torch.Tensor, starts_w: torch.Tensor,
                patch: tuple[int, int], *, output: str, batch_size: int,
@@ -326,19 +483,22 @@ class IncrementalOcclusion:
         """
         n, nf = fills.shape[:2]
         device = fills.device
-        geo_h = {int(r) % self.period[0]: _axis(int(r) % self.period[0], patch[0], self.spatial, 0, self.period[0])
-                 for r in starts_h}
-        geo_w = {int(c) % self.period[1]: _axis(int(c) % self.period[1], patch[1], self.spatial, 1, self.period[1])
-                 for c in starts_w}
-        padded = self._padded(geo_h, geo_w, starts_h, starts_w)
+        sizes_h, sizes_w = [s[0] for s in self.sizes], [s[1] for s in self.sizes]
+        geo_h = {a: _axis(self.plan, sizes_h, a, patch[0], 0, self.period[0])
+                 for a in sorted({int(r) % self.period[0] for r in starts_h})}
+        geo_w = {a: _axis(self.plan, sizes_w, a, patch[1], 1, self.period[1])
+                 for a in sorted({int(c) % self.period[1] for c in starts_w})}
+        t_range = ((int(starts_h.min()) // self.period[0], int(starts_h.max()) // self.period[0]),
+                   (int(starts_w.min()) // self.period[1], int(starts_w.max()) // self.period[1]))
+        padded = self._padded((geo_h, geo_w), t_range)
         scores = torch.empty(n, nf, len(starts_h), len(starts_w), dtype=self.logits.dtype, device=device)
-        groups = [(ah, aw) for ah in geo_h for aw in geo_w]
         jobs = []
-        for ah, aw in groups:
-            kh = torch.nonzero(starts_h % self.period[0] == ah)[:, 0].to(device)
-            kw = torch.nonzero(starts_w % self.period[1] == aw)[:, 0].to(device)
-            total = n * nf * len(kh) * len(kw)
-            jobs += [(ah, aw, kh, kw, s, e) for s, e in batch_ranges(total, batch_size)]
+        for ah in geo_h:
+            for aw in geo_w:
+                kh = torch.nonzero(starts_h % self.period[0] == ah)[:, 0].to(device)
+                kw = torch.nonzero(starts_w % self.period[1] == aw)[:, 0].to(device)
+                total = n * nf * len(kh) * len(kw)
+                jobs += [(ah, aw, kh, kw, s, e) for s, e in batch_ranges(total, batch_size)]
         starts_h, starts_w = starts_h.to(device), starts_w.to(device)
         for ah, aw, kh, kw, s, e in jobs:
             idx = torch.arange(s, e, device=device)
@@ -353,69 +513,55 @@ class IncrementalOcclusion:
                 advance(e - s)
         return scores
 
-    def _padded(self, geo_h: dict[int, _Axis], geo_w: dict[int, _Axis], starts_h: torch.Tensor,
-                starts_w: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
-        """Each spatial layer's clean input (and the final map), NHWC, padded so that every box fits.
-
-        Returns ``(tensor, top margin, left margin)`` per level.
-        """
-        t_h = (int(starts_h.min()) // self.period[0], int(starts_h.max()) // self.period[0])
-        t_w = (int(starts_w.min()) // self.period[1], int(starts_w.max()) // self.period[1])
-        maps = [*self.inputs, self.final]
-        pads = [*(layer.pad_value for layer in self.spatial), 0.0]
-        out = []
-        for level, (x, value) in enumerate(zip(maps, pads)):
-            margins = []
-            for geo, (t0, t1), size in ((geo_h, t_h, x.shape[2]), (geo_w, t_w, x.shape[3])):
-                lo, hi = 0, 0
-                for g in geo.values():
-                    start, length = g.windows[level][2:] if level < len(self.spatial) else g.final
-                    lo = max(lo, -(start + t0 * g.shifts[level]))
-                    hi = max(hi, start + t1 * g.shifts[level] + length - size)
-                margins.append((lo, hi))
-            (top, bottom), (left, right) = margins
-            nhwc = F.pad(x, (left, right, top, bottom), value=value).permute(0, 2, 3, 1).contiguous()
-            out.append((nhwc, top, left))
-        return out
-
-    def _logits(self, padded: list[tuple[torch.Tensor, int, int]], gh: _Axis, gw: _Axis, img: torch.Tensor,
-                fill: torch.Tensor, th: torch.Tensor, tw: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    def _logits(self, padded: dict[tuple[int, float], tuple[torch.Tensor, int, int]], gh: _Axis, gw: _Axis,
+                img: torch.Tensor, fill: torch.Tensor, th: torch.Tensor, tw: torch.Tensor,
+                patch: tuple[int, int]) -> torch.Tensor:
         """Logits of a batch of occluded images of one alignment group."""
-        # The changed box of the input: the patch itself (its fill colour).
-        box = to_channels_last(fill.expand(-1, -1, *patch).contiguous())
-        level = 0
-        for layer in self.plan.layers:
+
+        def window(i: int, value: float, rows: torch.Tensor, cols: torch.Tensor, length: tuple[int, int]) -> torch.Tensor:
+            nhwc, top, left = padded[(i, value)]
+            return _gather(nhwc, img, top + rows[:, None] + torch.arange(length[0], device=img.device),
+                           left + cols[:, None] + torch.arange(length[1], device=img.device))
+
+        starts = [(gh.at(i, th), gw.at(i, tw)) for i in range(len(self.sizes))]
+        # The changed box of the image: the patch itself (its fill colour).
+        boxes = [to_channels_last(fill.expand(-1, -1, *patch).contiguous())]
+        for k, step in enumerate(self.plan.steps, start=1):
+            layer = step.layer
             if isinstance(layer, Pointwise):
-                box = layer.fn(box)
+                boxes.append(layer.fn(boxes[step.inputs[0]]))
                 continue
-            nhwc, top, left = padded[level]
-            (bh0, bhl, ih0, ihl), (bw0, bwl, iw0, iwl) = gh.windows[level], gw.windows[level]
-            rh, rw = ih0 + th * gh.shifts[level], iw0 + tw * gw.shifts[level]
-            x = _gather(nhwc, img, top + rh[:, None] + torch.arange(ihl, device=img.device),
-                        left + rw[:, None] + torch.arange(iwl, device=img.device))
-            oh, ow = bh0 - ih0, bw0 - iw0  # where the changed box sits in the layer's input box (>= 0)
-            hh, ww = min(bhl, ihl - oh), min(bwl, iwl - ow)
-            if hh > 0 and ww > 0:
-                x[:, :, oh:oh + hh, ow:ow + ww] = box[:, :, :hh, :ww]
-                # Rows/columns of the pasted box outside the map are padding, not changed pixels.
-                size = self.sizes[level]
-                vh, vw = _valid(rh + oh, hh, size[0]), _valid(rw + ow, ww, size[1])
-                if not (bool(vh.all()) and bool(vw.all())):
-                    inside = vh[:, None, :, None] & vw[:, None, None, :]
-                    x[:, :, oh:oh + hh, ow:ow + ww] = torch.where(inside, x[:, :, oh:oh + hh, ow:ow + ww],
-                                                                  layer.pad_value)
-            box = layer.window(x)
-            level += 1
-        nhwc, top, left = padded[level]
-        (fh0, fhl), (fw0, fwl) = gh.final, gw.final
-        rh, rw = fh0 + th * gh.shifts[level], fw0 + tw * gw.shifts[level]
-        clean = _gather(nhwc, img, top + rh[:, None] + torch.arange(fhl, device=img.device),
-                        left + rw[:, None] + torch.arange(fwl, device=img.device))
-        size = self.sizes[level]
-        inside = _valid(rh, fhl, size[0])[:, None, :, None] & _valid(rw, fwl, size[1])[:, None, None, :]
-        change = torch.where(inside, box - clean, 0.0).sum(dim=(2, 3)) / (size[0] * size[1])
+            length = (gh.lengths[k], gw.lengths[k])
+            if isinstance(layer, Spatial):
+                (i,) = step.inputs
+                rows = starts[k][0] * layer.stride[0] - layer.padding[0]
+                cols = starts[k][1] * layer.stride[1] - layer.padding[1]
+                size = ((length[0] - 1) * layer.stride[0] + layer.kernel[0],
+                        (length[1] - 1) * layer.stride[1] + layer.kernel[1])
+                x = window(i, layer.pad_value, rows, cols, size)
+                boxes.append(layer.window(_paste(x, rows, cols, boxes[i], *starts[i], self.sizes[i])))
+            else:
+                a, b = (_paste(window(i, 0.0, *starts[k], length), *starts[k], boxes[i], *starts[i], self.sizes[i])
+                        for i in step.inputs)
+                boxes.append(layer.fn(a, b))
+        p = self.plan.pooled
+        box, (rh, rw), size = boxes[p], starts[p], self.sizes[p]
+        change = box - window(p, 0.0, rh, rw, tuple(box.shape[2:]))
+        rows = rh[:, None] + torch.arange(box.shape[2], device=img.device)
+        cols = rw[:, None] + torch.arange(box.shape[3], device=img.device)
+        inside = ((rows >= 0) & (rows < size[0]))[:, :, None] & ((cols >= 0) & (cols < size[1]))[:, None, :]
+        if not bool(inside.all()):  # a box hanging over the border: only its part inside the map counts
+            change = torch.where(inside[:, None], change, 0.0)
+        change = change.sum(dim=(2, 3)) / (size[0] * size[1])
         pooled = (self.pooled[img] + change.to(self.pooled.dtype)).reshape(-1, *self.pooled_shape)
         return self.plan.tail(pooled)
+
+
+def _full(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """One step on whole maps."""
+    if isinstance(layer, Spatial):
+        return layer.full(inputs[0])
+    return layer.fn(*inputs)
 
 
 def local_plan(model: nn.Module) -> LocalPlan | str:
@@ -435,7 +581,7 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
     Same arguments and result as ``occlusion``; ``batch_size`` counts occluded images per pass (None:
     256 for incremental occlusion, measured once per architecture and shape for the plain fallback). ``precision="bfloat16"`` runs the convolutions under
     bfloat16 autocast (opt-in; see :func:`cnnlens.explain._fast.precision_agreement`). A model that is
-    not a chain of local layers + global average pooling gets plain occlusion on a folded,
+    not decomposable (see :class:`LocalPlan`) gets plain occlusion on a folded,
     channels-last copy, with a warning naming the reason (``warn=False``: silently).
 
     >>> fast_occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")

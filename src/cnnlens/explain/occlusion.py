@@ -142,8 +142,8 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     maps, as in the seeds) or a float. Positive = the region supports the target.
 
     ``fast``: None (default) uses incremental occlusion (:mod:`cnnlens.explain._incremental`: the same map
-    to ~1e-6, 7x faster than Captum's best on small_cnn) where the model is a chain of local layers +
-    global average pooling, and otherwise plain occlusion on a folded, channels-last copy; True does the
+    to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to global average pooling
+    comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise plain occlusion on a folded, channels-last copy; True does the
     same but warns when it falls back; False always runs plain occlusion on the model itself.
     ``precision="bfloat16"`` (opt-in) runs it in bfloat16.
 
