@@ -157,18 +157,24 @@ def test_boxes_never_outgrow_their_maps():
     torch.manual_seed(0)
     model = random_bn(build("vgg_fer", in_channels=1, num_classes=3, input_size=48, channels=(4, 4, 4, 4)))
     plan = local_plan(model)
-    from cnnlens.explain._incremental import IncrementalOcclusion, _axis
+    from cnnlens.explain._incremental import IncrementalOcclusion, _axis, _axis_groups
 
     engine = IncrementalOcclusion(plan, torch.rand(1, 1, 48, 48))
     sizes = [s[0] for s in engine.sizes]
-    geo = _axis(plan, sizes, 0, 5, 0, engine.period[0])
-    assert all(1 <= n <= size for n, size in zip(geo.lengths[1:], sizes[1:]))
+    period = engine.period[0]
+    starts, shifts, lengths, whole = _axis(plan, sizes, 0, 5, 0, period)
+    assert all(1 <= n <= size for n, size in zip(lengths[1:], sizes[1:]))
     first_conv = 1 + next(k for k, step in enumerate(plan.steps) if not isinstance(step.layer, Pointwise))
-    assert geo.lengths[-1] == sizes[-1] == 3 and geo.lengths[first_conv] == 7  # 5 rows + a 3x3 conv's reach
-    assert geo.whole[-1] and not geo.whole[first_conv]
-    t = torch.tensor([0, 3, 9])
-    assert geo.at(len(sizes) - 1, t).tolist() == [0, 0, 0]  # a whole map does not move with the patch
-    assert geo.at(first_conv, t).tolist() == (geo.starts[first_conv] + t * geo.shifts[first_conv]).tolist()
+    assert lengths[-1] == sizes[-1] == 3 and lengths[first_conv] == 7  # 5 rows + a 3x3 conv's reach
+    assert whole[-1] and not whole[first_conv]
+    # every alignment class of a 5-row patch gets the same box lengths here: one group, one set of passes
+    ((geo, classes),) = _axis_groups(plan, sizes, list(range(period)), 5, 0, period)
+    assert classes == list(range(period))
+    t, cls = torch.tensor([0, 3, 1]), torch.tensor([0, 5, 15])
+    assert geo.at(len(sizes) - 1, t, cls).tolist() == [0, 0, 0]  # a whole map does not move with the patch
+    expected = [_axis(plan, sizes, c, 5, 0, period)[0][first_conv] + int(tt) * shifts[first_conv]
+                for tt, c in zip(t, cls.tolist())]
+    assert geo.at(first_conv, t, cls).tolist() == expected
 
 
 def test_undecomposable_model_falls_back_with_a_warning_that_says_why():

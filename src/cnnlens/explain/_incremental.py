@@ -330,32 +330,37 @@ def _span(start: int, length: int, kernel: int, stride: int, padding: int) -> tu
 
 @dataclass(frozen=True)
 class _Axis:
-    """One alignment class along one axis: for each map, where its changed box starts for t = 0, how far
-    it moves per unit of t (a patch start moves by t * period), and its length.
+    """A group of alignment classes along one axis whose boxes have the same lengths: for each class and
+    map, where the changed box starts for t = 0 (``table[class, map]``), how far it moves per unit of t
+    (a patch start moves by t * period), and its length.
 
     A box that would be at least as long as its map is the whole map (start 0, not moving): deep, small
     maps are recomputed whole rather than as larger boxes that would be mostly padding.
     """
 
-    starts: tuple[int, ...]
+    table: torch.Tensor
     shifts: tuple[int, ...]
     lengths: tuple[int, ...]
     whole: tuple[bool, ...]
 
-    def at(self, i: int, t: torch.Tensor) -> torch.Tensor:
-        """Where map ``i``'s box starts for each t (it may hang over the map's border)."""
-        return torch.zeros_like(t) if self.whole[i] else self.starts[i] + t * self.shifts[i]
+    def at(self, i: int, t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """Where map ``i``'s box starts for each (t, class) (it may hang over the map's border)."""
+        if self.whole[i]:
+            return torch.zeros_like(t)
+        return self.table.to(t.device)[cls, i] + t * self.shifts[i]
 
     def extent(self, i: int, t_range: tuple[int, int]) -> tuple[int, int]:
         """The first and one-past-last row map ``i``'s box covers over ``t`` in ``t_range``."""
         if self.whole[i]:
             return 0, self.lengths[i]
-        return (self.starts[i] + min(t_range) * self.shifts[i],
-                self.starts[i] + max(t_range) * self.shifts[i] + self.lengths[i])
+        return (int(self.table[:, i].min()) + min(t_range) * self.shifts[i],
+                int(self.table[:, i].max()) + max(t_range) * self.shifts[i] + self.lengths[i])
 
 
-def _axis(plan: LocalPlan, sizes: list[int], start: int, length: int, axis: int, period: int) -> _Axis:
-    """The boxes every map gets from a patch of ``length`` at ``start`` (t = 0) along ``axis``.
+def _axis(plan: LocalPlan, sizes: list[int], start: int, length: int, axis: int, period: int
+          ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[bool, ...]]:
+    """The boxes every map gets from a patch of ``length`` at ``start`` (t = 0) along ``axis``:
+    ``(starts, shifts, lengths, whole)`` per map.
 
     Computing more of a map than a patch changed gives that map's clean values there, so a box only
     has to cover the changed part: one at least as long as its map becomes the whole map.
@@ -376,7 +381,19 @@ def _axis(plan: LocalPlan, sizes: list[int], start: int, length: int, axis: int,
             starts.append(starts[i]), shifts.append(shifts[i]), lengths.append(lengths[i])
     whole = tuple(i > 0 and n >= size for i, (n, size) in enumerate(zip(lengths, sizes)))
     lengths = [size if w else n for n, size, w in zip(lengths, sizes, whole)]
-    return _Axis(tuple(starts), tuple(shifts), tuple(lengths), whole)
+    return tuple(starts), tuple(shifts), tuple(lengths), whole
+
+
+def _axis_groups(plan: LocalPlan, sizes: list[int], classes: list[int], length: int, axis: int, period: int
+                 ) -> list[tuple[_Axis, list[int]]]:
+    """The alignment classes along ``axis`` grouped by the lengths of their boxes (classes in a group run
+    in the same passes: bigger batches), each group with its :class:`_Axis`."""
+    by_key: dict[tuple, list[tuple[int, tuple[int, ...]]]] = {}
+    for a in classes:
+        starts, shifts, lengths, whole = _axis(plan, sizes, a, length, axis, period)
+        by_key.setdefault((shifts, lengths, whole), []).append((a, starts))
+    return [(_Axis(torch.tensor([st for _, st in members]), shifts, lengths, whole), [a for a, _ in members])
+            for (shifts, lengths, whole), members in by_key.items()]
 
 
 def _gather(padded: torch.Tensor, img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -388,32 +405,28 @@ def _paste(window: torch.Tensor, win_h: torch.Tensor, win_w: torch.Tensor, box: 
            box_h: torch.Tensor, box_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``window`` ``[B,C,h,w]`` (rows ``win_h[b] + i``, cols ``win_w[b] + j`` of a map) with the pixels
     ``box`` holds (it starts at ``box_h[b]``, ``box_w[b]``) taken from ``box``, except where they lie
-    outside the map: the window keeps its padding there. ``window`` is a fresh gather: it is written in place."""
-    (h, w), (bh, bw) = window.shape[2:], box.shape[2:]
-    rows = win_h[:, None] + torch.arange(h, device=window.device)
-    cols = win_w[:, None] + torch.arange(w, device=window.device)
+    outside the map: the window keeps its padding there. ``window`` is a fresh gather: it is written in
+    place. Windows where the box sits at the same place take it in one strided copy (one place for a
+    whole batch is the usual case; a box moving in a whole map's window adds a few)."""
     oh, ow = box_h - win_h, box_w - win_w  # where the box starts inside each window
-    out = window
     if bool((oh == oh[0]).all() and (ow == ow[0]).all()):
-        # The usual case: the box sits at one place in every window (both move with the patch).
-        oh, ow = int(oh[0]), int(ow[0])
-        a0, a1, b0, b1 = max(0, oh), min(h, oh + bh), max(0, ow), min(w, ow + bw)
+        places = [((int(oh[0]), int(ow[0])), slice(None))]
+    else:
+        kinds, which = torch.unique(torch.stack([oh, ow], 1), dim=0, return_inverse=True)
+        places = [(tuple(kind.tolist()), torch.nonzero(which == g)[:, 0]) for g, kind in enumerate(kinds)]
+    (h, w), (bh, bw) = window.shape[2:], box.shape[2:]
+    for (oh_, ow_), sel in places:
+        a0, a1, b0, b1 = max(0, oh_), min(h, oh_ + bh), max(0, ow_), min(w, ow_ + bw)
         if a1 <= a0 or b1 <= b0:
-            return out
-        piece = box[:, :, a0 - oh:a1 - oh, b0 - ow:b1 - ow]
-        in_h = (rows[:, a0:a1] >= 0) & (rows[:, a0:a1] < size[0])
-        in_w = (cols[:, b0:b1] >= 0) & (cols[:, b0:b1] < size[1])
+            continue
+        piece = box[sel, :, a0 - oh_:a1 - oh_, b0 - ow_:b1 - ow_]
+        rows = win_h[sel, None] + torch.arange(a0, a1, device=window.device)
+        cols = win_w[sel, None] + torch.arange(b0, b1, device=window.device)
+        in_h, in_w = (rows >= 0) & (rows < size[0]), (cols >= 0) & (cols < size[1])
         if not bool(in_h.all() and in_w.all()):  # a box hanging over the border: keep the padding there
-            piece = torch.where((in_h[:, :, None] & in_w[:, None, :])[:, None], piece, out[:, :, a0:a1, b0:b1])
-        out[:, :, a0:a1, b0:b1] = piece
-        return out
-    # A moving box in a window that does not move (a whole map): each window takes its own rows.
-    rh, rw = rows - box_h[:, None], cols - box_w[:, None]
-    in_h = (rh >= 0) & (rh < bh) & (rows >= 0) & (rows < size[0])
-    in_w = (rw >= 0) & (rw < bw) & (cols >= 0) & (cols < size[1])
-    b = torch.arange(box.shape[0], device=box.device)
-    taken = box[b[:, None, None], :, rh.clamp(0, bh - 1)[:, :, None], rw.clamp(0, bw - 1)[:, None, :]]
-    return torch.where((in_h[:, :, None] & in_w[:, None, :])[:, None], taken.permute(0, 3, 1, 2), out)
+            piece = torch.where((in_h[:, :, None] & in_w[:, None, :])[:, None], piece, window[sel, :, a0:a1, b0:b1])
+        window[sel, :, a0:a1, b0:b1] = piece
+    return window
 
 
 class IncrementalOcclusion:
@@ -433,13 +446,13 @@ class IncrementalOcclusion:
         self.pooled = pooled.reshape(images.shape[0], -1)
         self.period = (math.lcm(*(s[0] for s in plan.strides)), math.lcm(*(s[1] for s in plan.strides)))
 
-    def _windows(self, geo: tuple[dict[int, _Axis], dict[int, _Axis]], t_range: tuple[tuple[int, int], ...]
+    def _windows(self, geo: tuple[list[_Axis], list[_Axis]], t_range: tuple[tuple[int, int], ...]
                  ) -> list[tuple[int, float, int, int, int, int]]:
         """Every window a pass reads from a clean map: ``(map, padding value, top, bottom, left, right)``,
         the rows / columns it reaches outside the map (for the padding)."""
         reads = []
-        for gh in geo[0].values():
-            for gw in geo[1].values():
+        for gh in geo[0]:
+            for gw in geo[1]:
                 for k, step in enumerate(self.plan.steps, start=1):
                     layer = step.layer
                     if isinstance(layer, Pointwise):
@@ -460,7 +473,7 @@ class IncrementalOcclusion:
                 reads.append((p, 0.0, -h0, h1 - self.sizes[p][0], -w0, w1 - self.sizes[p][1]))
         return reads
 
-    def _padded(self, geo: tuple[dict[int, _Axis], dict[int, _Axis]], t_range: tuple[tuple[int, int], ...]
+    def _padded(self, geo: tuple[list[_Axis], list[_Axis]], t_range: tuple[tuple[int, int], ...]
                 ) -> dict[tuple[int, float], tuple[torch.Tensor, int, int]]:
         """The clean maps the pass gathers from, NHWC, padded with each reader's padding value (0, or -inf
         for max-pooling) so that every window fits: ``{(map, value): (tensor, top, left)}``."""
@@ -483,47 +496,56 @@ class IncrementalOcclusion:
         """
         n, nf = fills.shape[:2]
         device = fills.device
-        sizes_h, sizes_w = [s[0] for s in self.sizes], [s[1] for s in self.sizes]
-        geo_h = {a: _axis(self.plan, sizes_h, a, patch[0], 0, self.period[0])
-                 for a in sorted({int(r) % self.period[0] for r in starts_h})}
-        geo_w = {a: _axis(self.plan, sizes_w, a, patch[1], 1, self.period[1])
-                 for a in sorted({int(c) % self.period[1] for c in starts_w})}
-        t_range = ((int(starts_h.min()) // self.period[0], int(starts_h.max()) // self.period[0]),
-                   (int(starts_w.min()) // self.period[1], int(starts_w.max()) // self.period[1]))
-        padded = self._padded((geo_h, geo_w), t_range)
+        period, jobs = self.period, []
+        groups = []
+        for axis, starts in ((0, starts_h), (1, starts_w)):
+            sizes = [s[axis] for s in self.sizes]
+            classes = sorted({int(v) % period[axis] for v in starts})
+            groups.append(_axis_groups(self.plan, sizes, classes, patch[axis], axis, period[axis]))
+        t_range = ((int(starts_h.min()) // period[0], int(starts_h.max()) // period[0]),
+                   (int(starts_w.min()) // period[1], int(starts_w.max()) // period[1]))
+        padded = self._padded(([g for g, _ in groups[0]], [g for g, _ in groups[1]]), t_range)
         scores = torch.empty(n, nf, len(starts_h), len(starts_w), dtype=self.logits.dtype, device=device)
-        jobs = []
-        for ah in geo_h:
-            for aw in geo_w:
-                kh = torch.nonzero(starts_h % self.period[0] == ah)[:, 0].to(device)
-                kw = torch.nonzero(starts_w % self.period[1] == aw)[:, 0].to(device)
+
+        def members(starts: torch.Tensor, axis: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            """Indices of the starts in ``classes``, and each one's class index in the group."""
+            where = {a: c for c, a in enumerate(classes)}
+            rank = [where.get(int(v) % period[axis], -1) for v in starts]
+            keep = [k for k, r in enumerate(rank) if r >= 0]
+            return torch.tensor(keep, device=device), torch.tensor([rank[k] for k in keep], device=device)
+
+        for gh, classes_h in groups[0]:
+            kh, ch = members(starts_h, 0, classes_h)
+            for gw, classes_w in groups[1]:
+                kw, cw = members(starts_w, 1, classes_w)
                 total = n * nf * len(kh) * len(kw)
-                jobs += [(ah, aw, kh, kw, s, e) for s, e in batch_ranges(total, batch_size)]
+                jobs += [(gh, gw, kh, kw, ch, cw, s, e) for s, e in batch_ranges(total, batch_size)]
         starts_h, starts_w = starts_h.to(device), starts_w.to(device)
-        for ah, aw, kh, kw, s, e in jobs:
+        for gh, gw, kh, kw, ch, cw, s, e in jobs:
             idx = torch.arange(s, e, device=device)
             img, rest = idx // (nf * len(kh) * len(kw)), idx % (nf * len(kh) * len(kw))
             f, pos = rest // (len(kh) * len(kw)), rest % (len(kh) * len(kw))
             ih, iw = kh[pos // len(kw)], kw[pos % len(kw)]
-            th, tw = starts_h[ih] // self.period[0], starts_w[iw] // self.period[1]
+            th, tw = starts_h[ih] // period[0], starts_w[iw] // period[1]
             with torch.inference_mode(), _fast.autocast(device, self.precision):
-                logits = self._logits(padded, geo_h[ah], geo_w[aw], img, fills[img, f], th, tw, patch)
+                logits = self._logits(padded, gh, gw, img, fills[img, f], (th, ch[pos // len(kw)]),
+                                      (tw, cw[pos % len(kw)]), patch)
             scores[img, f, ih, iw] = class_score(logits.to(scores.dtype), target[img], output)
             if advance is not None:
                 advance(e - s)
         return scores
 
     def _logits(self, padded: dict[tuple[int, float], tuple[torch.Tensor, int, int]], gh: _Axis, gw: _Axis,
-                img: torch.Tensor, fill: torch.Tensor, th: torch.Tensor, tw: torch.Tensor,
-                patch: tuple[int, int]) -> torch.Tensor:
-        """Logits of a batch of occluded images of one alignment group."""
+                img: torch.Tensor, fill: torch.Tensor, th: tuple[torch.Tensor, torch.Tensor],
+                tw: tuple[torch.Tensor, torch.Tensor], patch: tuple[int, int]) -> torch.Tensor:
+        """Logits of a batch of occluded images of one group; ``th``/``tw``: each patch's (t, class)."""
 
         def window(i: int, value: float, rows: torch.Tensor, cols: torch.Tensor, length: tuple[int, int]) -> torch.Tensor:
             nhwc, top, left = padded[(i, value)]
             return _gather(nhwc, img, top + rows[:, None] + torch.arange(length[0], device=img.device),
                            left + cols[:, None] + torch.arange(length[1], device=img.device))
 
-        starts = [(gh.at(i, th), gw.at(i, tw)) for i in range(len(self.sizes))]
+        starts = [(gh.at(i, *th), gw.at(i, *tw)) for i in range(len(self.sizes))]
         # The changed box of the image: the patch itself (its fill colour).
         boxes = [to_channels_last(fill.expand(-1, -1, *patch).contiguous())]
         for k, step in enumerate(self.plan.steps, start=1):
