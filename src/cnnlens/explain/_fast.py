@@ -153,8 +153,11 @@ def _state(model: nn.Module) -> tuple[tuple, torch.Tensor]:
     tensors = [*model.parameters(), *model.buffers()]
     key = (tuple((id(m), type(m)) for m in model.modules()),
            tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tensors))
-    samples = [t.detach().reshape(-1)[:: max(1, t.numel() // 16)].to("cpu", torch.float64) for t in tensors]
-    return key, torch.cat(samples) if samples else torch.zeros(0, dtype=torch.float64)
+    if not tensors:
+        return key, torch.zeros(0, dtype=torch.float64)
+    device = tensors[0].device  # one device for the comparison: one synchronisation on a GPU, not one per tensor
+    return key, torch.cat([t.detach().reshape(-1)[:: max(1, t.numel() // 16)].to(device, torch.float64)
+                           for t in tensors])
 
 
 def prepared(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:

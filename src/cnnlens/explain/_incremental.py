@@ -437,7 +437,7 @@ class IncrementalOcclusion:
         with torch.inference_mode(), _fast.autocast(images.device, precision):
             maps = [to_channels_last(images.clone())]
             for step in plan.steps:
-                maps.append(_full(step.layer, [maps[i] for i in step.inputs]))
+                maps.append(full_step(step.layer, [maps[i] for i in step.inputs]))
             pooled = plan.gap(maps[plan.pooled])
             self.logits = plan.tail(pooled).to(images.dtype)
         self.maps = maps
@@ -579,7 +579,7 @@ class IncrementalOcclusion:
         return self.plan.tail(pooled)
 
 
-def _full(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) -> torch.Tensor:
+def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) -> torch.Tensor:
     """One step on whole maps."""
     if isinstance(layer, Spatial):
         return layer.full(inputs[0])

@@ -19,7 +19,9 @@ from torch import nn
 from cnnlens._types import Target
 from cnnlens.explain import _base
 from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
-from cnnlens.explain._fast import fast_scorer
+from cnnlens.explain._fast import autocast, fast_scorer
+from cnnlens.explain._incremental import local_plan
+from cnnlens.explain._patterns import masked_logits
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 HIDES = ("mean", "black")
@@ -223,8 +225,10 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     superpixel's mean colour, lime's default), ``"black"`` or a float. ``output``: explain the target's
     ``"probability"`` (lime's) or ``"logit"``. Every sample of every image goes through the model in
     chunks of ``batch_size``; the same ``generator`` seed gives the same result. ``fast`` (default) scores them
-    with a folded-BatchNorm, channels-last copy at a measured batch size (``precision="bfloat16"``: in
-    bfloat16, opt-in); ``fast=False`` runs the model itself.
+    with a folded-BatchNorm, channels-last copy at a measured batch size and, where the model decomposes
+    into local layers up to global average pooling, computes its first layers once per local mask pattern
+    instead of once per sample (:mod:`cnnlens.explain._patterns`; the same scores to float rounding);
+    ``precision="bfloat16"``: in bfloat16, opt-in; ``fast=False`` runs the model itself on every masked image.
 
     >>> res = lime_explain(model, images, generator=torch.Generator().manual_seed(0))
     >>> res.map().shape, res.top_positive[0][:3]
@@ -254,14 +258,24 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
+        plan = local_plan(model) if fast else "fast=False"
         with torch.inference_mode():
-            flat_seg = segments.reshape(n, -1)
             scores = torch.empty(n * n_samples, dtype=images.dtype, device=images.device)
-            for start, end in batch_ranges(n * n_samples, bs, progress=progress, description="LIME"):
-                idx = torch.arange(start, end, device=images.device)
-                img = idx // n_samples
-                shown = masks[img, idx % n_samples].gather(1, flat_seg[img]).reshape(-1, 1, h, w)
-                scores[start:end] = class_score(forward(torch.where(shown, images[img], fill[img])), t[img], output)
+            if not isinstance(plan, str):
+                # Early layers once per local mask pattern (cnnlens.explain._patterns): one image's samples
+                # at a time, the rest of the model in batches of bs samples.
+                for i, _ in batch_ranges(n, 1, progress=progress, description="LIME"):
+                    with autocast(images.device, precision):
+                        out = masked_logits(plan, images[i], fill[i], segments[i], masks[i, :, : int(num[i])],
+                                            batch_size=bs)
+                    scores[i * n_samples:(i + 1) * n_samples] = class_score(out.float(), t[i].expand(n_samples), output)
+            else:
+                flat_seg = segments.reshape(n, -1)
+                for start, end in batch_ranges(n * n_samples, bs, progress=progress, description="LIME"):
+                    idx = torch.arange(start, end, device=images.device)
+                    img = idx // n_samples
+                    shown = masks[img, idx % n_samples].gather(1, flat_seg[img]).reshape(-1, 1, h, w)
+                    scores[start:end] = class_score(forward(torch.where(shown, images[img], fill[img])), t[img], output)
     scores = scores.reshape(n, n_samples).clone()  # a normal tensor, not an inference-mode one
 
     # lime's kernel on the cosine distance to the all-on mask: cos(z, 1) = sqrt(|z| / S).

@@ -1,0 +1,105 @@
+"""LIME's pattern-memoised forward passes: the same logits as the model on every masked image, through
+tables (every layer type), dense passes and the switch between them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlens.explain import _patterns
+from cnnlens.explain._incremental import Pointwise, local_plan
+from cnnlens.explain._patterns import masked_logits
+from cnnlens.explain.lime import hide_values, lime_explain, relabel
+from conftest import make_random_model
+from test_fast import random_bn
+from test_fast_incremental import InPlaceResidual, OddNet, small
+
+
+def blocks(h: int, w: int, size: int) -> torch.Tensor:
+    """Square superpixels of ``size`` pixels, ids 0..K-1."""
+    return relabel((torch.arange(h)[:, None] // size * (w // size + 1) + torch.arange(w)[None, :] // size)[None])[0][0]
+
+
+MODELS = {
+    "small_cnn": lambda c: small("small_cnn", c, seed=1),
+    "vgg_fer": lambda c: small("vgg_fer", c, seed=2),
+    "residual": lambda c: make_random_model(c, seed=3),
+    "inplace_residual": lambda c: random_bn(InPlaceResidual(c), seed=4),
+    "odd_layers": lambda c: random_bn(OddNet(c), seed=5),  # ceil-mode and padded pooling, dilation, Tanh
+}
+
+
+@pytest.mark.parametrize("mode", ["tables", "dense", "default"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
+    if mode == "tables":  # every layer that can be a table is one
+        monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)
+        monkeypatch.setattr(_patterns, "CONV_SHARE_CHANNELS", 1e-9)
+    elif mode == "dense":
+        monkeypatch.setattr(_patterns, "MAX_SHARE", 0.0)
+    model = copy.deepcopy(MODELS[name](3)).double().eval()
+    h, w = 15, 13
+    image = torch.rand(3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    segments = blocks(h, w, 4)
+    k = int(segments.max()) + 1
+    masks = torch.rand(37, k, generator=torch.Generator().manual_seed(1)) < 0.5
+    fill = hide_values(image[None], segments[None], k, "mean")[0]
+    plan = local_plan(model)
+    made: list[bool] = []  # per spatial or merge step: did it become a table?
+    original = _patterns._step_table
+
+    def record(step, *rest):
+        table = original(step, *rest)
+        if not isinstance(step.layer, Pointwise):
+            made.append(table is not None)
+        return table
+
+    monkeypatch.setattr(_patterns, "_step_table", record)
+    with torch.inference_mode():
+        got = masked_logits(plan, image, fill, segments, masks, batch_size=5)
+        shown = masks[:, segments.reshape(-1)].reshape(-1, 1, h, w)
+        ref = model(torch.where(shown, image, fill))
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    if mode == "tables":
+        assert sum(made) >= 2  # the comparison really went through tables of spatial layers
+    elif mode == "dense":
+        assert made == [False]  # the first spatial layer already went dense: nothing after it was tried
+
+
+def test_patterns_repeat_on_the_first_layers_and_the_switch_is_dense():
+    # 16 superpixels of 4x4 on a 16x16 image: a 3x3 convolution's field touches at most 4 of them, so
+    # its map holds at most 16 distinct patterns per position however many samples there are.
+    model = random_bn(small("small_cnn", 1, seed=3))
+    plan = local_plan(model)
+    segments = blocks(16, 16, 4)
+    masks = torch.rand(500, 16, generator=torch.Generator().manual_seed(2)) < 0.5
+    keys = _patterns._Keys(segments, masks)
+    field = (torch.arange(16).sub(1).clamp(0, 15), torch.arange(16).add(1).clamp(0, 15))
+    key, bits = keys(field, field)
+    assert bits <= 4
+    per_position = [len(torch.unique(key[:, p])) for p in range(256)]
+    assert max(per_position) <= 16 and min(per_position) == 2  # interior pixels: their superpixel on or off
+    image = torch.rand(1, 16, 16)
+    with torch.inference_mode():
+        got = masked_logits(plan, image, torch.zeros_like(image), segments, masks, batch_size=64)
+        ref = model(torch.where(masks[:, segments.reshape(-1)].reshape(-1, 1, 16, 16), image, 0.0))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lime_default_matches_scoring_every_masked_image_and_bf16_is_close():
+    model = small("vgg_fer", 1, seed=7)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    segments = blocks(16, 16, 3).expand(2, 16, 16)
+
+    def run(**kw: object) -> object:
+        return lime_explain(model, x, None, segmentation=segments, n_samples=200,
+                            generator=torch.Generator().manual_seed(0), **kw)
+
+    exact, fast, low = run(fast=False), run(), run(precision="bfloat16")
+    torch.testing.assert_close(fast.sample_scores, exact.sample_scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.weights, exact.weights, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(low.sample_scores, fast.sample_scores)  # it really ran in bfloat16
+    assert (low.sample_scores - fast.sample_scores).abs().max() < 0.05
