@@ -78,9 +78,9 @@ def test_patterns_repeat_on_the_first_layers_and_the_switch_is_dense():
     masks = torch.rand(500, 16, generator=torch.Generator().manual_seed(2)) < 0.5
     keys = _patterns._Keys(segments, masks)
     field = (torch.arange(16).sub(1).clamp(0, 15), torch.arange(16).add(1).clamp(0, 15))
-    key, bits = keys(field, field)
-    assert bits <= 4
-    per_position = [len(torch.unique(key[:, p])) for p in range(256)]
+    pattern, bits = keys(field, field)
+    assert int(bits.max()) <= 4 and int(bits.min()) == 1
+    per_position = [len(torch.unique(pattern[:, p])) for p in range(256)]
     assert max(per_position) <= 16 and min(per_position) == 2  # interior pixels: their superpixel on or off
     image = torch.rand(1, 16, 16)
     with torch.inference_mode():
@@ -103,3 +103,34 @@ def test_lime_default_matches_scoring_every_masked_image_and_bf16_is_close():
     torch.testing.assert_close(fast.weights, exact.weights, rtol=1e-4, atol=1e-5)
     assert not torch.equal(low.sample_scores, fast.sample_scores)  # it really ran in bfloat16
     assert (low.sample_scores - fast.sample_scores).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("bits", [3, 30], ids=["slots", "sorted"])
+def test_rows_number_each_distinct_position_and_pattern_once(bits):
+    pattern = torch.randint(0, 5, (40, 9), generator=torch.Generator().manual_seed(bits))
+    position, index, example = _patterns._rows(pattern, torch.full((9,), bits))
+    pairs = {(p, int(pattern[s, p])) for s in range(40) for p in range(9)}
+    assert len(position) == len(pairs) and int(index.max()) == len(pairs) - 1
+    for s in range(40):
+        for p in range(9):
+            row = int(index[s, p])
+            assert int(position[row]) == p
+            assert int(pattern[int(example[row]), p]) == int(pattern[s, p])  # its example shows the same pattern
+    same = (index[:, None, :] == index[None, :, :])  # same row <=> same pattern at that position
+    assert torch.equal(same, pattern[:, None, :] == pattern[None, :, :])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
+    monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)  # tables as deep as they go: both convolution paths
+    monkeypatch.setattr(_patterns, "CONV_SHARE_CHANNELS", 1e-9)
+    model = small("vgg_fer", channels, seed=4)
+    image = torch.rand(channels, 16, 16, generator=torch.Generator().manual_seed(4))
+    segments = blocks(16, 16, 4)
+    masks = torch.rand(64, int(segments.max()) + 1, generator=torch.Generator().manual_seed(5)) < 0.5
+    fill = torch.zeros_like(image)
+    with torch.inference_mode():
+        ref = masked_logits(local_plan(model), image, fill, segments, masks)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = masked_logits(local_plan(model), image, fill, segments, masks)
+    assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().max() < 0.1 * ref.abs().max()

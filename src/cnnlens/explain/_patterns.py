@@ -69,8 +69,8 @@ def _field(field: tuple[torch.Tensor, torch.Tensor], size_in: int, size_out: int
 
 
 class _Keys:
-    """Exact keys of local mask patterns: for each position of a map, the on/off bits of the superpixels
-    its receptive field touches, as one int64 per (sample, position)."""
+    """Exact local mask patterns: for each position of a map, the on/off bits of the superpixels its
+    receptive field touches, as one int64 per (sample, position)."""
 
     def __init__(self, segments: torch.Tensor, masks: torch.Tensor) -> None:
         k = masks.shape[1]
@@ -79,40 +79,59 @@ class _Keys:
         self.masks = masks.to(torch.float64)
 
     def __call__(self, field_h: tuple[torch.Tensor, torch.Tensor],
-                 field_w: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int] | None:
-        """``(keys [S,h*w], bits)`` with ``key >> bits`` the position, or None when a field touches more
-        superpixels than a key holds."""
+                 field_w: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(pattern [S,h*w], bits [h*w])``: each (sample, position)'s pattern, an integer below
+        ``2 ** bits[position]``; None when a field touches more superpixels than a key holds."""
         (h0, h1), (w0, w1) = field_h, field_w
         i = self.integral
         count = i[h1 + 1][:, w1 + 1] - i[h0][:, w1 + 1] - i[h1 + 1][:, w0] + i[h0][:, w0]  # [h,w,K]
         present = (count > 0).reshape(-1, count.shape[-1])  # [P,K]
-        per_position = present.sum(1)
-        bits = int(per_position.max())
-        if bits > MAX_FIELD_SEGMENTS:
+        bits = present.sum(1)
+        if int(bits.max()) > MAX_FIELD_SEGMENTS:
             return None
-        rank = present.cumsum(1) - 1  # each touched superpixel's bit within its position's key
+        rank = present.cumsum(1) - 1  # each touched superpixel's bit within its position's pattern
         weights = torch.where(present, torch.exp2(rank.to(torch.float64)), 0.0)
-        keys = (self.masks @ weights.T).to(torch.int64)  # exact: integers below 2^53
-        position = torch.arange(present.shape[0], device=keys.device)
-        return keys + (position << bits), bits
+        return (self.masks @ weights.T).to(torch.int64), bits  # exact: integers below 2^53
 
 
-def _rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The distinct keys, each (sample, position)'s row among them, and one sample showing each row."""
-    distinct, index = torch.unique(keys.reshape(-1), return_inverse=True)
-    index = index.reshape(keys.shape)
-    samples = torch.arange(keys.shape[0], device=keys.device)[:, None].expand_as(keys)
-    example = torch.empty(len(distinct), dtype=torch.long, device=keys.device)
+def _rows(pattern: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct (position, pattern) pairs as rows: each row's position, each (sample, position)'s
+    row, and one sample showing each row.
+
+    Where the positions' possible patterns are few (``sum 2 ** bits``, the first layers) every pair has
+    a slot and the used slots are numbered in one pass; otherwise the pairs are sorted.
+    """
+    s_count, p_count = pattern.shape
+    positions = torch.arange(p_count, device=pattern.device)
+    slots = torch.ones_like(bits) << bits
+    if int(slots.sum()) <= 4 * pattern.numel():
+        slot = (slots.cumsum(0) - slots) + pattern  # [S,P]
+        used = torch.zeros(int(slots.sum()), dtype=torch.bool, device=pattern.device)
+        used[slot.reshape(-1)] = True
+        number = used.cumsum(0) - 1
+        index = number[slot]
+        position = torch.repeat_interleave(positions, slots)[used]
+    else:
+        shift = int(bits.max())
+        distinct, index = torch.unique(pattern + (positions << shift), return_inverse=True)
+        position = distinct >> shift
+    samples = torch.arange(s_count, device=pattern.device)[:, None].expand_as(index)
+    example = torch.empty(len(position), dtype=torch.long, device=pattern.device)
     example.scatter_(0, index.reshape(-1), samples.reshape(-1))
-    return distinct, index, example
+    return position, index, example
 
 
-def _spatial_rows(layer: Spatial, table: _Table, padded: torch.Tensor, position: torch.Tensor,
-                  example: torch.Tensor, size_out: tuple[int, int]) -> torch.Tensor:
-    """The layer on each row's input window, ``[U,C,1,1]``: the window's input rows gathered from the
-    table (``padded``: its rows and, last, one of padding for the window's part outside the map), then
-    a matrix product with the convolution's weights, or the pooling; any other layer gets its own
-    window function."""
+def _gemm_conv(layer: Spatial) -> nn.Conv2d | None:
+    """The layer's convolution where a row is a matrix product with its weights (no groups, no dilation)."""
+    module = layer.full
+    ok = type(module) is nn.Conv2d and module.groups == 1 and _two(module.dilation) == (1, 1)
+    return module if ok else None
+
+
+def _sources(layer: Spatial, table: _Table, position: torch.Tensor, example: torch.Tensor,
+             size_out: tuple[int, int], outside: int) -> torch.Tensor:
+    """For each row, the input table's row at each pixel of its window, ``[U,kh,kw]``; ``outside`` where
+    the window leaves the map."""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
     h_in, w_in = table.size
     oh, ow = position // size_out[1], position % size_out[1]
@@ -120,17 +139,49 @@ def _spatial_rows(layer: Spatial, table: _Table, padded: torch.Tensor, position:
     cols = ow[:, None] * sw - pw + torch.arange(kw, device=oh.device)
     inside = ((rows >= 0) & (rows < h_in))[:, :, None] & ((cols >= 0) & (cols < w_in))[:, None, :]
     flat = rows.clamp(0, h_in - 1)[:, :, None] * w_in + cols.clamp(0, w_in - 1)[:, None, :]  # [U,kh,kw]
-    source = torch.where(inside, table.index[example[:, None, None], flat], padded.shape[0] - 1)
-    values = padded[source]  # [U,kh,kw,C]
-    module = layer.full
-    if type(module) is nn.Conv2d and module.groups == 1 and _two(module.dilation) == (1, 1):
-        weight = module.weight.permute(0, 2, 3, 1).reshape(module.out_channels, -1)
-        out = F.linear(values.reshape(values.shape[0], -1), weight, module.bias)
-    elif isinstance(module, nn.MaxPool2d):
-        out = values.flatten(1, 2).amax(1)
-    else:
-        return layer.window(values.permute(0, 3, 1, 2))
-    return out[:, :, None, None]
+    return torch.where(inside, table.index[example[:, None, None], flat], outside)
+
+
+def _spatial_table(layer: Spatial, table: _Table, position: torch.Tensor, example: torch.Tensor,
+                   size_out: tuple[int, int]) -> torch.Tensor:
+    """The layer on each row's input window, ``[U,C,1,1]``.
+
+    A convolution whose input has fewer rows than its output multiplies each input row by each kernel
+    tap once, then sums each window's nine (or k x k) products (``embedding_bag``); otherwise each
+    window's inputs are gathered and multiplied. Max-pooling takes each window's maximum the same way;
+    any other layer runs its own window function on the gathered windows.
+    """
+    flat = table.rows[:, :, 0, 0]
+    conv, taps = _gemm_conv(layer), layer.kernel[0] * layer.kernel[1]
+    if conv is not None and len(flat) < len(position):
+        c_out = conv.out_channels
+        weight = conv.weight.permute(2, 3, 0, 1).reshape(taps * c_out, conv.in_channels)
+        products = flat.new_empty(len(flat) * taps + 1, c_out)  # row r * taps + tap, then a row of zeros
+        # out= runs outside autocast: the weights follow the table's dtype (bfloat16 tables stay bfloat16)
+        torch.mm(flat, weight.T.to(flat.dtype), out=products[:-1].view(len(flat), taps * c_out))
+        products[-1] = 0
+        tap = torch.arange(taps, device=flat.device).view(1, *layer.kernel)
+        out = flat.new_empty(len(position), c_out)
+        for a, b in batch_ranges(len(position), ROW_CHUNK):
+            source = _sources(layer, table, position[a:b], example[a:b], size_out, -1)
+            index = torch.where(source >= 0, source * taps + tap, len(products) - 1).reshape(b - a, taps)
+            out[a:b] = F.embedding_bag(index, products, mode="sum")
+        return (out if conv.bias is None else out.add_(conv.bias))[:, :, None, None]
+    padded = flat.new_empty(len(flat) + 1, flat.shape[1])  # the rows, then one of padding
+    padded[:-1], padded[-1] = flat, layer.pad_value
+    chunks = []
+    for a, b in batch_ranges(len(position), ROW_CHUNK):
+        source = _sources(layer, table, position[a:b], example[a:b], size_out, len(padded) - 1)
+        if isinstance(layer.full, nn.MaxPool2d):
+            chunks.append(F.embedding_bag(source.reshape(b - a, taps), padded, mode="max")[:, :, None, None])
+            continue
+        values = padded[source]  # [u,kh,kw,C]
+        if conv is not None:
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+            chunks.append(F.linear(values.reshape(b - a, -1), weight, conv.bias)[:, :, None, None])
+        else:
+            chunks.append(layer.window(values.permute(0, 3, 1, 2)))
+    return torch.cat(chunks)
 
 
 def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segments: torch.Tensor,
@@ -194,21 +245,15 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
     keyed = keys(field_h, field_w)
     if keyed is None:
         return None
-    distinct, index, example = _rows(keyed[0])
+    position, index, example = _rows(*keyed)
     share = MAX_SHARE
     if isinstance(layer, Spatial) and isinstance(layer.full, nn.Conv2d):
         share = min(MAX_SHARE, layer.full.out_channels / CONV_SHARE_CHANNELS)
-    if len(distinct) > share * s_count * size[0] * size[1]:
+    if len(position) > share * s_count * size[0] * size[1]:
         return None
-    position = distinct >> keyed[1]
-    if isinstance(layer, Spatial):  # the table's rows, and one row of padding for windows leaving the map
-        flat = first.rows[:, :, 0, 0]
-        padded = torch.cat([flat, torch.full_like(flat[:1], layer.pad_value)])
-    chunks = []
-    for a, b in batch_ranges(len(distinct), ROW_CHUNK):
-        if isinstance(layer, Spatial):
-            chunks.append(_spatial_rows(layer, first, padded, position[a:b], example[a:b], size))
-        else:
-            pick = [maps[i].rows[maps[i].index[example[a:b], position[a:b]]] for i in step.inputs]
-            chunks.append(layer.fn(*pick))
-    return _Table(torch.cat(chunks), index, size, field_h, field_w)
+    if isinstance(layer, Spatial):
+        rows = _spatial_table(layer, first, position, example, size)
+    else:
+        rows = torch.cat([layer.fn(*(maps[i].rows[maps[i].index[example[a:b], position[a:b]]] for i in step.inputs))
+                          for a, b in batch_ranges(len(position), ROW_CHUNK)])
+    return _Table(rows, index, size, field_h, field_w)
