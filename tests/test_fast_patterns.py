@@ -37,9 +37,10 @@ MODELS = {
 def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     if mode == "tables":  # every layer that can be a table is one
         monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)
-        monkeypatch.setattr(_patterns, "CONV_SHARE_CHANNELS", 1e-9)
+        monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
     elif mode == "dense":
         monkeypatch.setattr(_patterns, "MAX_SHARE", 0.0)
+        monkeypatch.setattr(_patterns, "_table_cost", lambda *a: float("inf"))
     model = copy.deepcopy(MODELS[name](3)).double().eval()
     h, w = 15, 13
     image = torch.rand(3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -123,7 +124,7 @@ def test_rows_number_each_distinct_position_and_pattern_once(bits):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
     monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)  # tables as deep as they go: both convolution paths
-    monkeypatch.setattr(_patterns, "CONV_SHARE_CHANNELS", 1e-9)
+    monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
     model = small("vgg_fer", channels, seed=4)
     image = torch.rand(channels, 16, 16, generator=torch.Generator().manual_seed(4))
     segments = blocks(16, 16, 4)
@@ -134,3 +135,12 @@ def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = masked_logits(local_plan(model), image, fill, segments, masks)
     assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_a_convolution_is_a_table_only_where_that_is_cheaper():
+    conv = nn.Conv2d(64, 128, 3)
+    dense = _patterns._dense_cost(conv, 1000 * 24 * 24)
+    # few input rows: each times each tap once, then sums of 9 gathered products per output row
+    assert _patterns._table_cost(conv, 20_000, 84_000) < dense / 2
+    # as many distinct rows as (sample, position) pairs: a table only adds gathers
+    assert _patterns._table_cost(conv, 600_000, 576_000) > dense

@@ -27,13 +27,13 @@ from torch import nn
 from cnnlens.explain._base import batch_ranges, to_channels_last
 from cnnlens.explain._incremental import LocalPlan, Pointwise, Spatial, Step, _two, full_step as _full
 
-#: A layer is computed per pattern while its distinct (position, pattern) pairs are at most this share
-#: of (sample, position) pairs (pooling, adds); above it a dense batched pass is cheaper.
-MAX_SHARE = 0.3
-#: For a convolution the share is out_channels / this, at most MAX_SHARE: a row costs a gather of its
-#: input window plus its part of a matrix product, a dense position only the product (measured on this
-#: CPU: a row cost 7.7x a dense position for 64 output channels, 3.9x for 128, 3.6x for 512).
-CONV_SHARE_CHANNELS = 512
+#: A pooling or add is computed per pattern while its distinct (position, pattern) pairs are at most
+#: this share of (sample, position) pairs; a convolution while its estimated cost is below a dense pass's.
+MAX_SHARE = 0.5
+#: What gathering one value costs, in multiply-adds: fitted on this CPU to LIME on small_cnn, vgg_fer and
+#: resnet18 (embedding_bag over tables of 100k-400k rows: ~2 ns a value; a float32 matrix product ~0.02 ns
+#: a multiply-add; 80 to 200 ran within noise of each other, 400 kept vgg_fer's second stage dense: 2x slower).
+GATHER_MACS = 130
 #: Superpixels a receptive field may touch for its pattern to be keyed exactly (bits of an int64 key).
 MAX_FIELD_SEGMENTS = 40
 #: Table rows computed per call of a layer (bounds the memory of the gathered input windows).
@@ -119,6 +119,19 @@ def _rows(pattern: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torc
     example = torch.empty(len(position), dtype=torch.long, device=pattern.device)
     example.scatter_(0, index.reshape(-1), samples.reshape(-1))
     return position, index, example
+
+
+def _dense_cost(conv: nn.Conv2d, outputs: int) -> int:
+    """Multiply-adds of the convolution at every (sample, position)."""
+    return outputs * conv.kernel_size[0] * conv.kernel_size[1] * conv.in_channels * conv.out_channels
+
+
+def _table_cost(conv: nn.Conv2d, rows_in: int, rows_out: int) -> int:
+    """Estimated cost of the convolution as a table (in multiply-adds, see :func:`_spatial_table`)."""
+    taps = conv.kernel_size[0] * conv.kernel_size[1]
+    if rows_in < rows_out:  # each input row times each tap, then each window's taps summed
+        return rows_in * taps * conv.in_channels * conv.out_channels + rows_out * taps * conv.out_channels * GATHER_MACS
+    return rows_out * taps * conv.in_channels * (conv.out_channels + GATHER_MACS)  # gather windows, multiply
 
 
 def _gemm_conv(layer: Spatial) -> nn.Conv2d | None:
@@ -246,10 +259,11 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
     if keyed is None:
         return None
     position, index, example = _rows(*keyed)
-    share = MAX_SHARE
-    if isinstance(layer, Spatial) and isinstance(layer.full, nn.Conv2d):
-        share = min(MAX_SHARE, layer.full.out_channels / CONV_SHARE_CHANNELS)
-    if len(position) > share * s_count * size[0] * size[1]:
+    conv = _gemm_conv(layer) if isinstance(layer, Spatial) else None
+    if conv is not None:
+        if _table_cost(conv, len(first.rows), len(position)) >= _dense_cost(conv, s_count * size[0] * size[1]):
+            return None
+    elif len(position) > MAX_SHARE * s_count * size[0] * size[1]:
         return None
     if isinstance(layer, Spatial):
         rows = _spatial_table(layer, first, position, example, size)
