@@ -65,7 +65,8 @@ def render(payload: dict, json_path: Path) -> str:
         "gradient methods given `cnnlens.explain._fast.prepare(model)` explicitly (BatchNorm folded into the "
         "convolutions, channels-last weights; Grad-CAM keeps its layer unfolded), with a measured batch size where "
         "the method batches; occlusion with incremental occlusion; LIME with `fast=True` (folded, channels-last, "
-        "`inference_mode`, measured batch size).",
+        "`inference_mode`, measured batch size, first layers once per local mask pattern): for occlusion and "
+        "LIME these are also the defaults, so the two columns differ by noise only.",
         "- *best peer*: the fastest peer configuration: its defaults, or its batching knob (Captum's "
         "`perturbations_per_eval`, `internal_batch_size`, `nt_samples_batch_size`, lime's `batch_size`) set to the "
         "batch size at which the model itself runs fastest in the peer's contiguous layout (measured with the "
@@ -103,6 +104,10 @@ def render(payload: dict, json_path: Path) -> str:
         "new one when the model's modules, parameters or buffers change (`fast=False` runs the model itself).",
         "- **Measured batch size** (`_fast.tuned_batch_size`): a few timed passes per candidate size, once per "
         "architecture, input shape, device and thread count (cached for the process).",
+        "- **Pattern tables for LIME** (`cnnlens.explain._patterns`): a map's value at a position depends only "
+        "on the superpixels its receptive field touches, so the first layers are computed once per distinct "
+        "(position, local mask pattern) and the rest densely; a convolution stays a table while its estimated "
+        "cost is below a dense pass's. Same logits to 1e-10 in float64; see the LIME section below.",
         "- **bfloat16** (`precision=\"bfloat16\"`): opt-in autocast for the perturbation methods; see its table.",
         "",
     ]
