@@ -644,9 +644,8 @@ def _incremental_scores(plan: LocalPlan, x: torch.Tensor, target: Target, fills:
     """``(clean score [N], occluded scores [N,F,nh,nw])``, the clean activations kept for a few images at a
     time (a few MB per 48x48 image for the small CNN)."""
     n = x.shape[0]
-    logits = torch.cat([IncrementalOcclusion(plan, x[s:e], precision).logits for s, e in batch_ranges(n, IMAGE_CHUNK)])
-    t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
     total = n * fills.shape[1] * len(starts_h) * len(starts_w)
+    logits, targets, scores = [], [], []
     with contextlib.ExitStack() as stack:
         advance = None
         if progress:
@@ -655,8 +654,13 @@ def _incremental_scores(plan: LocalPlan, x: torch.Tensor, target: Target, fills:
             bar = stack.enter_context(Progress())
             task = bar.add_task("occlusion (incremental)", total=total)
             advance = functools.partial(bar.advance, task)
-        scores = torch.cat([
-            IncrementalOcclusion(plan, x[s:e], precision).scores(t[s:e], fills[s:e], starts_h, starts_w, patch,
-                                                                 output=output, batch_size=batch_size, advance=advance)
-            for s, e in batch_ranges(n, IMAGE_CHUNK)])
+        for s, e in batch_ranges(n, IMAGE_CHUNK):  # each chunk's clean pass once: its logits and its context
+            engine = IncrementalOcclusion(plan, x[s:e], precision)
+            if target is not None and not targets:  # checked against the class count, for all images, once
+                every = _base.resolve_target(target, n, engine.logits.shape[1], device=x.device)
+            t = engine.logits.argmax(dim=1) if target is None else every[s:e]
+            logits.append(engine.logits), targets.append(t)
+            scores.append(engine.scores(t, fills[s:e], starts_h, starts_w, patch, output=output,
+                                        batch_size=batch_size, advance=advance))
+    logits, t, scores = torch.cat(logits), torch.cat(targets), torch.cat(scores)
     return class_score(logits, t, output), scores
