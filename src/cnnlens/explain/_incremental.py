@@ -248,14 +248,6 @@ class LocalPlan:
             index[node] = len(steps)
         raise NotDecomposable("it has no global average pooling")
 
-    def readers(self) -> list[list[Step]]:
-        """For each map, the steps that read it."""
-        out: list[list[Step]] = [[] for _ in range(len(self.steps) + 1)]
-        for step in self.steps:
-            for i in step.inputs:
-                out[i].append(step)
-        return out
-
 
 def _is_conv_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and type(modules[node.target]) is nn.Conv2d
