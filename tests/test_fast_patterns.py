@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens.explain import _patterns
+from cnnlens.explain import _patterns, _winograd
 from cnnlens.explain._incremental import Pointwise, local_plan
 from cnnlens.explain._patterns import masked_logits
 from cnnlens.explain.lime import hide_values, lime_explain, relabel
@@ -32,13 +32,17 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("mode", ["tables", "dense", "default"])
+@pytest.mark.parametrize("mode", ["tables", "dense", "winograd", "default"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
+    winograd_calls = []
+    if mode == "winograd":  # dense, every eligible 3x3 convolution as Winograd F(4x4,3x3)
+        call = _winograd.WinogradConv.__call__
+        monkeypatch.setattr(_winograd.WinogradConv, "__call__", lambda self, x: winograd_calls.append(1) or call(self, x))
     if mode == "tables":  # every layer that can be a table is one
         monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)
         monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
-    elif mode == "dense":
+    elif mode in ("dense", "winograd"):
         monkeypatch.setattr(_patterns, "MAX_SHARE", 0.0)
         monkeypatch.setattr(_patterns, "_table_cost", lambda *a: float("inf"))
     model = copy.deepcopy(MODELS[name](3)).double().eval()
@@ -60,14 +64,17 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
 
     monkeypatch.setattr(_patterns, "_step_table", record)
     with torch.inference_mode():
-        got = masked_logits(plan, image, fill, segments, masks, batch_size=5)
+        got = masked_logits(plan, image, fill, segments, masks, batch_size=5,
+                            winograd={"winograd": "always", "default": "auto"}.get(mode, "never"))
         shown = masks[:, segments.reshape(-1)].reshape(-1, 1, h, w)
         ref = model(torch.where(shown, image, fill))
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     if mode == "tables":
         assert sum(made) >= 2  # the comparison really went through tables of spatial layers
-    elif mode == "dense":
+    elif mode in ("dense", "winograd"):
         assert made == [False]  # the first spatial layer already went dense: nothing after it was tried
+    if mode != "default":
+        assert bool(winograd_calls) == (mode == "winograd")  # every model here has 3x3 stride-1 convolutions
 
 
 def test_patterns_repeat_on_the_first_layers_and_the_switch_is_dense():

@@ -239,7 +239,7 @@ def _candidates(device: torch.device) -> tuple[int, ...]:
     return (32, 64, 128, 256, 512, 1024) if device.type == "cuda" else (8, 16, 32, 64, 128)
 
 
-def _seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor, min_time: float) -> float:
+def seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor, min_time: float) -> float:
     """Best-of-runs seconds per item of ``run(batch)`` after one warm-up call (one timed run at least,
     more until ``min_time`` is spent)."""
     run(batch)
@@ -277,7 +277,7 @@ def tuned_batch_size(run: Callable[[torch.Tensor], object], example: torch.Tenso
     best_size, best_time, worse = sizes[0], math.inf, 0
     for size in sizes:
         batch = example[:1].expand(size, *example.shape[1:]).contiguous()
-        per_item = _seconds_per_item(run, batch, min_time)
+        per_item = seconds_per_item(run, batch, min_time)
         if per_item < best_time:
             best_size, best_time, worse = size, per_item, 0
         elif per_item > 1.15 * best_time:

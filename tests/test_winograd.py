@@ -1,0 +1,85 @@
+"""Winograd F(4x4,3x3) convolutions: the direct convolution's values, and chosen only where faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlens.explain import _winograd
+from cnnlens.explain._incremental import _conv_layer
+from cnnlens.explain._winograd import WinogradConv, faster, transform_weight, winograd_conv2d
+
+
+@pytest.mark.parametrize("shape,padding", [((2, 3, 8, 8), (1, 1)), ((3, 5, 7, 9), (1, 1)), ((1, 4, 5, 6), (0, 0)),
+                                           ((2, 2, 3, 3), (0, 0)), ((2, 3, 6, 5), (2, 1)), ((1, 2, 1, 1), (1, 1))])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_equals_the_direct_convolution_in_float64(shape, padding, bias, channels_last):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(7, shape[1], 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64) if bias else None
+    got = winograd_conv2d(x, transform_weight(weight), b, padding)
+    torch.testing.assert_close(got, F.conv2d(x, weight, b, padding=padding), rtol=0, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_more_images_than_one_chunk_of_tiles(monkeypatch):
+    monkeypatch.setattr(_winograd, "TILES", 3)  # 4 tiles an image: one image per chunk
+    x = torch.randn(5, 4, 8, 7, dtype=torch.float64)
+    weight = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(winograd_conv2d(x, transform_weight(weight), None, (1, 1)),
+                               F.conv2d(x, weight, padding=1), rtol=0, atol=1e-12)
+
+
+def test_float32_rounding_is_small_on_deep_maps():
+    conv = nn.Conv2d(256, 256, 3, padding=1).eval()
+    x = torch.randn(4, 256, 8, 8).relu()
+    with torch.inference_mode():
+        ref, got = conv(x), WinogradConv(conv)(x)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_direct_convolution_under_autocast_and_for_other_dtypes():
+    conv = nn.Conv2d(3, 4, 3, padding=1).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(WinogradConv(conv)(x), conv(x))
+        half = conv.to(torch.bfloat16)
+        assert torch.equal(WinogradConv(half)(x.bfloat16()), half(x.bfloat16()))
+
+
+def test_rejects_what_it_does_not_compute():
+    with pytest.raises(ValueError, match="stride-1"):
+        WinogradConv(nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    with pytest.raises(ValueError, match="no output on a 2x2 map"):
+        winograd_conv2d(torch.randn(1, 1, 2, 2), transform_weight(torch.randn(1, 1, 3, 3)), None, (0, 0))
+    with pytest.raises(ValueError, match="mode must be"):
+        faster(_conv_layer(nn.Conv2d(3, 4, 3, padding=1)), (8, 3, 8, 8), mode="fast")
+
+
+def test_faster_replaces_only_eligible_layers_and_times_each_shape_once(monkeypatch):
+    eligible, strided = _conv_layer(nn.Conv2d(3, 4, 3, padding=1)), _conv_layer(nn.Conv2d(3, 4, 3, stride=2))
+    assert faster(eligible, (8, 3, 8, 8), mode="never") is eligible
+    assert faster(strided, (8, 3, 8, 8), mode="always") is strided
+    chosen = faster(eligible, (8, 3, 8, 8), mode="always")
+    assert isinstance(chosen.full, WinogradConv) and chosen.window is eligible.window
+    x = torch.randn(8, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(chosen.full(x), eligible.full(x), rtol=0, atol=1e-5)
+
+    timed = []
+    monkeypatch.setattr(_winograd, "_CHOSEN", {})
+    # Winograd measured twice as fast, then twice as slow: the first measurement stands for the shape.
+    for speeds in ([1.0, 0.5], [0.5, 1.0]):
+        monkeypatch.setattr(_winograd, "seconds_per_item",
+                            lambda run, batch, t, s=speeds: timed.append(1) or s[isinstance(run, WinogradConv)])
+        assert isinstance(faster(eligible, (8, 3, 8, 8)).full, WinogradConv)
+    assert len(timed) == 6  # three interleaved rounds of (direct, Winograd), once
+    monkeypatch.setattr(_winograd, "_CHOSEN", {})
+    assert faster(eligible, (8, 3, 8, 8)) is eligible  # the last speeds: Winograd slower
