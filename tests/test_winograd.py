@@ -37,11 +37,14 @@ def test_more_images_than_one_chunk_of_tiles(monkeypatch):
 
 
 def test_float32_rounding_is_small_on_deep_maps():
-    conv = nn.Conv2d(256, 256, 3, padding=1).eval()
-    x = torch.randn(4, 256, 8, 8).relu()
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 256, 3, padding=1).double().eval()
+    x = torch.randn(4, 256, 8, 8, dtype=torch.float64).relu()
     with torch.inference_mode():
-        ref, got = conv(x), WinogradConv(conv)(x)
-    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+        ref = conv(x)
+        got = WinogradConv(conv.float())(x.float()).double()
+    # Against float64: Lavin's points 0, +-1, +-2 land 5.2e-6 away here; the points used, 0, +-1, 1/2, -2, 2.4e-6.
+    assert (got - ref).abs().max() <= 4e-6 * ref.abs().max()
 
 
 def test_direct_convolution_under_autocast_and_for_other_dtypes():

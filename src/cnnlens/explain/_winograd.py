@@ -2,14 +2,14 @@
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Each 4x4 output tile is
 ``A^T [(G g G^T) * (B^T d B)] A`` of its 6x6 input tile ``d`` and the 3x3 kernel ``g``: 36 multiplies per
-tile and channel pair instead of 144. Here the input and output transforms are small matrix products
-and the 36 products are one batched matrix product, so the gain depends on the shape: measured on a
-2-core CPU, 1.6-1.8x over oneDNN's direct convolution on 8x8 and 4x4 maps of 256-512 channels, 1.2x
-on 16x16 maps of 128 channels, slower on larger maps (the transforms dominate). :func:`faster` therefore
-times both on the layer's real input shape and keeps the faster one.
+tile and channel pair instead of 144. Here the transforms are small matrix products (one axis at a
+time) and the 36 products one batched matrix product, so the gain depends on the shape: measured on a
+2-core CPU (one thread, batch 32), 1.6-1.9x over oneDNN's direct convolution on 8x8x256 and 4x4x512
+maps, 1.3-1.6x on 16x16x128, slower on 32x32x64 and larger maps (the transforms dominate).
+:func:`faster` therefore times both on the layer's real input shape and keeps the faster one.
 
-Rounding: about 1e-5 of the layer's largest output in float32 (the transforms' constants reach 8 and
-1/24), 1e-13 in float64. Under autocast (bfloat16) the direct convolution always runs.
+Rounding: a few 1e-6 of the layer's largest output in float32 (interpolation points chosen for it,
+below), 1e-13 in float64. Under autocast (bfloat16) the direct convolution always runs.
 
 >>> fast = faster(layer, (32, 256, 8, 8))   # the layer's Spatial, with a Winograd ``full`` if that is faster
 """
@@ -28,11 +28,15 @@ from cnnlens.explain._base import batch_ranges
 from cnnlens.explain._fast import seconds_per_item
 from cnnlens.explain._incremental import Spatial, _two
 
-_BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
-_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
-_AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+# Interpolation points 0, 1, -1, 1/2, -2 (and infinity): 3-4x less float32 rounding than Lavin's 0, +-1,
+# +-2 on the same products (Barabasz et al., "Error analysis and improving the accuracy of Winograd
+# convolution for deep neural networks", ACM TOMS 2020). B^T solved from G and A^T in exact arithmetic.
+_BT = torch.tensor([[1, -3 / 2, -2, 3 / 2, 1, 0], [0, -1, 1 / 2, 5 / 2, 1, 0], [0, 1, -5 / 2, 1 / 2, 1, 0],
+                    [0, -2, -1, 2, 1, 0], [0, 1 / 2, -1, -1 / 2, 1, 0], [0, 1, -3 / 2, -2, 3 / 2, 1]],
+                   dtype=torch.float64)
+_G = torch.tensor([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3], [-16 / 15, -8 / 15, -4 / 15],
+                   [1 / 15, -2 / 15, 4 / 15], [0, 0, 1]], dtype=torch.float64)
+_AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 4, 4, 0], [0, 1, -1, 1 / 8, -8, 1]],
                    dtype=torch.float64)
 #: Winograd replaces the direct convolution only when measured at least this much faster.
 MIN_GAIN = 1.1
