@@ -86,8 +86,11 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
         m = torch.bmm(v, u).view(6, 6, -1)  # [36, tiles, O]
         z = torch.matmul(at, (at @ m.view(6, -1)).view(4, 6, -1))  # A^T m A: [4,4, tiles x O]
         y[a:b] = z.view(4, 4, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
-    y = y.view(n, 4 * th, 4 * tw, o)[:, :oh, :ow]
-    y = y.contiguous() if bias is None else y + bias  # a copy only where the tiles overhang the map
+    y = y.view(n, 4 * th, 4 * tw, o)
+    if (oh, ow) != (4 * th, 4 * tw):  # the tiles overhang the map: one copy of the part inside
+        y = y[:, :oh, :ow].contiguous()
+    if bias is not None:
+        y.add_(bias)
     return y.permute(0, 3, 1, 2)
 
 
