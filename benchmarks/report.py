@@ -1,7 +1,14 @@
-"""Render the benchmark's JSON payload as docs/benchmarks.md."""
+"""Render the benchmark's JSON payload as docs/benchmarks.md.
+
+Re-render a doc from its JSON without measuring again (after editing the text here):
+
+    python benchmarks/report.py benchmarks/results/cpu.json docs/benchmarks.md
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 MODEL_TITLES = {"small_cnn": "small CNN, 1x48x48", "vgg_fer": "VGG-style FER net, 1x48x48",
@@ -108,6 +115,12 @@ def render(payload: dict, json_path: Path) -> str:
         "on the superpixels its receptive field touches, so the first layers are computed once per distinct "
         "(position, local mask pattern) and the rest densely; a convolution stays a table while its estimated "
         "cost is below a dense pass's. Same logits to 1e-10 in float64; see the LIME section below.",
+        "- **Winograd F(4x4,3x3) in LIME's dense layers** (`cnnlens.explain._winograd`): a 3x3 stride-1 "
+        "convolution as 36 products per 4x4 output tile instead of 144 (input and output transforms as small "
+        "matrix products, the 36 products as one batched product, 128 tiles at a time); used for a layer only "
+        "where it is measured faster than the direct convolution on that layer's input shape (once per shape "
+        "and process). Interpolation points 0, +-1, 1/2, -2 (not Lavin's 0, +-1, +-2) for less rounding: "
+        "~2.4e-6 of a layer's largest output in float32 (Lavin's: 5.2e-6), 1e-13 in float64.",
         "- **bfloat16** (`precision=\"bfloat16\"`): opt-in autocast for the perturbation methods; see its table.",
         "",
     ]
@@ -190,12 +203,24 @@ def render(payload: dict, json_path: Path) -> str:
             "- It pays where the first layers carry much of the arithmetic at small receptive fields: vgg_fer's "
             "first two stages (45% of its multiply-adds) repeat; ResNet-18 at 128x128 reaches wide receptive "
             "fields after its stem and first stage, and the other three stages (75%) run per sample.",
-            "- Winograd convolutions (fewer multiplications: F(2x2,3x3) 2.25x, F(4x4,3x3) 4x) were prototyped in "
-            "plain torch on 2026-11-30 (transforms as GEMMs, batched GEMM in the middle): against oneDNN's direct "
-            "channels-last convolution at batch 16 they ran 0.2-1.0x on vgg_fer's 48x48 and 24x24 layers and "
-            "1.1-1.6x only on its 12x12 and 6x6 ones, errors 1e-6 (F2) and 5e-6 (F4): no net gain without "
-            "native kernels, so not shipped.",
+            "- The dense layers then multiply less: Winograd F(4x4,3x3) (above). Measured on 2026-11-30 against "
+            "oneDNN's direct channels-last convolution (one thread, batch 32, over several runs): 1.3-1.6x on "
+            "16x16 maps of 128 channels, 1.6-2.0x on 8x8x256 and 1.6-1.8x on 4x4x512 when the tiles go 128 at a "
+            "time (0.6-1.0x on 16x16x128 when all the batch's tiles go at once: cache misses), but 0.4-0.9x on "
+            "32x32x64 and larger maps, where the transforms outweigh the saved products. F(2x2,3x3) gained less (at most 1.3x). So each layer is "
+            "timed both ways and keeps the faster (on ResNet-18 at 128x128: the stride-1 convolutions of its "
+            "last three stages). Incremental occlusion does not use it: its maps must agree with plain "
+            "occlusion to 1e-5, float32 already takes ~1e-5 of that on ResNet-18 (its max rel diff above), and "
+            "Winograd's rounding (a few 1e-6 of each layer's largest output, on six layers) would spend the rest; LIME's scores still agree with the lime package's to the digits shown.",
             "- The opt-in bfloat16 mode above multiplies faster still (AVX-512 BF16).",
+            "- What is left on ResNet-18, measured apart on 2026-11-30 (one process, cnnlens and lime "
+            "alternating, one thread): cnnlens 7.0-7.2 s an image, lime's default 13.6 s (1.9x). A tenth of "
+            "cnnlens's time is the kernel handing it fresh pages (0.7 s of system time, ~430k minor page faults "
+            "an image: glibc returns the large freed blocks of the tables and maps to the system and faults them "
+            "in again), where lime's small batches reuse the heap (no faults). With glibc told to keep freed "
+            "memory (`MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736`), the system time "
+            "falls to ~0.1 s; cnnlens does not set that itself (it is a setting of the whole process). In the "
+            "Winograd layers the transforms and copies cost about as much as the 36 products themselves.",
             f"- LIME under 2x the lime package's default in this run: {', '.join(lime_missed) if lime_missed else 'none'}.",
             "",
         ]
@@ -205,16 +230,18 @@ def render(payload: dict, json_path: Path) -> str:
             "## Whole datasets: streaming saliency and Grad-CAM",
             "",
             "`cnnlens.explain.stream.stream_explain` over a `.npy` of uint8 faces, `fast=True`: saliency then "
-            "Grad-CAM, each image count in its own process so that the peak resident memory (`ru_maxrss`, the "
-            "peak so far after each method) is that stream's. Maps go to a `.npy` on disk with plain appends; the "
-            "input is read one batch at a time. Seconds are wall time.",
+            "Grad-CAM, each image count in its own process so that the peak resident memory (`VmHWM`, the "
+            "peak so far after each method; *before*: once torch, the model and its calibration are loaded) is "
+            "that stream's (not `ru_maxrss`: Linux carries the forking benchmark process's peak over into it). "
+            "Maps go to a `.npy` on disk with plain appends; the input is read one batch at a time. Seconds are "
+            "wall time.",
             "",
-            "| method | images | seconds | images/s | peak RSS (MiB) |",
-            "|---|---|---|---|---|",
+            "| method | images | seconds | images/s | peak RSS (MiB) | before (MiB) |",
+            "|---|---|---|---|---|---|",
         ]
         for row in rows:
             lines.append(f"| {row['method']} | {row['n']:,} | {row['seconds']:.1f} | {row['rate']:.0f} "
-                         f"| {row['peak_rss_mib']:.0f} |")
+                         f"| {row['peak_rss_mib']:.0f} | {row.get('rss_before_streams_mib', float('nan')):.0f} |")
         side = payload.get("stream_side", 48)
         for method in dict.fromkeys(r["method"] for r in rows):
             pair = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
@@ -224,6 +251,10 @@ def render(payload: dict, json_path: Path) -> str:
                 lines.append(f"- {method}: {b['n'] / a['n']:.2f}x the images took {b['seconds'] / a['seconds']:.2f}x "
                              f"the time; peak memory changed by {b['peak_rss_mib'] - a['peak_rss_mib']:+.0f} MiB "
                              f"(keeping the extra maps in memory would have added ~{maps_mib:.0f} MiB)")
+        lines.append("- The peak is the heap's high-water mark, and it levels off: measured apart on 2026-11-30 "
+                     "(saliency, small_cnn, batch 128), 644 MiB at 1,024 images, 680 at 4,096, 684 and 680 at "
+                     "8,192; inside a stream the resident memory moves between ~290 and ~560 MiB as freed blocks "
+                     "are reused, and returns to ~290 MiB.")
         lines.append("")
     if info["device"] == "cpu":
         lines += ["## CUDA", "",
@@ -231,3 +262,20 @@ def render(payload: dict, json_path: Path) -> str:
                   "`python benchmarks/run.py --device cuda` writes `docs/benchmarks-cuda.md` and "
                   "`benchmarks/results/cuda.json` (batch sizes are then searched among 32..1024).", ""]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python benchmarks/report.py RESULTS.json OUT.md", file=sys.stderr)
+        return 2
+    json_path, out = Path(args[0]), Path(args[1])
+    payload = json.loads(json_path.read_text())
+    from cnnlens._atomic import write_text
+
+    write_text(out, render(payload, json_path))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

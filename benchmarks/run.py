@@ -66,10 +66,10 @@ def config(smoke: bool) -> dict:
             "small_cnn": {"channels": 1, "side": 48, "grad_images": 8, "multi_images": 2, "pert_images": 1,
                           "grad_repeats": 5, "multi_repeats": 3, "pert_repeats": 2, "occlusion_stride": 1},
             "vgg_fer": {"channels": 1, "side": 48, "grad_images": 8, "multi_images": 2, "pert_images": 1,
-                        "grad_repeats": 3, "multi_repeats": 2, "pert_repeats": 1, "occlusion_stride": 1},
+                        "grad_repeats": 3, "multi_repeats": 2, "pert_repeats": 2, "occlusion_stride": 1},
             # 128x128 at stride 1 is 15,376 windows (minutes per side): stride 4 (1,024 windows) keeps it short.
             "resnet18": {"channels": 3, "side": 128, "grad_images": 4, "multi_images": 1, "pert_images": 1,
-                         "grad_repeats": 3, "multi_repeats": 1, "pert_repeats": 1, "occlusion_stride": 4},
+                         "grad_repeats": 3, "multi_repeats": 1, "pert_repeats": 2, "occlusion_stride": 4},
         },
         "sizes": C.Sizes(),
         "stream": {"counts": (1795, 7178), "batch_size": 128},  # the FER2013 test split, and about a quarter
