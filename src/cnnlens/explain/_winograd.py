@@ -41,7 +41,7 @@ _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 
 #: Winograd replaces the direct convolution only when measured at least this much faster.
 MIN_GAIN = 1.1
 #: Tiles transformed and multiplied per batched product (2-9 MB of transformed input at 128-512 channels),
-#: measured fastest on a 2-core CPU for 16x16x128, 8x8x256 and 4x4x512 maps (256 tiles: 0.7x on the first).
+#: measured fastest on a 2-core CPU for 16x16x128, 8x8x256 and 4x4x512 maps (256 tiles: 0.7-1.0x on the first).
 TILES = 128
 _CHOSEN: dict[tuple, bool] = {}
 #: One WinogradConv per convolution module (its transformed weights are reused across calls).
@@ -95,7 +95,7 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
 
 
 class WinogradConv:
-    """A 3x3 convolution module run by :func:`winograd_conv2d` (the direct convolution under autocast
+    """Calls a 3x3 ``nn.Conv2d`` through :func:`winograd_conv2d` (through the module itself under autocast
     or for other dtypes); the transformed weights are made once per dtype."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
