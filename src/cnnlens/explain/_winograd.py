@@ -140,6 +140,8 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
         if key not in _CHOSEN:
             x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
+                for _ in range(3):  # warm-up: the first calls of a process also pay for the allocator's growth
+                    conv(x), wino(x)
                 direct, winograd = math.inf, math.inf
                 for _ in range(3):  # interleaved, best of each: machine noise hits both
                     direct = min(direct, seconds_per_item(conv, x, min_time))
