@@ -56,7 +56,7 @@ class _Table:
     def dense(self, samples: slice) -> torch.Tensor:
         """The map of ``samples`` as a channels-last ``[s,C,h,w]`` tensor."""
         index = self.index[samples]
-        values = self.rows[:, :, 0, 0][index.reshape(-1)]
+        values = self.rows[:, :, 0, 0].index_select(0, index.reshape(-1))  # index_select: ~8x advanced indexing
         return values.reshape(index.shape[0], *self.size, -1).permute(0, 3, 1, 2)
 
 
@@ -153,7 +153,9 @@ def _sources(layer: Spatial, table: _Table, position: torch.Tensor, example: tor
     cols = ow[:, None] * sw - pw + torch.arange(kw, device=oh.device)
     inside = ((rows >= 0) & (rows < h_in))[:, :, None] & ((cols >= 0) & (cols < w_in))[:, None, :]
     flat = rows.clamp(0, h_in - 1)[:, :, None] * w_in + cols.clamp(0, w_in - 1)[:, None, :]  # [U,kh,kw]
-    return torch.where(inside, table.index[example[:, None, None], flat], outside)
+    p_in = h_in * w_in
+    source = table.index.view(-1).index_select(0, (example[:, None, None] * p_in + flat).view(-1)).view(flat.shape)
+    return torch.where(inside, source, outside)
 
 
 def _spatial_table(layer: Spatial, table: _Table, position: torch.Tensor, example: torch.Tensor,
@@ -189,7 +191,7 @@ def _spatial_table(layer: Spatial, table: _Table, position: torch.Tensor, exampl
         if isinstance(layer.full, nn.MaxPool2d):
             chunks.append(F.embedding_bag(source.reshape(b - a, taps), padded, mode="max")[:, :, None, None])
             continue
-        values = padded[source]  # [u,kh,kw,C]
+        values = padded.index_select(0, source.view(-1)).view(*source.shape, -1)  # [u,kh,kw,C]
         if conv is not None:
             weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
             chunks.append(F.linear(values.reshape(b - a, -1), weight, conv.bias)[:, :, None, None])
@@ -273,6 +275,11 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
     if isinstance(layer, Spatial):
         rows = _spatial_table(layer, first, position, example, size)
     else:
-        rows = torch.cat([layer.fn(*(maps[i].rows[maps[i].index[example[a:b], position[a:b]]] for i in step.inputs))
+        def rows_of(i: int, a: int, b: int) -> torch.Tensor:
+            table = maps[i]
+            flat = table.index.view(-1).index_select(0, example[a:b] * table.index.shape[1] + position[a:b])
+            return table.rows.index_select(0, flat)
+
+        rows = torch.cat([layer.fn(*(rows_of(i, a, b) for i in step.inputs))
                           for a, b in batch_ranges(len(position), ROW_CHUNK)])
     return _Table(rows, index, size, field_h, field_w)
