@@ -5,7 +5,8 @@ Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Ea
 tile and channel pair instead of 144. Here the transforms are small matrix products (one axis at a
 time) and the 36 products one batched matrix product, so the gain depends on the shape: measured on a
 2-core CPU (one thread, batch 32), 1.6-1.9x over oneDNN's direct convolution on 8x8x256 and 4x4x512
-maps, 1.3-1.6x on 16x16x128, slower on 32x32x64 and larger maps (the transforms dominate).
+maps, 1.3-1.6x on 16x16x128, about even on 32x32x64, slower on larger maps (the transforms dominate)
+and on 6x6 maps (the tiles overhang).
 :func:`faster` therefore times both on the layer's real input shape and keeps the faster one.
 
 Rounding: a few 1e-6 of the layer's largest output in float32 (interpolation points chosen for it,
