@@ -66,7 +66,9 @@ def render(payload: dict, json_path: Path) -> str:
         "",
         "- Times are **milliseconds per image**, the median over interleaved repeats (each repeat runs every "
         "contestant once, in rotating order, so machine noise hits all sides alike); a warm-up call of each "
-        "contestant comes first (it fills cnnlens's measured batch sizes and the allocator).",
+        "contestant comes first (it fills cnnlens's measured batch sizes and the allocator; for LIME at the full "
+        "sample count on both sides, since the first full-size cnnlens call after other cases ran ~20% slower "
+        "on resnet18 while the heap adapted).",
         "- *cnnlens*: the method with its default arguments, which since the gradient methods took `fast=True` "
         "means they differentiate the cached prepared copy (`_fast.prepared(model)`, below). *cnnlens fast*: "
         "gradient methods given `cnnlens.explain._fast.prepare(model)` explicitly (BatchNorm folded into the "
