@@ -217,12 +217,11 @@ def render(payload: dict, json_path: Path) -> str:
             "occlusion to 1e-5, float32 already takes ~1e-5 of that on ResNet-18 (its max rel diff above), and "
             "Winograd's rounding (a few 1e-6 of each layer's largest output, on six layers) would spend the rest; LIME's scores still agree with the lime package's to the digits shown.",
             "- The opt-in bfloat16 mode above multiplies faster still (AVX-512 BF16).",
-            "- The same case run alone on 2026-11-30 (`python benchmarks/run.py --threads 1 --models resnet18 "
-            "--methods lime --no-stream --out DIR`; its JSON is `benchmarks/results/cpu-resnet18-lime.json`): "
-            "cnnlens 6.6 s an image against lime's default 13.4 s, 2.04x. In the full run the same call took "
-            "7.2-9.0 s, after twelve minutes of other cases in the same process, while lime's did not change. "
-            "Not pinned down; the likely part is the system time for fresh pages below, which a heap left "
-            "fragmented by the earlier cases makes larger.",
+            "- Warm-ups matter here: with LIME's warm-up at 50 samples, the first full-size cnnlens call after "
+            "the other cases took 7.4-9.0 s and the later ones 6.6-8.2 s, while the heap adapted "
+            "(the run of 2026-11-30 before this one measured 1.70x that way). Run alone in a fresh process "
+            "(`--models resnet18 --methods lime`, `benchmarks/results/cpu-resnet18-lime.json`): 2.04x. The "
+            "warm-ups now run the full sample count on both sides.",
             "- What is left on ResNet-18, measured apart on 2026-11-30 (one process, cnnlens and lime "
             "alternating, one thread): cnnlens 6.6-6.7 s an image, lime's default 13.2-13.4 s (2.0x). A tenth of "
             "cnnlens's time is the kernel handing it fresh pages (0.7 s of system time, ~430k minor page faults "
