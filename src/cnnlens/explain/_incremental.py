@@ -593,10 +593,11 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
     """:func:`~cnnlens.explain.occlusion.occlusion`, computed incrementally: the same ``[N,H,W]`` map to ~1e-6.
 
     Same arguments and result as ``occlusion``; ``batch_size`` counts occluded images per pass (None:
-    256 for incremental occlusion, measured once per architecture and shape for the plain fallback). ``precision="bfloat16"`` runs the convolutions under
-    bfloat16 autocast (opt-in; see :func:`cnnlens.explain._fast.precision_agreement`). A model that is
-    not decomposable (see :class:`LocalPlan`) gets plain occlusion on a folded,
-    channels-last copy, with a warning naming the reason (``warn=False``: silently).
+    256 for incremental occlusion, measured once per architecture and shape for the plain fallback).
+    ``precision="bfloat16"`` runs the convolutions under bfloat16 autocast (opt-in; see
+    :func:`cnnlens.explain._fast.precision_agreement`). A model that is not decomposable (see
+    :class:`LocalPlan`) gets plain occlusion on a folded, channels-last copy, with a warning naming the
+    reason (``warn=False``: silently).
 
     >>> fast_occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")
     """

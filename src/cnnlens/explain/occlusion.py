@@ -143,8 +143,9 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 
     ``fast``: None (default) uses incremental occlusion (:mod:`cnnlens.explain._incremental`: the same map
     to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to global average pooling
-    comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise plain occlusion on a folded, channels-last copy; True does the
-    same but warns when it falls back; False always runs plain occlusion on the model itself.
+    comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise
+    plain occlusion on a folded, channels-last copy; True does the same but warns when it falls back;
+    False always runs plain occlusion on the model itself.
     ``precision="bfloat16"`` (opt-in) runs it in bfloat16.
 
     >>> occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")  # [N,H,W]
