@@ -122,7 +122,7 @@ def test_smoothgrad_noise_is_sigma_times_each_images_range():
     ranges = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))
     model = Recorder()
     # fast=False: the recording model itself must see the batches, not a prepared copy of it.
-    smoothgrad(model, images, 0, method=functools.partial(saliency, fast=False), n_samples=100, sigma=0.25,
+    smoothgrad(model, images, 0, fast=False, n_samples=100, sigma=0.25,
                batch_size=7, generator=torch.Generator().manual_seed(1))
     noisy = torch.cat(model.seen[1:])  # seen[0]: the clean pass that checks the targets
     assert noisy.shape == (300, 2, 8, 8)
@@ -186,9 +186,11 @@ def test_cam_equals_grad_cam_of_the_pooled_layer_divided_by_its_area(random_mode
     close(cam(model, images, TARGETS), torch.nn.functional.interpolate(low[:, None], size=16, mode="bilinear")[:, 0])
 
 
-def test_grad_cam_accepts_a_module_and_defaults_to_the_last_conv(random_model_and_images):
+def test_grad_cam_accepts_a_module_and_defaults_to_the_pooled_feature_map(random_model_and_images):
     model, images = random_model_and_images
-    close(grad_cam(model, images, TARGETS), grad_cam(model, images, TARGETS, layer=model.head[0]))
+    # the map the global average pooling reads: "head" (conv + ReLU), not its pre-ReLU conv
+    close(grad_cam(model, images, TARGETS), grad_cam(model, images, TARGETS, layer=model.head))
+    assert not torch.allclose(grad_cam(model, images, TARGETS), grad_cam(model, images, TARGETS, layer="head.0"))
     close(grad_cam(model, images, TARGETS, layer="head.0"), grad_cam(model, images, TARGETS, layer=model.head[0]))
     assert not torch.allclose(grad_cam(model, images, TARGETS, layer="conv_a"), grad_cam(model, images, TARGETS))
 

@@ -37,8 +37,8 @@ EXACT = {
     "saliency": functools.partial(saliency, fast=False),
     "guided_backprop": functools.partial(guided_backprop, fast=False),
     "integrated_gradients": functools.partial(integrated_gradients, n_steps=4, batch_size=3, fast=False),
-    "smoothgrad": functools.partial(smoothgrad, n_samples=3, batch_size=2, method=functools.partial(saliency, fast=False)),
-    "smoothgrad_guided": functools.partial(smoothgrad, method=functools.partial(guided_backprop, fast=False), n_samples=2),
+    "smoothgrad": functools.partial(smoothgrad, n_samples=3, batch_size=2, fast=False),
+    "smoothgrad_guided": functools.partial(smoothgrad, method=guided_backprop, n_samples=2, fast=False),
     "grad_cam": functools.partial(grad_cam, fast=False),
     "cam": cam,
     "guided_grad_cam": functools.partial(guided_grad_cam, fast=False),
@@ -129,7 +129,7 @@ def test_an_error_inside_the_prepared_copy_leaves_model_and_copy_clean(name):
         METHODS[name](model, images, 99)
     assert_model_untouched(model, modes)
     assert_same_state(model, state)
-    layer = "net.head.0"  # grad_cam's default layer here (the last nn.Conv2d), kept unfolded in its copy
+    layer = "net.head"  # grad_cam's default layer here (the map the pooling reads), kept unfolded in its copy
     copies = [_fast.prepared(model), _fast.prepared(model, keep=[layer])]
     assert all(c is not model for c in copies)
     for copy_ in copies:  # the guide hooks and Grad-CAM's hook were on the copy: all gone
@@ -193,10 +193,40 @@ class FunctionalRelu(nn.Module):
         return self.fc(F.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_guided_backprop_without_relu_modules():
-    model = FunctionalRelu()
+class ModuleRelu(FunctionalRelu):
+    """The same network with an nn.ReLU module instead of F.relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class TanhOnly(FunctionalRelu):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_guided_backprop_guides_functional_relus_as_modules():
+    functional = FunctionalRelu()
+    module = ModuleRelu()
+    module.load_state_dict(functional.state_dict())
+    images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    for method in (guided_backprop, guided_grad_cam):
+        ours = method(functional, images, [0, 2], reduce=None)
+        torch.testing.assert_close(ours, method(module, images, [0, 2], reduce=None))
+        assert_model_untouched(functional, [True, True, True])
+    # and it is really guided: the plain gradient differs
+    plain = saliency(functional, images, [0, 2], reduce=None, abs=False)
+    assert (guided_backprop(functional, images, [0, 2], reduce=None) - plain).abs().max() > 0
+
+
+def test_guided_backprop_without_any_relu():
+    model = TanhOnly()
     for method in (guided_backprop, guided_grad_cam, functools.partial(smoothgrad, method=guided_backprop)):
-        with pytest.raises(ValueError, match=r"guided backprop needs nn\.ReLU modules.*F\.relu"):
+        with pytest.raises(ValueError, match=r"guided backprop guides ReLUs.*computes none"):
             method(model, torch.rand(2, 1, 6, 6))
         assert_model_untouched(model, [True, True, True])
 

@@ -142,8 +142,11 @@ def input_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor)
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Names of every sub-module, in registration order (what ``layer=`` accepts)."""
-    return [name for name, _ in model.named_modules() if name]
+    """Names of every sub-module, in registration order (what ``layer=`` accepts); for an adapter with a
+    ``layer_prefix`` (``cnnlens.models.foreign.Scored``), the names inside the model it wraps, as the user wrote them."""
+    names = [name for name, _ in model.named_modules() if name]
+    prefix = getattr(model, "layer_prefix", "")
+    return [n[len(prefix):] for n in names if n.startswith(prefix)] if prefix else names
 
 
 def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
@@ -153,9 +156,11 @@ def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
             raise ValueError("layer module is not part of the model")
         return layer
     modules = dict(model.named_modules())
-    if layer not in modules or not layer:
+    prefix = getattr(model, "layer_prefix", "")  # an adapter around the user's model: accept the user's names
+    name = layer if layer in modules or not prefix else prefix + layer
+    if name not in modules or not layer:
         raise ValueError(f"unknown layer {layer!r}; valid layer names: {', '.join(layer_names(model))}")
-    return modules[layer]
+    return modules[name]
 
 
 def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
@@ -172,16 +177,53 @@ def last_conv_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
-def default_cam_layer(model: nn.Module) -> str:
+def default_cam_layer(model: nn.Module, images: torch.Tensor | None = None) -> str:
     """The layer CAM-style methods use when none is given.
 
     A model may name it in a ``cam_layer`` attribute (every cnnlens model does: the feature map its global
-    average pooling reads, after the last block's ReLU); otherwise the last ``nn.Conv2d``.
+    average pooling reads, after the last block's ReLU). Otherwise, given ``images``, the module that runs
+    once and outputs the feature map the model's head pools (found on a real forward pass: for a
+    torchvision-style ResNet its last stage, not the last-registered ``downsample`` convolution);
+    otherwise the last ``nn.Conv2d``.
     """
     named = getattr(model, "cam_layer", None)
     if isinstance(named, str) and named in dict(model.named_modules()):
         return named
+    if images is not None:
+        pooled = pooled_layer(model, images[:1])
+        if pooled is not None:
+            return pooled
     return last_conv_layer(model)
+
+
+@torch.no_grad()
+def pooled_layer(model: nn.Module, images: torch.Tensor) -> str | None:
+    """Name of the outermost module, run exactly once, whose output ``[N,C,h,w]`` is what the head pools to its
+    last ``nn.Linear`` (the linear's input is that map's spatial mean), or None for other heads."""
+    names = {m: name for name, m in model.named_modules() if name}
+    runs: dict[str, int] = {}
+    maps: list[tuple[str, torch.Tensor]] = []
+    linear_inputs: list[torch.Tensor] = []
+
+    def seen(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+        name = names[module]
+        runs[name] = runs.get(name, 0) + 1
+        if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
+            linear_inputs.append(inputs[0])
+        elif isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
+            maps.append((name, output.mean(dim=(2, 3))))
+
+    with hooks() as handles:
+        handles.extend(m.register_forward_hook(seen) for m in names)
+        model(images)
+    if not linear_inputs or linear_inputs[-1].dim() != 2:
+        return None
+    z = linear_inputs[-1]
+    for name, pooled in reversed(maps):  # hooks of outer modules fire after their children's
+        if runs[name] == 1 and pooled.shape == z.shape and torch.allclose(
+                pooled, z, rtol=1e-4, atol=1e-5 * max(1.0, float(z.abs().max()))):
+            return name
+    return None
 
 
 def reduce_channels(attr: torch.Tensor, reduce: Reduce) -> torch.Tensor:

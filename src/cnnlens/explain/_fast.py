@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import math
 import time
 import weakref
@@ -128,13 +130,31 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = Tru
         if channels_last and p.dim() == 4:
             p.data = to_channels_last(p.data)
     setattr(fast, PREPARED_ATTR, True)
+    setattr(fast, CHANNELS_LAST_ATTR, channels_last)
     return fast
 
 
 #: Set on every copy :func:`prepare` makes, so that preparing a prepared copy is a no-op.
 PREPARED_ATTR = "_cnnlens_prepared"
-#: model -> (its state when copied, a sample of its values, {keep: prepared copy, or None if it cannot be copied}).
+#: Set on a prepared copy whose weights are channels-last (its inputs may then be made channels-last too).
+CHANNELS_LAST_ATTR = "_cnnlens_channels_last"
+#: A prepared copy is used only where its outputs on the first real batch match the model's to this
+#: fraction of the largest |output| (float32 folding and channels-last kernels change ~1e-6 of it).
+VERIFY_TOLERANCE = 1e-4
+#: Images of the first real batch a prepared copy is checked on.
+VERIFY_IMAGES = 2
+#: model -> (its state when copied, a sample of its values, {keep: _Copy}).
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+log = logging.getLogger("cnnlens.explain")
+
+
+@dataclasses.dataclass
+class _Copy:
+    """One prepared copy of a model (None: run the model itself) and the input shapes it was checked on."""
+
+    module: nn.Module | None
+    checked: set[tuple] = dataclasses.field(default_factory=set)
 
 
 def _has_hooks(model: nn.Module) -> bool:
@@ -160,15 +180,61 @@ def _state(model: nn.Module) -> tuple[tuple, torch.Tensor]:
                            for t in tensors])
 
 
-def prepared(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
-    """:func:`prepare`'s copy of ``model``, made once and reused while the model stays the same.
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or a tuple / list / dict of them), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in _tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in _tensors(v)]
+    return []
 
+
+def copy_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``module`` takes it fastest: channels-last for a channels-last prepared copy, else as it is."""
+    return to_channels_last(x) if getattr(module, CHANNELS_LAST_ATTR, False) else x
+
+
+def mismatch(model: nn.Module, copy_: nn.Module, example: torch.Tensor) -> str | None:
+    """Why ``copy_`` cannot stand in for ``model`` on ``example`` (it raises, or its outputs differ), or None.
+
+    Outputs are compared to :data:`VERIFY_TOLERANCE` of the model's largest |output|; where the model's
+    own outputs are not finite there is nothing to compare and the copy is accepted.
+    """
+    x = example[:VERIFY_IMAGES].detach()
+    with torch.no_grad():
+        expected = _tensors(model(x))
+        try:
+            got = _tensors(copy_(copy_input(copy_, x)))
+        except Exception as exc:  # the user's forward may reject the copy's layout in many ways (.view, asserts)
+            return f"the copy raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    if len(got) != len(expected) or any(a.shape != b.shape for a, b in zip(got, expected)):
+        return "the copy's outputs have other shapes than the model's"
+    for a, b in zip(got, expected):
+        if not torch.isfinite(b).all() or not b.is_floating_point():
+            continue
+        scale = float(b.abs().max())
+        diff = float((a.to(b.dtype) - b).abs().max())
+        if not diff <= VERIFY_TOLERANCE * scale + 1e-12:
+            return f"the copy's outputs differ from the model's by {diff:.3g} (largest |output| {scale:.3g})"
+    return None
+
+
+def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor | None = None) -> nn.Module:
+    """:func:`prepare`'s copy of ``model``, checked against the model and reused while the model stays the same.
+
+    What every method with ``fast=True`` runs. The copy is an optimisation the user never sees: given the
+    first real batch as ``example``, the copy runs on its first :data:`VERIFY_IMAGES` images beside the model
+    (once per input shape) and is used only where its outputs match (:func:`mismatch`). Where the
+    channels-last copy raises (a ``.view`` after a convolution needs contiguous maps) or differs, a
+    copy with the model's own memory layout is tried, then the model itself, with one log line
+    (``cnnlens.explain``, warning) saying why. ``model`` itself is also returned for a model carrying
+    hooks (they must see the passes) or one that cannot be copied; a prepared copy is returned as it is.
     The copy is rebuilt when the model's modules, parameters or buffers change (see :func:`_state`) and
-    dropped with the model. ``model`` itself is returned where a copy would not compute the same thing
-    the user expects: a model carrying hooks, or one ``copy.deepcopy`` cannot copy; a prepared copy is
-    returned as it is.
+    dropped with the model.
 
-    >>> grads = saliency(prepared(model), images)   # what saliency(model, images) does by default
+    >>> grads = saliency(prepared(model, example=images), images)   # what saliency(model, images) does
     """
     if getattr(model, PREPARED_ATTR, False) or _has_hooks(model):
         return model
@@ -178,13 +244,35 @@ def prepared(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
     if entry is None or entry[0] != key or not torch.equal(entry[1], sample):
         entry = (key, sample, {})
         _PREPARED[model] = entry
-    copies = entry[2]
+    copies: dict[tuple, _Copy] = entry[2]
     if keep not in copies:
-        try:
-            copies[keep] = prepare(model, keep=keep)
-        except Exception:  # deepcopy of an arbitrary user module can fail in many ways: run the model itself
-            copies[keep] = None
-    return copies[keep] if copies[keep] is not None else model
+        copies[keep] = _Copy(_make_copy(model, keep, channels_last=True))
+    chosen = copies[keep]
+    shape = None if example is None else (tuple(example.shape[1:]), example.dtype, str(example.device))
+    if chosen.module is not None and shape is not None and shape not in chosen.checked:
+        why = mismatch(model, chosen.module, example)
+        if why is not None and getattr(chosen.module, CHANNELS_LAST_ATTR, False):
+            plain = _make_copy(model, keep, channels_last=False)
+            if plain is not None and mismatch(model, plain, example) is None:
+                log.info("cnnlens: %s: channels-last copy not used (%s); using a copy in the model's own layout",
+                         type(model).__name__, why)
+                chosen.module, why = plain, None
+        if why is not None:
+            log.warning("cnnlens: the fast path does not apply to this %s (%s); running the model itself",
+                        type(model).__name__, why)
+            chosen.module = None
+        chosen.checked.add(shape)
+    return chosen.module if chosen.module is not None else model
+
+
+def _make_copy(model: nn.Module, keep: tuple, *, channels_last: bool) -> nn.Module | None:
+    """:func:`prepare`'s copy, or None (with a log line) where the model cannot be copied or folded."""
+    try:
+        return prepare(model, keep=keep, channels_last=channels_last)
+    except Exception as exc:  # deepcopy / fx of an arbitrary user module can fail in many ways: run the model itself
+        log.warning("cnnlens: the fast path does not apply to this %s (preparing a copy raised %s: %s); "
+                    "running the model itself", type(model).__name__, type(exc).__name__, exc)
+        return None
 
 
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
@@ -195,22 +283,23 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def fast_forward(model: nn.Module, *, precision: str = "float32", channels_last: bool = True,
-                 fold_bn: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Logits ``[B,K]`` of a prepared copy of ``model`` under ``torch.inference_mode`` (float32 in bfloat16 mode).
+def fast_forward(model: nn.Module, example: torch.Tensor | None = None, *, precision: str = "float32",
+                 fast: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits ``[B,K]`` under ``torch.inference_mode`` (float32 in bfloat16 mode) for scoring perturbed images.
 
-    Forward-only methods (occlusion, LIME) score perturbed images with it. ``precision="bfloat16"``
-    runs the model under bfloat16 autocast (opt-in: see :func:`precision_agreement`).
+    ``fast`` (default): the :func:`prepared` copy checked on ``example`` (folded BatchNorm, channels-last
+    where the model accepts it), else the model itself; ``fast=False``: the model itself, as it is.
+    ``precision="bfloat16"`` runs under bfloat16 autocast (opt-in: see :func:`precision_agreement`).
 
-    >>> forward = fast_forward(model, precision="bfloat16")
+    >>> forward = fast_forward(model, images, precision="bfloat16")
     >>> logits = forward(images)
     """
     check_precision(precision)
-    fast = prepare(model, fold_bn=fold_bn, channels_last=channels_last)
+    net = prepared(model, example=example) if fast else model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(x.device, precision):
-            out = fast(to_channels_last(x) if channels_last else x)
+            out = net(copy_input(net, x))
         return out.float() if precision == "bfloat16" else out
 
     return forward
@@ -223,7 +312,7 @@ def fast_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None 
 
     >>> forward, bs = fast_scorer(model, images[:1])
     """
-    forward = fast_forward(model, precision=precision)
+    forward = fast_forward(model, example, precision=precision)
     if batch_size is None:
         batch_size = tuned_batch_size(forward, example[:1], key=("forward", precision, *architecture_key(model)))
     return forward, batch_size

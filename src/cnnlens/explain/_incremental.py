@@ -580,6 +580,8 @@ def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) ->
 
 def local_plan(model: nn.Module) -> LocalPlan | str:
     """``model`` as a :class:`LocalPlan`, or the reason incremental occlusion does not apply to it."""
+    if _fast._has_hooks(model):  # the user's hooks must see (and may change) every pass
+        return "the model carries hooks, which its decomposition would not run"
     try:
         return LocalPlan.build(model)
     except NotDecomposable as why:

@@ -139,7 +139,8 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
         key = (conv.in_channels, conv.out_channels, wino.padding, conv.bias is not None, tuple(shape),
                str(device), dtype, torch.get_num_threads())
         if key not in _CHOSEN:
-            x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            probe = torch.Generator(device=device).manual_seed(0)  # its own: torch's global random state stays as it was
+            x = torch.randn(shape, device=device, dtype=dtype, generator=probe).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 for _ in range(3):  # warm-up: the first calls of a process also pay for the allocator's growth
                     conv(x), wino(x)

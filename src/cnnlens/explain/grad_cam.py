@@ -52,7 +52,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
              fast: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) of ``layer`` (a name from ``model.named_modules()``; default
-    ``_base.default_cam_layer``: the model's ``cam_layer``, else the last ``nn.Conv2d``): ``ReLU(sum_k mean_ij(d logit_t / d A_k) * A_k)``.
+    ``_base.default_cam_layer``: the model's ``cam_layer``, else the feature map its head pools, else the
+    last ``nn.Conv2d``): ``ReLU(sum_k mean_ij(d logit_t / d A_k) * A_k)``.
 
     Returns ``[N,H,W]`` bilinearly upsampled to the input, or the layer's own ``[N,h,w]`` with
     ``upsample=False``; ``relu=False`` keeps the negative part. This is Captum's ``LayerGradCam`` with
@@ -63,8 +64,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     """
     _base.check_images(images)
     with _base.guarded(model, images):
-        name = _base.default_cam_layer(model) if layer is None else _base.layer_name(model, layer)
-        net = _fast.prepared(model, keep=[name]) if fast else model
+        name = _base.default_cam_layer(model, images) if layer is None else _base.layer_name(model, layer)
+        net = _fast.prepared(model, keep=[name], example=images) if fast else model
         acts, grads, _ = layer_output_and_gradient(net, images, target, name)
     cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
     if relu:

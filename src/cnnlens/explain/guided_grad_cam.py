@@ -28,7 +28,7 @@ def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = Non
     _base.check_images(images)
     with _base.guarded(model, images):
         # One target for both halves: the predicted class is the same (the guide hooks leave forward values alone).
-        logits = _base.predict_logits(_fast.prepared(model) if fast else model, images)
+        logits = _base.predict_logits(_fast.prepared(model, example=images) if fast else model, images)
         t = _base.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
         cam = grad_cam(model, images, t, layer=layer, fast=fast)
         guided = guided_backprop(model, images, t, reduce=None, fast=fast)

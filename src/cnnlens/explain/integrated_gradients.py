@@ -134,7 +134,7 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
     alphas, weights = alphas.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
     n = x.shape[0]
     with _base.guarded(model, images):
-        net = _fast.prepared(model) if fast else model
+        net = _fast.prepared(model, example=x) if fast else model
         logits = _base.predict_logits(net, x, bs)
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
         diff = x - base

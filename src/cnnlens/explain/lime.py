@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
-from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
+from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score
 from cnnlens.explain._fast import autocast, fast_scorer
 from cnnlens.explain._incremental import local_plan
 from cnnlens.explain._patterns import masked_logits
@@ -256,7 +256,7 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
         if fast or precision != "float32":
             forward, bs = fast_scorer(model, images, batch_size, precision=precision)
         else:
-            forward = channels_last_forward(model)
+            forward = model
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
@@ -271,7 +271,7 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
                     with autocast(images.device, precision):
                         out = masked_logits(plan, images[i], fill[i], segments[i], masks[i, :, : int(num[i])],
                                             batch_size=2 * bs)
-                    scores[i * n_samples:(i + 1) * n_samples] = class_score(out.float(), t[i].expand(n_samples), output)
+                    scores[i * n_samples:(i + 1) * n_samples] = class_score(out.to(images.dtype), t[i].expand(n_samples), output)
             else:
                 flat_seg = segments.reshape(n, -1)
                 for start, end in batch_ranges(n * n_samples, bs, progress=progress, description="LIME"):

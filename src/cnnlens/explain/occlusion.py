@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
-from cnnlens.explain._base import batch_ranges, channels_last_forward, check_batch_size, check_output, class_score
+from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score
 
 FILLS = ("black", "white", "mean", "black+white")
 
@@ -145,7 +145,7 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to global average pooling
     comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise
     plain occlusion on a folded, channels-last copy; True does the same but warns when it falls back;
-    False always runs plain occlusion on the model itself.
+    False always runs plain occlusion on the model itself, as it is.
     ``precision="bfloat16"`` (opt-in) runs it in bfloat16.
 
     >>> occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")  # [N,H,W]
@@ -162,7 +162,7 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     fills = fill_values(x, fill)
     rows, cols = grid.rows, grid.cols
     with _base.guarded(model, images):
-        forward = channels_last_forward(model)
+        forward = model
         with torch.inference_mode():
             logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)

@@ -28,7 +28,7 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     """
     _base.check_images(images)
     with _base.guarded(model, images):
-        net = _fast.prepared(model) if fast else model
+        net = _fast.prepared(model, example=images) if fast else model
         x = _base.input_with_grad(images)
         logits = net(x)
         t = _base.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)

@@ -6,13 +6,14 @@ a callable ``M(model, images[M,C,H,W], target=int64 tensor[M], reduce=None) -> [
 call shape itself, so :func:`~cnnlens.explain.saliency.saliency`, ``guided_backprop`` and
 ``integrated_gradients`` all qualify (options through ``functools.partial``).
 
-Noise draw ``s`` is ``torch.randn(images.shape, generator=generator)`` for all N images at once, for
+Noise draw ``s`` is ``torch.randn(images.shape, generator=generator)`` (float32) for all N images at once, for
 ``s = 0..n-1`` in order; the ``n x N`` noisy images are then evaluated in chunks of ``batch_size``, so the
 result does not depend on ``batch_size``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, _fast
 from cnnlens.explain.saliency import saliency
 
 
@@ -45,8 +46,9 @@ def _noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_siz
     rest = images[:0]  # noisy images not yet handed out, starting at stream position `offset`
     offset = 0
     for _ in samples:
-        noise = torch.randn(images.shape, generator=generator, device=draw_device, dtype=images.dtype)
-        rest = torch.cat([rest, images + noise.to(images.device) * scale.view(-1, 1, 1, 1)])
+        # drawn in float32 whatever the images' dtype: one seed, one noise, also for a float64 model
+        noise = torch.randn(images.shape, generator=generator, device=draw_device, dtype=torch.float32)
+        rest = torch.cat([rest, images + noise.to(images.device, images.dtype) * scale.view(-1, 1, 1, 1)])
         while rest.shape[0] >= batch_size:
             yield rest[:batch_size], (offset + torch.arange(batch_size, device=images.device)) % n
             rest, offset = rest[batch_size:], offset + batch_size
@@ -57,13 +59,16 @@ def _noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_siz
 def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                method: GradientMethod = saliency, n_samples: int = 50, sigma: float = 0.15,
                squared: bool = False, batch_size: int | None = None, generator: torch.Generator | None = None,
-               progress: bool = False, reduce: Reduce = "max_abs") -> torch.Tensor:
+               progress: bool = False, reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): ``mean_s method(x + eps_s)``, ``eps_s ~ N(0, (sigma * range(x))^2)``.
 
     ``sigma`` is relative to each image's max - min (the paper's 10-20%). ``squared=True`` averages the
     squares (SmoothGrad-Squared). ``batch_size`` noisy images go through ``method`` at a time (None: the
     device's default). Returns ``[N,H,W]`` after ``reduce``, raw ``[N,C,H,W]`` with ``reduce=None``;
     this is Captum's ``NoiseTunnel(method).attribute(nt_type="smoothgrad")`` given the same noise.
+    ``fast`` (default): ``method`` differentiates the checked prepared copy
+    (:func:`cnnlens.explain._fast.prepared`); ``fast=False``: the model itself (also handed to ``method``
+    as ``fast=False`` where it takes that argument).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> maps = smoothgrad(model, images, n_samples=50, sigma=0.2, generator=g)
@@ -78,15 +83,26 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
         raise ValueError(f"sigma must be a number >= 0 (a fraction of each image's value range), got {sigma!r}")
     bs = _base.check_batch_size(batch_size, images.device)
     x = images.detach()
+    extra = {} if fast or not _takes_fast(method) else {"fast": False}
     with _base.guarded(model, images):
-        logits = _base.predict_logits(model, x)
+        net = _fast.prepared(model, example=x) if fast else model
+        logits = _base.predict_logits(net, x)
         t = _base.resolve_target(target, x.shape[0], logits.shape[1], logits=lambda: logits, device=x.device)
         total = torch.zeros_like(x)
         for noisy, img in _noisy_batches(x, n_samples, float(sigma), bs, generator, progress):
-            attr = method(model, noisy, t[img], reduce=None)
+            attr = method(net, noisy, t[img], reduce=None, **extra)
             if not isinstance(attr, torch.Tensor) or attr.shape != noisy.shape:
                 got = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr).__name__
                 raise ValueError(f"method must return raw attributions shaped like its images {tuple(noisy.shape)} "
                                  f"when called with reduce=None, got {got}")
             total.index_add_(0, img, attr.detach() ** 2 if squared else attr.detach())
     return _base.reduce_channels(total / n_samples, reduce)
+
+
+def _takes_fast(method: GradientMethod) -> bool:
+    """Whether ``method`` accepts a ``fast`` keyword (every cnnlens gradient method does)."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):  # a builtin or an odd callable: hand it nothing extra
+        return False
+    return "fast" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

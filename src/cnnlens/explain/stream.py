@@ -188,9 +188,15 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
         device = first.device if first is not None else torch.device("cpu")
     if fn is grad_cam:  # by name: a module of the user's model is not a module of the prepared copy
         layer = options.get("layer")
-        options = {**options, "layer": _base.default_cam_layer(model) if layer is None else _base.layer_name(model, layer)}
+        if layer is None:
+            with _base.guarded(model):  # the probe pass runs in eval mode: BatchNorm statistics stay as they were
+                layer = _base.default_cam_layer(model, _batch(images, 0, 1).to(device))
+        options = {**options, "layer": _base.layer_name(model, layer)}
     # The copy is prepared here, not inside each call, so that _first_logits hooks the module that runs.
-    explained = _fast.prepared(model, keep=[options["layer"]] if fn is grad_cam else []) if fast else model
+    explained = model
+    if fast:  # checked against the model on the first batch (see _fast.prepared)
+        first = _batch(images, 0, min(batch_size, n)).to(device)
+        explained = _fast.prepared(model, keep=[options["layer"]] if fn is grad_cam else [], example=first)
     if fn in STREAM_METHODS.values():
         options = {**options, "fast": fast}
     start_time = time.perf_counter()

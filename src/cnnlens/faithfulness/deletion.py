@@ -23,7 +23,8 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
-from cnnlens.explain._base import channels_last_forward, check_batch_size
+from cnnlens.explain._base import check_batch_size
+from cnnlens.explain._fast import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
 
 MODES = ("deletion", "insertion")
@@ -155,7 +156,7 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     s1 = counts.numel()
     probs = torch.empty(n * s1, dtype=torch.float32, device=images.device)
     with _base.guarded(model, images), torch.inference_mode():
-        forward = channels_last_forward(model)  # oneDNN's faster layout; the model itself is untouched
+        forward = fast_forward(model, images)  # a checked folded, channels-last copy where it matches the model
         clean = _base.predict_logits(model, images)
         t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         for start in range(0, n * s1, bs):

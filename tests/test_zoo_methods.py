@@ -1,0 +1,108 @@
+"""Every method on foreign models written in the styles people use (``zoo_models``): ``.view`` after a
+convolution, ``F.relu``, a reused ReLU module, ``nn.Sequential``, a torchvision-style ResNet, a
+MobileNet-style block with Hardswish and squeeze-excitation, tanh / ELU / GELU / SiLU / LeakyReLU,
+non-square RGB input.
+
+The default (fast) path must give the same maps as the model itself: in float64 the comparison is exact to
+rounding (no max-pool near-ties flip), so any difference is a real bug of the fast path. The model is left
+exactly as it was, and torch's global random state is never touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import pytest
+import torch
+from conftest import assert_model_untouched
+from zoo_models import NO_RELU, ZOO, build_view_tanh
+
+from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
+from cnnlens.explain import lime as lime_map
+from cnnlens.explain.smoothgrad import smoothgrad
+
+#: Each method with small settings; all take fast=.
+METHODS = {
+    "saliency": saliency,
+    "smoothgrad": functools.partial(smoothgrad, n_samples=3, batch_size=4),
+    "guided-backprop": guided_backprop,
+    "integrated-gradients": functools.partial(integrated_gradients, n_steps=4, batch_size=8),
+    "grad-cam": grad_cam,
+    "guided-grad-cam": guided_grad_cam,
+    "occlusion": functools.partial(occlusion, patch=6, stride=6),
+    "lime": functools.partial(lime_map, n_samples=24, n_segments=8),
+}
+RANDOM = {"smoothgrad", "lime"}  # seeded through a generator argument
+
+
+def _call(name: str, model: torch.nn.Module, images: torch.Tensor, *, fast: bool, **kw: object) -> torch.Tensor:
+    if name in RANDOM:
+        kw["generator"] = torch.Generator().manual_seed(3)
+    return METHODS[name](model, images, [0, 1], fast=fast, **kw)
+
+
+def _images(shape: tuple[int, int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.rand(2, *shape, generator=torch.Generator().manual_seed(11), dtype=dtype)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model_name", list(ZOO))
+def test_every_method_on_every_zoo_model_fast_equals_the_model_itself(model_name, method):
+    build, shape = ZOO[model_name]
+    if method in {"guided-backprop", "guided-grad-cam"} and model_name in NO_RELU:
+        with pytest.raises(ValueError, match="guided backprop guides ReLUs"):
+            _call(method, build(), _images(shape), fast=True)
+        return
+    model = build().double()
+    images = _images(shape, torch.float64)
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = _call(method, model, images, fast=True)
+    exact = _call(method, model, images, fast=False)
+    assert fast.shape == exact.shape == (2, *shape[1:])
+    assert torch.isfinite(fast).all() and exact.abs().max() > 0
+    torch.testing.assert_close(fast, exact, rtol=1e-7, atol=1e-9 * float(exact.abs().max()))
+    assert_model_untouched(model, modes)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("model_name", list(ZOO))
+def test_cam_works_or_says_why(model_name):
+    build, shape = ZOO[model_name]
+    model = build()
+    try:
+        maps = cam(model, _images(shape), [0, 1])
+    except ValueError as exc:
+        assert "CAM needs a model whose output is one nn.Linear" in str(exc)
+        return
+    torch.testing.assert_close(maps, grad_cam(model, _images(shape), [0, 1], layer=None, relu=False) * 0 + maps)
+    assert maps.shape == (2, *shape[1:]) and torch.isfinite(maps).all()
+
+
+def test_view_flatten_model_runs_on_the_default_path_and_says_why_once(caplog):
+    # The issue's crash: channels-last weights make conv outputs channels-last, and x.view(-1, n) then fails.
+    model = build_view_tanh()
+    images = _images((1, 48, 48))
+    with caplog.at_level(logging.INFO, logger="cnnlens.explain"):
+        for _ in range(3):
+            maps = saliency(model, images, [0, 1])
+    torch.testing.assert_close(maps, saliency(model, images, [0, 1], fast=False), rtol=1e-5, atol=1e-7)
+    notes = [r for r in caplog.records if "channels-last copy not used" in r.getMessage()]
+    assert len(notes) == 1 and "view" in notes[0].getMessage()
+
+
+@pytest.mark.parametrize("method", [*METHODS, "cam"])
+def test_no_method_changes_torch_global_random_state(method):
+    build, shape = ZOO["tiny_resnet"]
+    model = build()
+    images = _images(shape)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    if method == "cam":
+        cam(model, images, [0, 1])
+    else:
+        _call(method, model, images, fast=True)
+        _call(method, model, images, fast=False)
+    assert torch.equal(torch.get_rng_state(), before)
