@@ -7,6 +7,7 @@ removal and mode restoring are written once.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -21,6 +22,8 @@ from cnnlens._types import Reduce, Target
 CPU_BATCH_SIZE = 16
 #: Perturbation batch size on CUDA, where large batches pay off.
 CUDA_BATCH_SIZE = 256
+#: Images outside this range get a warning: far outside [0,1] (SmoothGrad's noise goes a little beyond it).
+RANGE_WARNING = (-1.0, 2.0)
 #: What perturbation methods explain: the target's softmax probability or its logit.
 OUTPUTS = ("probability", "logit")
 
@@ -40,6 +43,16 @@ def check_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} is an empty batch (N=0)")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be floating point (float32 in [0,1]), got {images.dtype}")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name} holds {int((~finite).sum())} NaN or Inf value(s), the first at index {tuple(bad)} "
+                         f"(image {bad[0]}); the model's scores would be NaN and every map meaningless: fix or drop those images")
+    low, high = float(images.min()), float(images.max())
+    if low < RANGE_WARNING[0] or high > RANGE_WARNING[1]:
+        warnings.warn(f"{name} range from {low:.4g} to {high:.4g}, but cnnlens's models take images in [0,1] "
+                      "(a model's own normalisation belongs inside it, or in the run's preprocessing); "
+                      "forgot to divide by 255?", stacklevel=3)
 
 
 @torch.no_grad()
