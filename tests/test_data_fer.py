@@ -251,3 +251,81 @@ def test_data_error_message_and_pickling():
     again = pickle.loads(pickle.dumps(err))
     assert (again.file, again.line, again.message, str(again)) == (err.file, 12, err.message, str(err))
     assert str(DataError("dir/x.jpg", "cannot read")) == "dir/x.jpg: cannot read"
+
+
+# --- labels are ASCII digits; odd bytes and line ends get a located message (issue 16) -----------------------
+
+@pytest.mark.parametrize("label", ["0_3", "+3", "\u0663", "3.0", "0x3", "\u00b3", "3\x0c", "\uff13"])
+def test_a_label_that_python_might_read_as_3_is_an_error(tmp_path, label):
+    # int() takes "0_3", "+3", Arabic-Indic "٣" and full-width "３" as 3; a FER label is plain ASCII digits
+    path, _ = _bad_file(tmp_path, f"{label}," + " ".join(["7"] * P) + ",Training")
+    with pytest.raises(DataError, match=r"line 12: expected an integer label 0\.\.6 in column 'emotion', got .*"
+                                        r"\(plain ASCII digits 0-9 only\)") as info:
+        load_fer(path)
+    assert info.value.file == str(path) and info.value.line == 12
+
+
+def test_leading_zeros_spaces_and_quotes_around_a_label_are_still_the_label(tmp_path):
+    path, _ = _bad_file(tmp_path, ' "03" ,' + " ".join(["7"] * P) + ",Training")
+    faces = load_fer(path)
+    assert faces.labels[faces.names.index("faces.csv:12")] == 3
+
+
+def test_huge_numbers_are_out_of_range_not_a_crash(tmp_path):
+    # int() refuses strings of more than 4300 digits with a ValueError that names nothing
+    path, _ = _bad_file(tmp_path, "9" * 5000 + "," + " ".join(["7"] * P) + ",Training")
+    with pytest.raises(DataError, match=r"line 12: label 9{20}\.\.\. out of range: expected 0\.\.6"):
+        load_fer(path)
+    path, _ = _bad_file(tmp_path, "3," + " ".join(["7"] * 5 + ["1" * 5000] + ["7"] * (P - 6)) + ",Training")
+    with pytest.raises(DataError, match=r"line 12: expected pixel values 0\.\.255, got 1073741824"):
+        load_fer(path)
+
+
+@pytest.mark.parametrize("byte", [b"\x0b", b"\x0c", b"\x00", b"\x1c", b"\x85"])
+def test_a_control_byte_in_the_pixels_names_file_line_and_byte(tmp_path, byte):
+    # bytes.split() takes VT and FF for spaces, so the old message search found no token (StopIteration)
+    path, imgs = _bad_file(tmp_path, "3,1 2 3")  # placeholder, replaced below with raw bytes
+    raw = path.read_bytes().split(b"\n")
+    raw[11] = b"3," + b" ".join([b"7"] * 100) + b" 12" + byte + b"4 " + b" ".join([b"7"] * (P - 101)) + b",Training"
+    path.write_bytes(b"\n".join(raw))
+    with pytest.raises(DataError, match=r"line 12: expected integer pixel values 0\.\.255 separated by spaces, got "
+                                        r"'12.*4'") as info:
+        load_fer(path)
+    assert info.value.line == 12 and info.value.file == str(path)
+    if byte < b"\x20":
+        assert f"control byte 0x{byte[0]:02x} at character" in str(info.value)
+    skipped: list[DataError] = []
+    faces = load_fer(path, skip_bad_rows=True, skipped=skipped)
+    assert [e.line for e in skipped] == [12] and len(faces) == 11
+    assert np.array_equal(faces.images[:, 0].numpy(), np.delete(imgs, 10, axis=0))
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+def test_every_line_ending_parses_to_the_same_images(tmp_path, newline):
+    rng = np.random.default_rng(9)
+    imgs = _pixels(rng, 4)
+    imgs[0, 0, 1] = 0  # the first row holds " 0 ", made bad below
+    path = _kaggle(tmp_path / "mac.csv", imgs, [0, 1, 2, 3], ["Training", "Training", "PublicTest", "Training"],
+                   newline=newline)
+    faces = load_fer(path, "all")
+    assert np.array_equal(faces.images[:, 0].numpy(), imgs) and faces.labels.tolist() == [0, 1, 2, 3]
+    assert faces.names == ("mac.csv:2", "mac.csv:3", "mac.csv:4", "mac.csv:5")
+    raw = path.read_bytes().replace(b" 0 ", b" 0x ", 1)  # a bad value is still located on its line
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=r"mac\.csv line 2: expected integer pixel values"):
+        load_fer(path, "all")
+
+
+def test_unlabelled_id_feature_file_loads_by_default_for_explain(tmp_path):
+    """FER's course test.csv (``id,feature``) holds only a test split: the default split is that one, labels -1."""
+    rng = np.random.default_rng(10)
+    imgs = _pixels(rng, 3)
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("id,feature\n" + "".join(f"{i},{_text(im)}\n" for i, im in enumerate(imgs)))
+    faces = load_dataset(f"fer:{test_csv}")
+    assert faces.labels.tolist() == [-1, -1, -1] and np.array_equal(faces.images[:, 0].numpy(), imgs)
+    assert faces.names == ("test.csv:2", "test.csv:3", "test.csv:4")
+    with pytest.raises(DataError, match=r"no rows for split 'train'"):  # training still asks for labelled rows
+        load_dataset(f"fer:{test_csv}", "train")
+    kaggle = _kaggle(tmp_path / "k.csv", imgs, [1, 2, 3], ["Training", "PublicTest", "Training"])
+    assert load_dataset(f"fer:{kaggle}").labels.tolist() == [1, 3]  # elsewhere the default is still train

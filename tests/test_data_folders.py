@@ -213,3 +213,183 @@ def test_load_dataset_spec_errors_and_conversions(tmp_path):
     _save(tmp_path / "d" / "a" / "x.png", _solid(100, (6, 6)))
     data = load_dataset(f"folder:{tmp_path / 'd'}", channels=3)
     assert data.images.shape == (1, 3, 6, 6) and data.images.dtype == torch.uint8
+
+
+# --- folders matched to a model's class names (issue 11) -----------------------------------------------------
+
+FER7 = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+
+
+def _faces_folder(root, folders):
+    for k, name in enumerate(folders):
+        _save(root / name / "a.png", _solid(10 * k + 5, (8, 8), channels=1))
+        _save(root / name / "b.png", _solid(10 * k + 6, (8, 8), channels=1))
+    return root
+
+
+def test_folder_subset_of_the_classes_gets_their_positions_not_alphabetical_ones(tmp_path):
+    root = _faces_folder(tmp_path / "photos", ["happy", "neutral", "surprise"])
+    data = load_folder(root, classes=FER7)
+    assert data.classes == FER7
+    assert data.labels.tolist() == [3, 3, 6, 6, 5, 5]  # Happy=3, Neutral=6, Surprise=5 (not 0, 1, 2)
+    assert data.names == ("happy/a.png", "happy/b.png", "neutral/a.png", "neutral/b.png", "surprise/a.png",
+                          "surprise/b.png")
+    assert data.images[:, 0, 0, 0].tolist() == [5, 6, 15, 16, 25, 26]  # the images follow their folders
+    same = load_dataset(f"folder:{root}", classes=list(FER7))
+    assert torch.equal(same.labels, data.labels) and same.classes == FER7
+
+
+@pytest.mark.parametrize("folder, label", [("03_happy", 3), ("3-Happy", 3), ("HAPPY", 3), ("06_NEUTRAL", 6),
+                                           ("00 angry", 0), ("Surprise", 5)])
+def test_folder_names_match_ignoring_case_and_a_numeric_prefix(tmp_path, folder, label):
+    root = _faces_folder(tmp_path / "d", [folder, "sad"])
+    data = load_folder(root, classes=FER7)
+    by_folder = dict(zip((n.split("/")[0] for n in data.names), data.labels.tolist()))
+    assert by_folder == {folder: label, "sad": 4}
+
+
+def test_class_names_with_spaces_match_folders_with_underscores(tmp_path):
+    root = _faces_folder(tmp_path / "food", ["dairy_product", "10-Vegetable-Fruit"])
+    classes = ("Bread", "Dairy product", "Vegetable Fruit")
+    assert load_folder(root, classes=classes).labels.tolist() == [2, 2, 1, 1]  # folders in sorted order
+
+
+def test_a_folder_matching_no_class_names_the_folder_and_the_valid_names(tmp_path):
+    root = _faces_folder(tmp_path / "d", ["happy", "smiling"])
+    with pytest.raises(DataError, match=r"d/smiling: folder 'smiling' matches none of the 7 class names \(Angry, "
+                                        r"Disgust, Fear, Happy, Sad, Surprise, Neutral\); rename it") as info:
+        load_folder(root, classes=FER7)
+    assert info.value.file == str(root / "smiling")
+
+
+def test_two_folders_matching_one_class_are_an_error(tmp_path):
+    root = _faces_folder(tmp_path / "d", ["03_happy", "Happy"])
+    with pytest.raises(DataError, match=r"folders '03_happy' and 'Happy' both match class 'Happy'"):
+        load_folder(root, classes=FER7)
+
+
+def test_bad_class_name_lists(tmp_path):
+    root = _faces_folder(tmp_path / "d", ["happy"])
+    with pytest.raises(TypeError, match=r"classes must be a sequence of non-empty class names"):
+        load_folder(root, classes="Angry,Happy")
+    with pytest.raises(TypeError, match=r"classes must be a sequence of non-empty class names"):
+        load_folder(root, classes=["Happy", ""])
+    with pytest.raises(ValueError, match=r"classes 'Happy' and '01_happy' are the same name"):
+        load_folder(root, classes=["Happy", "01_happy"])
+
+
+def test_split_folders_are_matched_in_every_split(tmp_path):
+    _faces_folder(tmp_path / "d" / "train", ["happy", "02_Fear"])
+    _faces_folder(tmp_path / "d" / "val", ["fear"])
+    assert load_folder(tmp_path / "d", "train", classes=FER7).labels.tolist() == [2, 2, 3, 3]
+    val = load_folder(tmp_path / "d", "val", classes=FER7)
+    assert val.labels.tolist() == [2, 2] and val.classes == FER7
+    _faces_folder(tmp_path / "d" / "val", ["grumpy"])
+    with pytest.raises(DataError, match=r"val/grumpy: folder 'grumpy' matches none"):
+        load_folder(tmp_path / "d", "val", classes=FER7)
+
+
+def test_without_class_names_labels_are_positions_and_the_log_says_so_once(tmp_path, caplog):
+    root = _faces_folder(tmp_path / "d", ["zebra", "cat"])
+    with caplog.at_level(logging.WARNING, logger="cnnlens.data"):
+        data = load_folder(root)
+        load_folder(root)
+    assert data.classes == ("cat", "zebra") and data.labels.tolist() == [0, 0, 1, 1]
+    told = [r for r in caplog.records if "no class names given" in r.getMessage()]
+    assert len(told) == 1
+    assert "labels are the class folders' positions in sorted order (0=cat, 1=zebra)" in told[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlens.data"):
+        load_folder(_faces_folder(tmp_path / "named", ["cat"]), classes=["cat", "zebra"])
+    assert "no class names given" not in caplog.text
+
+
+# --- nothing left out silently (issue 16) ---------------------------------------------------------------------
+
+def test_files_not_loaded_are_counted_by_reason_in_one_warning(tmp_path, caplog):
+    root = tmp_path / "d"
+    _save(root / "cat" / "a.png", _solid(1, (8, 8)))
+    (root / "cat" / "IMG_1.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "cat" / "IMG_2.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    _save(root / "cat" / "old" / "b.png", _solid(2, (8, 8)))
+    _save(root / "cat" / "old" / "deeper" / "c.png", _solid(3, (8, 8)))
+    _save(root / "dog" / "a.png", _solid(4, (8, 8)))
+    (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "dog" / ".DS_Store").write_bytes(b"hidden: neither loaded nor counted")
+    _save(root / "stray.png", _solid(5, (8, 8)))
+    with caplog.at_level(logging.WARNING, logger="cnnlens.data"):
+        data = load_folder(root, classes=["cat", "dog"])
+    assert data.names == ("cat/a.png", "dog/a.png")
+    [message] = [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
+    assert "6 files of split 'train' not loaded" in message
+    assert "2 files .heic photos are not read (Pillow needs a plugin for them); convert them to .jpg or .png " \
+           "(e.g. cat/IMG_1.heic)" in message
+    assert "2 files in a sub-folder of a class folder" in message and "(e.g. cat/old/b.png)" in message
+    assert "1 file not an image type cnnlens reads (.txt;" in message
+    assert "1 file directly in the dataset folder, not in a class folder (e.g. stray.png)" in message
+
+
+def test_food11_counts_skipped_files_and_takes_only_ascii_digit_names(food, caplog):
+    root, _ = food
+    (root / "training" / "5_9.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with caplog.at_level(logging.WARNING, logger="cnnlens.data"):
+        load_food11(root, "train", image_size=8)
+    assert "1 file of split 'train' not loaded: 1 file .heic photos are not read" in caplog.text
+    for name in ("+3_1", "\u0663_1", "3_\u0661", "3_1_2", "\uff13_1"):
+        bad = root / "training" / f"{name}.jpg"
+        _save(bad, _solid(9))
+        with pytest.raises(DataError, match=r"expected a file name <label>_<index>\.jpg with label 0\.\.10 in ASCII "
+                                            r"digits, got ") as info:
+            load_food11(root, "train", image_size=8)
+        assert info.value.file == str(bad)
+        bad.unlink()
+
+
+# --- deep and float TIFFs are scaled, not saturated or black (issue 16) ----------------------------------------
+
+def _tiff(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="TIFF")
+    with Image.open(path) as im:
+        return im.mode
+
+
+@pytest.mark.parametrize("array, mode, expected", [
+    (np.array([[0.0, 0.25], [0.5, 1.0]], np.float32), "F", [0, 64, 128, 255]),           # [0,1] intensities
+    (np.array([[-1.0, 0.0], [1.0, 3.0]], np.float32), "F", [0, 64, 128, 255]),           # own range
+    (np.array([[0, 100], [200, 255]], np.int32), "I", [0, 100, 200, 255]),               # 8-bit data in 32 bits
+    (np.array([[0, 65535], [32768, 257]], np.int32), "I", [0, 255, 128, 1]),             # 16-bit data in 32 bits
+    (np.array([[0, 70000], [140000, 280000]], np.int32), "I", [0, 64, 128, 255]),        # beyond 16 bits: own range
+    (np.array([[-500, 0], [500, 1500]], np.int32), "I", [0, 64, 128, 255]),              # negative: own range
+    (np.array([[0, 65535], [4095, 1000]], np.uint16), "I;16", [0, 255, 16, 4]),          # declared 16-bit range
+])
+def test_deep_tiffs_are_scaled_by_the_stated_rule(tmp_path, array, mode, expected):
+    assert _tiff(tmp_path / "d" / "a" / "x.tif", array) == mode
+    data = load_folder(tmp_path / "d")
+    assert data.images.shape == (1, 1, 2, 2)
+    assert data.images[0, 0].flatten().tolist() == expected
+    rgb = load_folder(tmp_path / "d", channels=3)
+    assert rgb.images[0, 1].flatten().tolist() == expected
+
+
+def test_big_endian_16_bit_and_nan_tiffs(tmp_path):
+    from cnnlens.data._images import to_uint8
+
+    assert to_uint8(np.array([[0, 65535]], ">u2")).tolist() == [[0, 255]]
+    _tiff(tmp_path / "d" / "a" / "ok.tif", np.array([[0.0, 1.0]], np.float32))
+    _tiff(tmp_path / "d" / "a" / "nan.tif", np.array([[0.0, np.nan]], np.float32))
+    with pytest.raises(DataError, match=r"a/nan\.tif: cannot read image \(ValueError: 1 pixels are NaN or infinite\)"):
+        load_folder(tmp_path / "d")
+
+
+def test_float_images_are_float32_whatever_the_index():
+    from cnnlens.data.imageset import ImageSet
+
+    data = ImageSet(images=torch.full((3, 1, 2, 2), 255, dtype=torch.uint8), labels=torch.zeros(3, dtype=torch.long),
+                    classes=("a",), names=("0", "1", "2"))
+    for index in (None, [0, 2], torch.tensor([1]), slice(0, 2), np.array([0, 1])):
+        x = data.float_images(index)
+        assert x.dtype == torch.float32 and float(x.max()) == 1.0
+    with pytest.raises(TypeError, match=r"ImageSet\.images must be uint8 \[N,C,H,W\], got torch\.float64"):
+        ImageSet(images=torch.zeros(1, 1, 2, 2, dtype=torch.float64), labels=torch.zeros(1, dtype=torch.long),
+                 classes=("a",), names=("0",))

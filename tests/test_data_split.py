@@ -73,3 +73,12 @@ def test_with_channels_gray_rgb_luma():
     assert back.images.shape == (1, 3, 2, 2) and (back.images == 43).all()
     with pytest.raises(ValueError, match=r"channels must be 1 \(gray\) or 3 \(RGB\)"):
         gray.with_channels(2)
+
+
+def test_too_few_labels_names_the_dataset_and_the_flags():
+    with pytest.raises(ValueError, match=r"^fer:faces\.csv: labels has 1 entries; a split needs at least 2 \(one image "
+                                         r"to train on, one to validate with: val_fraction, CLI --val-fraction\); give a "
+                                         r"dataset \(CLI --data\) with more images$"):
+        stratified_split([3], 0.2, source="fer:faces.csv")
+    with pytest.raises(ValueError, match=r"^folder:d: labels contain -1"):
+        stratified_split([0, -1, 1], 0.5, source="folder:d")

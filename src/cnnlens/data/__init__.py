@@ -10,6 +10,7 @@ Specs: ``synth:DIR`` (written by ``cnnlens data synth``), ``fer:FILE.csv`` (eith
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from cnnlens.data._images import check_size
@@ -48,9 +49,19 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(rest)
 
 
-def load_dataset(spec: str, split: str = "train", *, image_size: int | None = None, skip_bad_rows: bool = False,
-                 channels: int | None = None, skipped: list[DataError] | None = None) -> ImageSet:
+def load_dataset(spec: str, split: str | None = None, *, image_size: int | None = None, skip_bad_rows: bool = False,
+                 channels: int | None = None, skipped: list[DataError] | None = None,
+                 classes: Sequence[str] | None = None) -> ImageSet:
     """Load ``split`` (``train``, ``val``, ``test`` or ``all``) of the dataset named by ``spec``.
+
+    ``split=None``: the dataset's own default, ``train``, except for a file that holds only a test split
+    (FER's unlabelled ``id,feature`` file, whose labels are -1), which gives that split.
+
+    ``classes``: the class names of the model the data is meant for, index = label. A ``folder:`` dataset
+    matches its sub-folders to them by name (case and a numeric prefix such as ``03_`` ignored; a subset of
+    the classes is fine; a folder matching none is a :class:`DataError`) and returns these classes; without
+    them its labels are the folders' sorted positions, and the log says so. Other kinds have fixed class
+    names and ignore it (the caller compares them with its own).
 
     ``image_size``: side of the square images are resized to (None = the dataset's own: 48 for FER and
     synth, 128 for Food-11, a folder's common size). ``channels``: 1 or 3 to convert (None = the dataset's own:
@@ -68,7 +79,9 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int | None = No
     (1, 'fer2013.csv line 12: expected 2304 pixel values, got 2303')
     """
     kind, path = parse_spec(spec)
-    if split not in SPLITS:
+    if split is None and kind not in ("fer", "synth"):
+        split = "train"
+    if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if image_size is not None:
         image_size = check_size(image_size)
@@ -76,8 +89,8 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int | None = No
         return _convert(load_food11(path, split, image_size=image_size, skip_bad_rows=skip_bad_rows, skipped=skipped),
                         None, channels)
     if kind == "folder":
-        return load_folder(path, split, image_size=image_size, channels=channels, skip_bad_rows=skip_bad_rows,
-                           skipped=skipped)
+        return load_folder(path, split, image_size=image_size, channels=channels, classes=classes,
+                           skip_bad_rows=skip_bad_rows, skipped=skipped)
     if kind == "synth":
         csv = path if path.is_file() else path / FACES_CSV
         if not csv.is_file():

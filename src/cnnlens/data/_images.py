@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,18 +11,75 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlens.data.errors import DataError
+from cnnlens.data.errors import DataError, log
 
 #: File endings read as images (lower case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: Pillow modes that hold one gray channel.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: Pillow's one-channel modes with more than 8 bits (32-bit int, 32-bit float; 16-bit "I;16..." by prefix),
+#: brought to 8 bits by :func:`to_uint8`.
+WIDE_MODES = frozenset({"I", "F"})
+#: Why a file below a class folder was not loaded (the other reasons are made by :func:`scan_folder`).
+NESTED = "in a sub-folder of a class folder (only files directly in a class folder are loaded; move them up)"
+#: Photo formats people have that Pillow does not read without a plugin.
+_UNSUPPORTED_PHOTOS = (".heic", ".heif", ".jxl", ".dng", ".cr2", ".nef", ".arw")
 
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(images, not_loaded)``: the image files directly in ``folder`` sorted by name, and every other
+    non-hidden file found in it or below it, with the reason it is not loaded (an unsupported type, or
+    inside a nested sub-folder). Hidden files (``.DS_Store``, ``._x.jpg``) are neither."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the folder ({type(exc).__name__}: {exc}); "
+                                "expected a readable folder") from None
+    images: list[Path] = []
+    not_loaded: list[tuple[Path, str]] = []
+    for p in entries:
+        if p.is_dir():
+            for top, dirs, files in os.walk(p):  # does not follow links to folders: no loops
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                not_loaded += [(Path(top) / f, NESTED) for f in sorted(files) if not f.startswith(".")]
+        elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            images.append(p)
+        else:
+            not_loaded.append((p, _unsupported(p)))
+    return images, not_loaded
+
+
+def _unsupported(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        return "not a regular file (a broken link?)"
+    if suffix in _UNSUPPORTED_PHOTOS:
+        return f"{suffix} photos are not read (Pillow needs a plugin for them); convert them to .jpg or .png"
+    return f"not an image type cnnlens reads ({suffix or 'no suffix'}; it reads {', '.join(IMAGE_SUFFIXES)})"
+
+
+def log_not_loaded(root: Path, split: str, not_loaded: Sequence[tuple[Path, str]]) -> None:
+    """One warning on the ``cnnlens.data`` logger counting the files that were found but not loaded, by
+    reason, with an example of each, so that no file is left out silently."""
+    if not not_loaded:
+        return
+    by_reason = Counter(reason for _, reason in not_loaded)
+    example = {}
+    for p, reason in not_loaded:
+        example.setdefault(reason, p)
+    parts = []
+    for reason, n in by_reason.most_common():
+        p = example[reason]
+        shown = p.relative_to(root).as_posix() if p.is_relative_to(root) else p
+        parts.append(f"{n} {'file' if n == 1 else 'files'} {reason} (e.g. {shown})")
+    total = len(not_loaded)
+    log.warning("%s: %d %s of split %r not loaded: %s", root, total, "file" if total == 1 else "files", split,
+                "; ".join(parts))
 
 
 def header(path: Path) -> tuple[str, tuple[int, int]]:
@@ -67,14 +125,64 @@ def _decode(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarr
             if size is not None and im.format == "JPEG":
                 # let the JPEG decoder scale down by a power of two first: much faster for large photos
                 im.draft("RGB" if channels == 3 else "L", (size[1], size[0]))
-            if im.mode.startswith("I;16"):  # 16-bit gray: keep the high byte (Pillow's convert("L") would clip)
-                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+            if im.mode in WIDE_MODES or im.mode.startswith("I;"):
+                im = Image.fromarray(to_uint8(np.asarray(im)), "L")
             im = im.convert("RGB" if channels == 3 else "L")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # any decoding failure is this file's problem, reported with its name
         return _unreadable(path, exc)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """Gray pixels of any depth (16/32-bit integer or 32-bit float TIFFs) as uint8, by one stated rule:
+
+    * floats in ``[0, 1]`` are intensities: ``round(255 v)``; other floats are scaled from the image's own
+      range ``[min, max]`` to ``[0, 255]``. NaN or infinite values are an error (a ValueError).
+    * integers in ``[0, 255]`` are 8-bit data in a wider container and kept as they are; integers in
+      ``[0, 65535]`` are 16-bit data, scaled by their declared range: ``round(255 v / 65535)``; others
+      (negative, or beyond 16 bits) are scaled from the image's own range ``[min, max]``.
+
+    A constant image outside these ranges (nothing to scale) is clipped to ``[0, 255]``. Pillow's
+    ``convert("L")`` would clip every one of these (a 16-bit or 32-bit image saturates white, a float image in
+    ``[0, 1]`` turns black).
+
+    >>> to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist()
+    [[0, 128, 255]]
+    >>> to_uint8(np.array([[0, 4095, 65535]], np.uint16)).tolist()
+    [[0, 16, 255]]
+    """
+    v = np.asarray(values)
+    if v.dtype == np.uint8:
+        return v
+    if v.size == 0:
+        return v.astype(np.uint8)
+    if v.dtype.kind == "f":
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all():
+            raise ValueError(f"{int((~np.isfinite(v)).sum())} pixels are NaN or infinite")
+        lo, hi = float(v.min()), float(v.max())
+        if lo >= 0.0 and hi <= 1.0:
+            out = v * 255.0
+        else:
+            out = _stretch(v, lo, hi)
+    elif v.dtype.kind in "iub":
+        v = v.astype(np.int64)
+        lo, hi = int(v.min()), int(v.max())
+        if lo >= 0 and hi <= 255:
+            out = v.astype(np.float64)
+        elif lo >= 0 and hi <= 65535:
+            out = v * (255.0 / 65535.0)
+        else:
+            out = _stretch(v.astype(np.float64), lo, hi)
+    else:
+        raise ValueError(f"pixels of type {v.dtype} cannot be read as gray levels")
+    return np.rint(out).clip(0, 255).astype(np.uint8)
+
+
+def _stretch(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (v - lo) * (255.0 / (hi - lo)) if hi > lo else v
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:

@@ -5,7 +5,9 @@
 * Course (``train.csv`` / ``test.csv``): header ``label,feature`` (labelled) or ``id,feature`` (unlabelled;
   labels are -1).
 
-``pixels`` / ``feature`` holds 48*48 = 2304 integers 0..255 separated by spaces, row-major.
+``pixels`` / ``feature`` holds 48*48 = 2304 integers 0..255 separated by spaces, row-major. Labels and pixel
+values are ASCII digits only: ``+3``, ``0_3``, ``3.0`` or Arabic-Indic ``٣`` are errors, never the value 3. Lines
+end in LF, CRLF or (old Mac files) CR alone.
 Goodfellow et al., "Challenges in representation learning" (ICML 2013 workshop), introduced the data set.
 
 Parsing is done in bulk on the raw bytes with numpy (digit masks, token boundaries, place values), so the
@@ -14,6 +16,7 @@ Parsing is done in bulk on the raw bytes with numpy (digit masks, token boundari
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +47,13 @@ def masks_path(csv_path: PathArg) -> Path:
     return p.with_name(f"{p.stem}.masks.npy")
 
 
-def load_fer(path: PathArg, split: str = "train", *, skip_bad_rows: bool = False,
+def load_fer(path: PathArg, split: str | None = "train", *, skip_bad_rows: bool = False,
              skipped: list[DataError] | None = None) -> ImageSet:
     """Load one split of a FER2013 CSV (either layout) as a gray 48x48 :class:`ImageSet`.
 
     Splits: ``train`` (Usage Training, or every row of a course ``label,feature`` file), ``val`` (PublicTest),
-    ``test`` (PrivateTest, or every row of a course ``id,feature`` file), ``all``. Only rows of the chosen
+    ``test`` (PrivateTest, or every row of a course ``id,feature`` file), ``all``; None = the file's default:
+    ``test`` for an ``id,feature`` file (it has no other rows), else ``train``. Only rows of the chosen
     split are checked and parsed. Image names are ``"<file name>:<line>"`` (the header is line 1).
     ``<stem>.masks.npy`` beside the CSV (bool ``[rows,48,48]``, one per data row) becomes ``ImageSet.masks``.
 
@@ -62,7 +66,7 @@ def load_fer(path: PathArg, split: str = "train", *, skip_bad_rows: bool = False
     torch.Size([3589, 1, 48, 48])
     """
     path = Path(path)
-    if split not in FER_SPLITS:
+    if split is not None and split not in FER_SPLITS:
         raise ValueError(f"split must be one of {', '.join(FER_SPLITS)}; got {split!r}")
     if not path.is_file():
         raise DataError(path, f"no such file; expected a FER2013 CSV with header {_ACCEPTED_HEADERS}")
@@ -71,11 +75,14 @@ def load_fer(path: PathArg, split: str = "train", *, skip_bad_rows: bool = False
         raw = raw[3:]
     if not raw.strip():
         raise DataError(path, f"empty file; expected a header line {_ACCEPTED_HEADERS} followed by one row per image")
-    lines = raw.split(b"\n")
+    # LF or CRLF (the CR is stripped with the fields' spaces); a file without any LF is an old-Mac CR-only file
+    lines = raw.split(b"\n") if b"\n" in raw else raw.split(b"\r")
     header = [c.strip().strip('"').strip() for c in lines[0].decode("utf-8", "replace").split(",")]
     columns = [c.lower() for c in header]  # matched case-insensitively, quoted as the file spells them
     layout, label_col, pixel_col, usage_col = _layout(path, columns, header)
     ncols = len(columns)
+    if split is None:
+        split = "test" if layout == "course-test" else "train"
 
     # data rows: every non-blank line after the header; k = row index (masks are aligned to it), line = k-th line no.
     line_numbers: list[int] = []
@@ -120,13 +127,16 @@ def load_fer(path: PathArg, split: str = "train", *, skip_bad_rows: bool = False
             if k in errors:
                 continue
             text = _text(fields[k][label_col])
-            try:
-                value = int(text)
-            except ValueError:
-                errors[k] = f"expected an integer label 0..{nclass - 1} in column {header[label_col]!r}, got {text!r}"
+            if not _ASCII_INT.fullmatch(text):  # int() would take "+3", "0_3" and "٣" as 3
+                errors[k] = (f"expected an integer label 0..{nclass - 1} in column {header[label_col]!r}, "
+                             f"got {text[:20]!r} (plain ASCII digits 0-9 only)")
                 continue
+            digits = text.lstrip("0") or "0"
+            # a negative or huge number is out of range (and int() refuses more than 4300 digits)
+            value = int(digits) if len(digits) <= 9 and not text.startswith("-") else -1
             if not 0 <= value < nclass:
-                errors[k] = (f"label {value} out of range: expected 0..{nclass - 1} "
+                shown = text if len(text) <= 20 else text[:20] + "..."
+                errors[k] = (f"label {shown} out of range: expected 0..{nclass - 1} "
                              f"({', '.join(f'{i}={c}' for i, c in enumerate(FER_CLASSES))})")
             labels[j] = value
 
@@ -180,6 +190,7 @@ def parse_pixel_rows(rows: list[bytes], expected: int) -> tuple[np.ndarray, dict
 _BYTE_KIND = np.full(256, -1, dtype=np.int8)
 _BYTE_KIND[48:58] = 1
 _BYTE_KIND[[9, 10, 13, 32, 34]] = 0
+_ASCII_INT = re.compile(r"-?[0-9]+")
 
 
 def _parse_chunk(rows: list[bytes], expected: int) -> tuple[np.ndarray, dict[int, str]]:
@@ -194,9 +205,7 @@ def _parse_chunk(rows: list[bytes], expected: int) -> tuple[np.ndarray, dict[int
     kind = _BYTE_KIND[a]
     bad_rows = np.unique(np.searchsorted(row_end, np.flatnonzero(kind < 0)))
     for r in bad_rows.tolist():
-        token = next(t for t in rows[r].replace(b'"', b" ").split() if not t.isdigit())
-        shown = token[:20].decode("utf-8", "replace") + ("..." if len(token) > 20 else "")
-        errors[r] = f"expected integer pixel values 0..255 separated by spaces, got {shown!r}"
+        errors[r] = _bad_byte_message(rows[r])
 
     # a token starts where the digit indicator steps 0 -> 1 and ends before it steps 1 -> 0
     step = np.diff((kind > 0).view(np.int8), prepend=np.int8(0), append=np.int8(0))
@@ -212,7 +221,8 @@ def _parse_chunk(rows: list[bytes], expected: int) -> tuple[np.ndarray, dict[int
     three = np.flatnonzero(length >= 3)
     value[three] += 100 * (a[ends[three] - 2] - np.uint8(48)).astype(np.int32)
     for t in np.flatnonzero(length > 3).tolist():  # leading zeros or huge numbers: rare, value them exactly
-        value[t] = min(int(blob[starts[t] : ends[t] + 1]), 1 << 30)
+        digits = blob[starts[t] : ends[t] + 1].lstrip(b"0") or b"0"
+        value[t] = int(digits) if len(digits) <= 9 else 1 << 30  # int() refuses > 4300 digits
     too_big = np.flatnonzero(value > 255)
     for t, r in zip(too_big.tolist(), np.searchsorted(row_end, starts[too_big]).tolist()):
         if r not in errors:  # ascending, so a row reports its first offending value
@@ -228,6 +238,22 @@ def _parse_chunk(rows: list[bytes], expected: int) -> tuple[np.ndarray, dict[int
     elif good.any():
         out[good] = value[np.repeat(good, counts)].reshape(-1, expected)
     return out, errors
+
+
+def _bad_byte_message(row: bytes) -> str:
+    """The error of a pixel field holding a byte that is neither a digit nor a separator: the token around
+    the first such byte, shown with escapes (a vertical tab is ``\\x0b``), and the byte when it is a control byte."""
+    kind = _BYTE_KIND[np.frombuffer(row, dtype=np.uint8)]
+    pos = int(np.flatnonzero(kind < 0)[0])
+    seps = np.flatnonzero(kind == 0)
+    start = int(seps[seps < pos][-1]) + 1 if (seps < pos).any() else 0
+    after = seps[seps > pos]
+    end = int(after[0]) if after.size else len(row)
+    token = row[start:end]
+    shown = token[:20].decode("utf-8", "replace") + ("..." if len(token) > 20 else "")
+    byte = row[pos]
+    control = f" (control byte 0x{byte:02x} at character {pos + 1} of the field)" if byte < 32 or byte == 127 else ""
+    return f"expected integer pixel values 0..255 separated by spaces, got {shown!r}{control}"
 
 
 def write_fer_csv(path: PathArg, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
@@ -286,7 +312,8 @@ def _layout(path: Path, columns: list[str], header: list[str]) -> tuple[str, int
 
 
 def _text(field: bytes) -> str:
-    return field.decode("utf-8", "replace").strip().strip('"').strip()
+    # only the separators the pixel parser knows are stripped: a form feed in a label is not a space
+    return field.strip(b" \t\r").strip(b'"').strip(b" \t").decode("utf-8", "replace")
 
 
 def _load_masks(csv_path: Path, rows: int) -> np.ndarray | None:

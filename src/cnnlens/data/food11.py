@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnnlens._types import PathArg
-from cnnlens.data._images import IMAGE_SUFFIXES, check_size, decode_all, list_images
+from cnnlens.data._images import IMAGE_SUFFIXES, check_size, decode_all, log_not_loaded, scan_folder
 from cnnlens.data.errors import DataError, raise_or_skip
 from cnnlens.data.imageset import ImageSet
 
@@ -27,8 +27,9 @@ FOOD11_FOLDERS: dict[str, str] = {"train": "training", "val": "validation", "tes
 #: Default side of the square the photos are resized to.
 FOOD11_SIZE = 128
 
-_LABELLED = re.compile(r"^(\d+)_(\d+)$")
-_UNLABELLED = re.compile(r"^(\d+)$")
+# ASCII digits only: "+3_1", "٣_1" (Arabic-Indic) or "3_1_2" are misnamed files, never label 3
+_LABELLED = re.compile(r"([0-9]+)_([0-9]+)")
+_UNLABELLED = re.compile(r"[0-9]+")
 
 
 def load_food11(root: PathArg, split: str = "train", *, image_size: int | None = None, skip_bad_rows: bool = False,
@@ -53,21 +54,23 @@ def load_food11(root: PathArg, split: str = "train", *, image_size: int | None =
     paths: list[Path] = []
     labels: list[int] = []
     errors: dict[int, DataError] = {}
+    not_loaded: list[tuple[Path, str]] = []
     nclass = len(FOOD11_CLASSES)
     for folder in folders:
         d = root / folder
         if not d.is_dir():
             raise DataError(d, f"missing split folder {folder}/; expected {root}/ to hold "
                                f"{', '.join(f + '/' for f in FOOD11_FOLDERS.values())}")
-        files = list_images(d)
+        files, extra = scan_folder(d)
+        not_loaded += extra
         if not files:
             raise DataError(d, f"no images; expected files named <label>_<index>.jpg ({', '.join(IMAGE_SUFFIXES)})")
         keyed = []
         for p in files:
-            m = _LABELLED.match(p.stem)
+            m = _LABELLED.fullmatch(p.stem)
             if m:
                 keyed.append(((0, int(m.group(1)), int(m.group(2))), p, int(m.group(1))))
-            elif folder == "evaluation" and _UNLABELLED.match(p.stem):
+            elif folder == "evaluation" and _UNLABELLED.fullmatch(p.stem):
                 keyed.append(((1, int(p.stem), 0), p, -1))
             else:
                 keyed.append(((2, 0, 0), p, None))
@@ -76,11 +79,13 @@ def load_food11(root: PathArg, split: str = "train", *, image_size: int | None =
             paths.append(p)
             labels.append(-1 if label is None else label)
             if label is None:
-                errors[i] = DataError(p, f"expected a file name <label>_<index>{p.suffix} with label 0..{nclass - 1}"
-                                         + (" (or <index>.jpg, unlabelled)" if folder == "evaluation" else ""))
+                unlabelled = " (or <index>.jpg, unlabelled)" if folder == "evaluation" else ""
+                errors[i] = DataError(p, f"expected a file name <label>_<index>{p.suffix} with label 0..{nclass - 1} "
+                                         f"in ASCII digits{unlabelled}, got {p.name!r}")
             elif label >= nclass:
                 errors[i] = DataError(p, f"label {label} out of range: expected 0..{nclass - 1} "
                                          f"({', '.join(f'{k}={c}' for k, c in enumerate(FOOD11_CLASSES))})")
+    log_not_loaded(root, split, not_loaded)
     todo = [i for i in range(len(paths)) if i not in errors]
     images, decode_errors = decode_all([paths[i] for i in todo], (size, size), 3)
     errors.update({todo[j]: e for j, e in decode_errors.items()})

@@ -179,7 +179,7 @@ def _split(config: TrainConfig, data: ImageSet, out: Path, resume: bool) -> tupl
 
     if resume and (out / runfiles.SPLIT_FILE).is_file():
         return runfiles.read_split(out, len(data))
-    train_index, val_index = stratified_split(data.labels, config.val_fraction, seed=config.seed)
+    train_index, val_index = stratified_split(data.labels, config.val_fraction, seed=config.seed, source=config.data)
     train_index, val_index = torch.as_tensor(train_index, dtype=torch.long), torch.as_tensor(val_index, dtype=torch.long)
     if len(train_index) == 0 or len(val_index) == 0:
         raise ValueError(f"val_fraction={config.val_fraction} of {len(data)} images leaves an empty "
