@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlens.train.augment import Augment, random_flip, random_rotation, random_shift, rotate, shift
+from cnnlens.train.augment import (FLIP_DEFAULTS, Augment, default_flip, describe_augmentation, random_flip,
+                                   random_rotation, random_shift, rotate, shift)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -101,3 +102,22 @@ def test_augment_reproducible_and_in_range() -> None:
 def test_augment_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="shift >= 0"):
         Augment(shift=-1)(torch.zeros(1, 1, 4, 4), _gen())
+
+
+def test_default_flip_by_kind() -> None:
+    assert {k: v[0] for k, v in FLIP_DEFAULTS.items()} == {"fer": True, "synth": True, "food11": True, "folder": False}
+    assert default_flip("food11:food-11") and not default_flip("folder:d") and not default_flip("nonsense")
+
+
+def test_the_augmentation_line_says_what_and_why() -> None:
+    assert describe_augmentation("fer:f.csv", True, 4, 10.0) == (
+        "augmentation: shifts up to 4 px, rotations up to 10 degrees; horizontal flips (default for fer: data: faces "
+        "look alike mirrored; --no-flip turns them off)")
+    assert describe_augmentation("folder:digits", False, 0, 0.0) == (
+        "augmentation: no shifts or rotations; no flips (default for folder: data: a folder may hold digits, text or "
+        "signs, which a mirror changes; --flip turns them on)")
+    assert describe_augmentation("folder:d", True, 2, 7.5) == (
+        "augmentation: shifts up to 2 px, rotations up to 7.5 degrees; horizontal flips (--flip; the default for "
+        "folder: data is off)")
+    assert describe_augmentation("food11:d", False, 4, 0.0).endswith("no flips (--no-flip; the default for food11: "
+                                                                      "data is on)")

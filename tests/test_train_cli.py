@@ -61,6 +61,8 @@ def test_train_then_refuse_then_resume(tmp_path: Path) -> None:
     assert "Best validation accuracy" in result.output and f"Next: cnnlens evaluate {out}" in result.output
     stored = json.loads((out / "config.json").read_text())["train"]
     assert stored["epochs"] == 2 and stored["flip"] is False and stored["rotation"] == 0.0 and stored["model"] == TINY
+    line = "augmentation: shifts up to 4 px; no flips (--no-flip; the default for fer: data is on)"
+    assert line in result.output and line in (out / "train.log").read_text()
 
     again = _invoke("--data", spec, "--out", str(out), *FAST)
     assert again.exit_code == 1 and "already exists and is not empty; pass --overwrite" in again.output
@@ -76,3 +78,32 @@ def test_train_then_refuse_then_resume(tmp_path: Path) -> None:
 def test_resume_without_a_run(tmp_path: Path) -> None:
     result = _invoke("--out", str(tmp_path / "none"), "--resume")
     assert result.exit_code == 1 and "not a cnnlens run folder: config.json is missing" in result.output
+
+
+def test_help_says_flips_depend_on_the_data() -> None:
+    flat = " ".join(_invoke("--help").output.split())
+    assert "[default: (on for faces (fer:, synth:) and food (food11:), off for folder:)]" in flat
+
+
+@pytest.mark.parametrize(("kind", "line"), [
+    ("folder", "no flips (default for folder: data: a folder may hold digits, text or signs, which a mirror changes; "
+               "--flip turns them on)"),
+    ("food11", "horizontal flips (default for food11: data: food looks alike mirrored; --no-flip turns them off)"),
+])
+def test_the_augmentation_line_is_printed_first(tmp_path: Path, kind: str, line: str) -> None:
+    result = _invoke("--data", f"{kind}:{tmp_path / 'missing'}", "--out", str(tmp_path / "run"), *FAST)
+    assert result.exit_code == 1 and "no such folder" in result.output
+    assert result.output.startswith("augmentation: shifts up to 4 px, rotations up to 10 degrees; " + line)
+    flipped = _invoke("--data", f"{kind}:{tmp_path / 'missing'}", "--out", str(tmp_path / "run"), "--flip", *FAST)
+    assert "horizontal flips (" in flipped.output.splitlines()[0]
+
+
+def test_a_one_image_dataset_names_the_spec_and_the_flags(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "d" / "cat" / "a.png")
+    result = _invoke("--data", f"folder:{tmp_path / 'd'}", "--out", str(tmp_path / "run"), *FAST)
+    assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    assert f"folder:{tmp_path / 'd'}: labels has 1 entries; a split needs at least 2" in result.output
+    assert "--val-fraction" in result.output and "--data" in result.output

@@ -73,3 +73,19 @@ def test_differences_ignore_runtime_fields() -> None:
     assert a.differences(b) == {}
     c = a.replace(lr=0.5, epochs=4)
     assert a.differences(c) == {"lr": (1e-3, 0.5), "epochs": (3, 4)}
+
+
+@pytest.mark.parametrize(("spec", "flip"), [("fer:x.csv", True), ("synth:d", True), ("food11:d", True),
+                                            ("folder:digits", False)])
+def test_flips_default_by_kind_of_data_and_are_stored_as_decided(spec: str, flip: bool) -> None:
+    config = TrainConfig(data=spec)
+    assert config.flip is flip and config.to_dict()["flip"] is flip
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TrainConfig(data=spec, flip=not flip).flip is (not flip)  # --flip / --no-flip win
+    assert config.replace(epochs=2).flip is flip
+
+
+def test_a_stored_flip_is_kept_whatever_the_kind() -> None:
+    # a run written before the per-kind default (flip true on a folder) resumes as it was trained
+    old = TrainConfig.from_dict({"data": "folder:digits", "flip": True})
+    assert old.flip is True and old.differences(TrainConfig(data="folder:digits", flip=True)) == {}

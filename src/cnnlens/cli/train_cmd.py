@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cnnlens.train.augment import describe_augmentation
 from cnnlens.train.config import DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 _D = TrainConfig.__dataclass_fields__  # defaults shown in --help come from the dataclass, stated once
@@ -45,7 +46,8 @@ def _default(name: str) -> Any:
               help="SGD momentum.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_default("label_smoothing"),
               show_default=True, help="Cross-entropy label smoothing.")
-@click.option("--flip/--no-flip", default=_default("flip"), show_default=True, help="Random horizontal flips.")
+@click.option("--flip/--no-flip", default=None, show_default="on for faces (fer:, synth:) and food (food11:), off for folder:",
+              help="Random horizontal flips.")
 @click.option("--shift", type=click.IntRange(min=0), default=_default("shift"), show_default=True,
               help="Random shifts of up to this many pixels (0: none).")
 @click.option("--rotation", type=click.FloatRange(0, 180), default=_default("rotation"), show_default=True,
@@ -90,6 +92,7 @@ def command(ctx: click.Context, out_dir: Path, resume: bool, overwrite: bool, pr
             if options["data"] is None:
                 raise click.UsageError("--data is required (e.g. --data synth:data/faces), except with --resume")
             config = TrainConfig(**options)
+        click.echo(describe_augmentation(config.data, bool(config.flip), config.shift, config.rotation))
         run = train(config, out_dir, overwrite=overwrite, resume=resume, progress=progress)
     except (ValueError, TypeError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err

@@ -3,6 +3,10 @@
 Each op transforms a whole batch ``[N,C,H,W]`` at once (no Python loop over images) and draws its random
 numbers from an explicit CPU :class:`torch.Generator`, so a run with the same seed sees the same
 augmented images, and a resumed run continues the same random stream.
+
+Horizontal flips depend on the data: a mirrored face or plate of food is still a face or plate of food of the
+same class, but a mirrored digit or letter may be no digit at all (or another one), so flips are on by
+default for faces and food and off for a plain folder (:data:`FLIP_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,50 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+#: Dataset kind (a spec's prefix) -> (flips on by default, why): :func:`default_flip` and the line printed at
+#: the start of training.
+FLIP_DEFAULTS: dict[str, tuple[bool, str]] = {
+    "fer": (True, "faces look alike mirrored"),
+    "synth": (True, "faces look alike mirrored"),
+    "food11": (True, "food looks alike mirrored"),
+    "folder": (False, "a folder may hold digits, text or signs, which a mirror changes"),
+}
+
+
+def default_flip(spec: str) -> bool:
+    """Whether horizontal flips are on by default for the dataset ``spec`` (:data:`FLIP_DEFAULTS`; off for an
+    unknown kind).
+
+    >>> default_flip("fer:train.csv"), default_flip("folder:digits")
+    (True, False)
+    """
+    return FLIP_DEFAULTS.get(spec.partition(":")[0], (False, ""))[0]
+
+
+def describe_augmentation(spec: str, flip: bool, shift: int, rotation: float) -> str:
+    """One line saying which augmentations a run uses and, for flips, why (the default for the data, or set).
+
+    >>> describe_augmentation("fer:train.csv", True, 4, 10.0)
+    'augmentation: shifts up to 4 px, rotations up to 10 degrees; horizontal flips (default for fer: data: faces look alike mirrored; --no-flip turns them off)'
+    """
+    kind = spec.partition(":")[0]
+    on_by_default, why = FLIP_DEFAULTS.get(kind, (False, "unknown kind of data"))
+    parts = []
+    if shift:
+        parts.append(f"shifts up to {shift} px")
+    if rotation:
+        parts.append(f"rotations up to {rotation:g} degrees")
+    what = "horizontal flips" if flip else "no flips"
+    if flip == on_by_default:
+        switch = "--no-flip turns them off" if flip else "--flip turns them on"
+        reason = f"default for {kind}: data: {why}; {switch}"
+    else:
+        given, default = ("--flip", "off") if flip else ("--no-flip", "on")
+        reason = f"{given}; the default for {kind}: data is {default}"
+    done = ", ".join(parts) if parts else "no shifts or rotations"
+    return f"augmentation: {done}; {what} ({reason})"
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:

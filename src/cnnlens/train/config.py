@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cnnlens.train.augment import default_flip
+
 #: Optimisers :func:`cnnlens.train.train` knows.
 OPTIMIZERS = ("adam", "sgd")
 #: Learning-rate schedules: one-cycle (Smith & Topin 2017, warm-up then cosine annealing), cosine
@@ -44,7 +46,9 @@ class TrainConfig:
         momentum: SGD momentum (ignored by Adam).
         schedule: learning-rate schedule, one of :data:`SCHEDULES`, stepped every batch.
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016), in [0, 1).
-        flip: random horizontal flips.
+        flip: random horizontal flips. None (the default) is decided by the kind of data and stored as that
+            decision: on for faces (``fer:``, ``synth:``) and food (``food11:``), off for a plain ``folder:``
+            (:data:`cnnlens.train.augment.FLIP_DEFAULTS`), so ``config.flip`` is always a bool.
         shift: random shifts of up to this many pixels in x and y (replicate-pad, then crop).
         rotation: random rotations of up to this many degrees either way.
         patience: stop after this many epochs without a better validation accuracy; 0 never stops early.
@@ -66,7 +70,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
-    flip: bool = True
+    flip: bool | None = None
     shift: int = 4
     rotation: float = 10.0
     patience: int = 0
@@ -79,6 +83,8 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type)
         if not self.data:
             raise ValueError("data must be a dataset spec such as 'synth:DIR', 'fer:FILE.csv', 'food11:DIR' or 'folder:DIR'")
+        if self.flip is None:  # frozen: set once here, so the stored config says what was used
+            object.__setattr__(self, "flip", default_flip(self.data))
         if not self.model:
             raise ValueError("model must be a model name such as 'small_cnn'")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -31,7 +31,7 @@ from torch import nn
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.train import run as runfiles
-from cnnlens.train.augment import Augment
+from cnnlens.train.augment import Augment, describe_augmentation
 from cnnlens.train.config import TrainConfig
 from cnnlens.train.curves import plot_curves
 from cnnlens.train.run import Run, load_run, resolve_device
@@ -273,6 +273,7 @@ def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool
         log.info("training %s on %s: %d training / %d validation images, classes %s, device %s",
                  config.model, config.data, len(train_index), len(val_index), list(data.classes), device)
         log.info("config: %s", config.to_dict())
+        log.info("%s", describe_augmentation(config.data, bool(config.flip), config.shift, config.rotation))
     if state["finished"]:
         log.info("%s has already finished (%d epochs); nothing to do", out, state["epoch"])
         _plot(out, state["history"], config)
