@@ -40,7 +40,7 @@ def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | No
             c, h, w = run.input_shape
             # bring the other dataset to the model's input: its size (square datasets) and channel count
             size = h if h == w else run.manifest.get("data", {}).get("image_size")
-            images = load_dataset(data_spec, split, image_size=size, channels=c)
+            images = load_dataset(data_spec, split, image_size=size, channels=c, classes=run.classes)
             if images.input_shape != tuple(run.input_shape):
                 raise ValueError(f"--data {data_spec}: images of shape {images.input_shape}, but the run's model takes "
                                  f"{tuple(run.input_shape)}")

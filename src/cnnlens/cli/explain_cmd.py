@@ -162,7 +162,7 @@ def user_source(model_spec: str, weights: Path | None, classes: str | None, inpu
     # loaders resize to a square image_size (as `cnnlens train --image-size`) and convert gray <-> RGB;
     # a shape they cannot produce is reported below
     dataset = load_data(data, split, shape[1] if shape is not None and shape[1] == shape[2] else None,
-                        None if shape is None else shape[0])
+                        None if shape is None else shape[0], names)
     if shape is not None and dataset.input_shape != shape:
         raise click.BadParameter(f"--data {data} has images of shape {dataset.input_shape}, but --input-shape is {shape}",
                                  param_hint="--input-shape")
@@ -170,11 +170,12 @@ def user_source(model_spec: str, weights: Path | None, classes: str | None, inpu
     return Source(model, names, dataset, device, {"model": model_spec, "weights": str(weights), "data": data, "split": split})
 
 
-def load_data(spec: str, split: str | None, image_size: int | None, channels: int | None) -> ImageSet:
-    """``load_dataset`` with its errors turned into a message about ``--data``."""
+def load_data(spec: str, split: str | None, image_size: int | None, channels: int | None,
+              classes: tuple[str, ...] | None = None) -> ImageSet:
+    """``load_dataset`` with its errors turned into a message about ``--data`` (a ``folder:`` is matched to ``classes``)."""
     from cnnlens.data import load_dataset
 
-    kwargs: dict[str, Any] = {"image_size": image_size, "channels": channels}
+    kwargs: dict[str, Any] = {"image_size": image_size, "channels": channels, "classes": classes}
     try:
         return load_dataset(spec, split, **kwargs) if split is not None else load_dataset(spec, **kwargs)
     except (ValueError, OSError) as exc:
