@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch installed would pull gigabytes of CUDA packages. Elsewhere pip finds 2.13.0 on PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast install install-test bench-smoke bench clean
+.PHONY: demo test test-fast fuzz install install-test bench-smoke bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install-test
 
 test-fast: install-test
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+# the data loaders' fuzz test with a longer budget than CI's 60 examples per test (FUZZ_EXAMPLES=N to change)
+FUZZ_EXAMPLES ?= 2000
+fuzz: install-test
+	CNNLENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_data_fuzz.py
 
 bench-smoke: install-test
 	$(BIN)/pip install -q -e ".[bench]"
