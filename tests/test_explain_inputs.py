@@ -58,3 +58,10 @@ def test_occlusion_and_lime_respect_a_forward_hook_that_changes_the_output():
         assert len(model.head._forward_hooks) == 1  # the user's hook is still there, and only it
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_float64_images_for_a_float32_model_say_what_to_do(name):
+    model = make_random_model(1, seed=0)
+    with pytest.raises(TypeError, match=r"images are torch.float64 but the model's parameters are torch.float32.*images.to"):
+        _method(name)(model, torch.rand(2, 1, 16, 16, dtype=torch.float64), 0)

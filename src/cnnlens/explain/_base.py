@@ -99,6 +99,20 @@ def resolve_target(target: Target, n: int, num_classes: int | None = None, *,
     return t
 
 
+def check_model_input(model: nn.Module, images: torch.Tensor) -> None:
+    """Raise a clear error where ``images`` cannot go through ``model``: another float dtype or device than
+    its parameters (torch's own message names a bias, not the images)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None or not isinstance(images, torch.Tensor):
+        return
+    if images.is_floating_point() and images.dtype != param.dtype:
+        raise TypeError(f"images are {images.dtype} but the model's parameters are {param.dtype}: pass "
+                        f"images.to({param.dtype}) (cnnlens's loaders give float32 in [0,1]) or convert the model")
+    if images.device != param.device:
+        raise ValueError(f"images are on {images.device} but the model is on {param.device}: move one of them "
+                         f"(images.to({str(param.device)!r}) or model.to({str(images.device)!r}))")
+
+
 @contextlib.contextmanager
 def guarded(model: nn.Module, images: torch.Tensor | None = None) -> Iterator[None]:
     """Run a block with ``model`` in eval mode and restore everything it touched, also on error.
@@ -106,6 +120,8 @@ def guarded(model: nn.Module, images: torch.Tensor | None = None) -> Iterator[No
     Restores every module's ``training`` flag, every parameter's ``requires_grad``, the input's
     ``requires_grad``, and checks that no hooks were left behind by the block.
     """
+    if images is not None:
+        check_model_input(model, images)
     modes = [(m, m.training) for m in model.modules()]
     req = [(p, p.requires_grad) for p in model.parameters()]
     img_req = images.requires_grad if images is not None else None
