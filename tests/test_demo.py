@@ -38,11 +38,17 @@ def test_existing_folder_is_refused_before_any_stage(tmp_path: Path) -> None:
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "mine.txt").write_text("keep")
     ran: list[str] = []
+    with pytest.raises(FileExistsError, match="not written by cnnlens .* not even with --overwrite"):
+        run_demo(Demo(out=tmp_path / "demo", overwrite=True), [("x", lambda demo: ran.append("x"))])
+    assert ran == [] and sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["mine.txt"]
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--overwrite"])
+    assert result.exit_code == 1 and "not even with --overwrite" in result.output and "Traceback" not in result.output
+    # an earlier demo is replaced only with --overwrite
+    run_demo(Demo(out=tmp_path / "earlier"), [("x", lambda demo: ran.append("x"))])
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
-        run_demo(Demo(out=tmp_path / "demo"), [("x", lambda demo: ran.append("x"))])
-    assert ran == [] and (tmp_path / "demo" / "mine.txt").read_text() == "keep"
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 1 and "--overwrite" in result.output
+        run_demo(Demo(out=tmp_path / "earlier"), [("x", lambda demo: ran.append("y"))])
+    run_demo(Demo(out=tmp_path / "earlier", overwrite=True), [("x", lambda demo: ran.append("z"))])
+    assert ran == ["x", "z"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
+from cnnlens._atomic import MARKER
 from cnnlens.cli import main
 from cnnlens.data.imageset import ImageSet
 from cnnlens.evaluate import FILES, Evaluation, class_distribution_figure, confusion_figure, describe, evaluate
@@ -194,7 +195,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 def test_save_writes_every_file_with_the_right_values(hand: Evaluation, tmp_path: Path) -> None:
     out = hand.save(tmp_path / "eval", source={"split": "val"})
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
+    assert json.loads((out / MARKER).read_text())["kind"] == "evaluation"
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["version"] == 1 and meta["source"] == {"split": "val"}
     assert meta["accuracy"] == pytest.approx(0.7) and meta["classes"] == list(CLASSES)
@@ -236,20 +238,37 @@ def test_save_and_load_round_trip(hand: Evaluation, tmp_path: Path) -> None:
     assert (loaded.names, loaded.classes, loaded.accuracy) == (hand.names, hand.classes, hand.accuracy)
 
 
-def test_failed_save_leaves_earlier_results_and_other_files(hand: Evaluation, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    hand.save(tmp_path)
-    (tmp_path / "notes.txt").write_text("mine")
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+def test_failed_save_leaves_earlier_results_as_they_were(hand: Evaluation, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    out = hand.save(tmp_path / "eval")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     worse = Evaluation.from_probabilities(probabilities([1] * 10), LABELS, CLASSES)
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        worse.save(out)
 
     def broken(evaluation: Evaluation) -> None:
         raise RuntimeError("figure failed")
 
     monkeypatch.setattr("cnnlens.evaluate.figures.class_distribution_figure", broken)
     with pytest.raises(RuntimeError, match="figure failed"):
-        worse.save(tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files, nothing changed
+        worse.save(out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing changed
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # no temporary folder left
+    monkeypatch.undo()
+    assert Evaluation.load(worse.save(out, overwrite=True)).accuracy == worse.accuracy  # replaced whole
+
+
+def test_save_never_replaces_files_cnnlens_did_not_write(hand: Evaluation, tmp_path: Path) -> None:
+    out = hand.save(tmp_path / "eval")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"also holds .*notes.txt, which cnnlens did not write"):
+        hand.save(out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.txt").write_text("three years")
+    with pytest.raises(FileExistsError, match="not written by cnnlens.*not even with --overwrite"):
+        hand.save(tmp_path / "docs", overwrite=True)
+    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["thesis.txt"]
 
 
 def test_save_into_a_file_path_is_refused(hand: Evaluation, tmp_path: Path) -> None:
@@ -320,7 +339,7 @@ def test_evaluate_writes_run_eval(fake_run: list, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["evaluate", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert fake_run == [(str(run), "cpu")]
-    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted([*FILES, MARKER])
     meta = json.loads((run / "eval" / "metrics.json").read_text())
     assert meta["source"] == {"run": str(run), "split": "val", "data": "synth:faces"}
     assert meta["accuracy"] == pytest.approx(0.7)

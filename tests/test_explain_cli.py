@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from cnnlens import explain
+from cnnlens._atomic import MARKER
 from cnnlens.cli import main
 
 TINYNET = textwrap.dedent('''
@@ -162,12 +163,15 @@ def test_user_model_safetensors_per_class_true_target(user: Path, faces: Path, m
 
 
 def _sentinel(out: Path) -> None:
-    out.mkdir()
-    (out / "keep.txt").write_text("previous results")
+    """Earlier explanations at ``out``, as cnnlens wrote them (so --overwrite may replace them)."""
+    from cnnlens._atomic import output_dir
+
+    with output_dir(out, kind="explain") as tmp:
+        (tmp / "keep.txt").write_text("previous results")
 
 
 def _intact(out: Path) -> None:
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "keep.txt"]
     assert (out / "keep.txt").read_text() == "previous results"
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".ex")] == []
 
@@ -242,8 +246,13 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "ex"
     _sentinel(out)
     res = CliRunner().invoke(main, ["explain", str(tmp_path), "--out", str(out)])
-    assert res.exit_code == 2 and "already exists; pass --overwrite" in res.output
+    assert res.exit_code == 1 and "already exists; pass --overwrite" in res.output
     _intact(out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")  # a folder cnnlens did not write: not even --overwrite
+    res = CliRunner().invoke(main, ["explain", str(tmp_path), "--out", str(tmp_path / "mine"), "--overwrite"])
+    assert res.exit_code == 1 and "not written by cnnlens" in " ".join(res.output.split())
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow
@@ -307,7 +316,7 @@ def test_run_folder_per_class_with_lime_and_overwrite(tiny_run: Path, tmp_path: 
         with np.load(out / e["files"]["grid_arrays"]) as z:
             lime_map = z["lime"]
             np.testing.assert_allclose(lime_map, w[seg], rtol=1e-6)  # the grid shows LIME's painted weights
-    written = {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()} - {MARKER}
     listed = {"index.json", "maps.npz", *index["overview"]}
     for e in index["images"]:
         listed |= set(e["files"].values())
@@ -326,7 +335,7 @@ def test_not_a_run_folder(tmp_path: Path) -> None:
     (["--split", "holdout"], "split must be one of train, val, test"),
     (["--layer", "nope"], "unknown layer 'nope'; valid layer names: "),
     (["--per-class", "0"], "0 is not in the range x>=1"),
-    (["--out", "RUN"], "holds the input"),
+    (["--out", "RUN"], "is the input"),
     (["--out", "RUNPARENT"], "holds the input"),
 ])
 def test_bad_run_input_leaves_output_intact(tiny_run: Path, tmp_path: Path, methods: dict, extra: list[str],
@@ -336,9 +345,9 @@ def test_bad_run_input_leaves_output_intact(tiny_run: Path, tmp_path: Path, meth
     args = ["explain", str(tiny_run), "--methods", "saliency", "--out", str(out), "--overwrite", "--device", "cpu",
             *[{"RUN": str(tiny_run), "RUNPARENT": str(tiny_run.parent)}.get(a, a) for a in extra]]
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+    assert res.exit_code in (1, 2) and message in " ".join(res.output.split()), res.output
     _intact(out)
-    assert sorted(p.name for p in tiny_run.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in tiny_run.iterdir() if p.name.startswith(".")) == [MARKER]
 
 
 @pytest.mark.slow

@@ -140,11 +140,15 @@ def test_save_refuses_an_existing_folder_then_writes_table_figures_and_arrays(re
     out = tmp_path / "faith"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    for overwrite in (False, True):  # not written by cnnlens: never replaced
+        with pytest.raises(FileExistsError, match="not written by cnnlens"):
+            result.save(out, overwrite=overwrite)
+        assert (out / "keep.txt").read_text() == "mine"  # untouched
+    (out / "keep.txt").unlink()
+    assert result.save(out) == out  # an empty folder may be used
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         result.save(out)
-    assert (out / "keep.txt").read_text() == "mine"  # untouched
-    assert result.save(out, overwrite=True) == out
-    assert not (out / "keep.txt").exists()
+    assert result.save(out, overwrite=True) == out  # an earlier faithfulness folder is replaced
     manifest = json.loads((out / "faithfulness.json").read_text())
     assert manifest["version"] == 1 and manifest["images"] == [f"img{i}" for i in range(N)]
     assert manifest["metrics"]["deletion_auc"]["better"] == "lower"

@@ -426,7 +426,7 @@ def test_a_failing_section_leaves_the_previous_report_untouched(tmp_path: Path, 
     sections.insert(4, ("broken", broken))
     monkeypatch.setattr(report_build, "SECTIONS", sections)
     with pytest.raises(RuntimeError, match="section exploded"):
-        write_report(tiny_inputs(), tmp_path / "report", options=options)
+        write_report(tiny_inputs(), tmp_path / "report", options=options, overwrite=True)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file()}
     assert after == before and page.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left behind

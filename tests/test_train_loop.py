@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from cnnlens._atomic import MARKER
 from cnnlens.data.fer import write_fer_csv
 from cnnlens.models import MODELS
 from cnnlens.train import TrainConfig, load_checkpoint, load_run, train
@@ -89,7 +90,7 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path: Path, easy
     assert torch.equal(torch.get_rng_state(), rng_before) and torch.get_num_threads() == threads_before
 
     assert {p.name for p in out.iterdir()} == {"config.json", "weights.safetensors", "checkpoint.pt", "history.csv",
-                                                "curves.png", "split.json", "tensorboard", "train.log"}
+                                                "curves.png", "split.json", "tensorboard", "train.log", MARKER}
     # history.csv: the documented columns, one row per epoch, the same numbers as run.history
     rows = _rows(out / "history.csv")
     assert list(rows[0]) == list(runfiles.HISTORY_COLUMNS)
@@ -128,13 +129,22 @@ def test_existing_run_is_not_overwritten(tmp_path: Path, easy_spec: str) -> None
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="already exists and is not empty; pass --overwrite"):
+    for overwrite in (False, True):  # a folder cnnlens did not write is never replaced
+        with pytest.raises(FileExistsError, match="not written by cnnlens .* not even with --overwrite"):
+            train(fast_config(easy_spec, epochs=1), out, overwrite=overwrite, progress=False)
+        assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+    out = tmp_path / "run2"
+    train(fast_config(easy_spec, epochs=1), out, progress=False)
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite .* or pass --resume"):
         train(fast_config(easy_spec, epochs=1), out, progress=False)
-    assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
-    train(fast_config(easy_spec, epochs=1), out, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "weights.safetensors").is_file()
+    first = (out / "split.json").read_bytes()
+    train(fast_config(easy_spec, epochs=1, seed=1), out, overwrite=True, progress=False)  # an earlier run: replaced
+    assert (out / "split.json").read_bytes() != first and (out / "weights.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["easy.csv", "run", "run2"]  # no temporary folder left
     with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
         train(fast_config(easy_spec, epochs=1), out, overwrite=True, resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="holds the input"):  # --out the data's own folder
+        train(fast_config(easy_spec, epochs=1), tmp_path, overwrite=True, progress=False)
 
 
 def test_a_failed_start_changes_nothing_on_disk(tmp_path: Path, easy_spec: str) -> None:
@@ -172,7 +182,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path, easy_spec: str) -> No
     out = tmp_path / "run"
     train(fast_config(easy_spec, epochs=1), out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    with pytest.raises(ValueError, match=r"cannot resume .* with a different config \(epochs: run has 1, given 2; lr: run has 0.05, given 0.5\)"):
+    with pytest.raises(ValueError, match=r"cannot resume .* with a different config \(lr: run has 0.05, given 0.5\)"):
         train(fast_config(easy_spec, epochs=2, lr=0.5), out, resume=True, progress=False)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before

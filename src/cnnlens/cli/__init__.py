@@ -1,5 +1,9 @@
 """The ``cnnlens`` command. Each subcommand lives in its own module and is imported only when used,
-so ``cnnlens --help`` stays fast."""
+so ``cnnlens --help`` stays fast.
+
+An output folder cnnlens refuses to write (:class:`cnnlens._atomic.OutputRefused`) or cannot write
+(:class:`cnnlens._atomic.CannotWrite`: permissions, a read-only file system, a full disk) ends any
+subcommand with its message, here in one place, never with a traceback."""
 
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ class _LazyGroup(click.Group):
             return None
         return importlib.import_module(COMMANDS[cmd_name]).command
 
+
+    def invoke(self, ctx: click.Context) -> object:
+        from cnnlens._atomic import CannotWrite, OutputRefused
+
+        try:
+            return super().invoke(ctx)
+        except (OutputRefused, CannotWrite) as exc:
+            raise click.ClickException(str(exc)) from None
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="cnnlens")

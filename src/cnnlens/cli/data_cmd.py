@@ -28,7 +28,8 @@ def command() -> None:
 @click.option("--val-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Stratified fraction marked PublicTest (split 'val'); training makes its own split anyway.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace OUT if it exists (the old folder stays until the new one is complete).")
+              help="Replace earlier synthetic faces in OUT (the old folder stays until the new one is complete); "
+                   "never a folder cnnlens did not write.")
 def synth(out: Path, n: int, seed: int, test_fraction: float, val_fraction: float, overwrite: bool) -> None:
     """Draw synthetic 48x48 faces with the 7 FER expressions and their ground-truth masks.
 
@@ -38,14 +39,15 @@ def synth(out: Path, n: int, seed: int, test_fraction: float, val_fraction: floa
     \b
     Example:  cnnlens data synth --out data/faces --n 3500 --seed 0
     """
+    from cnnlens._atomic import OutputRefused
     from cnnlens.data.fer import FER_CLASSES
     from cnnlens.data.synth import write_faces
 
     start = time.perf_counter()
     try:
         csv = write_faces(out, n, seed, test_fraction=test_fraction, val_fraction=val_fraction, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise click.ClickException(str(exc).replace("overwrite=True (CLI: --overwrite)", "--overwrite")) from None
+    except OutputRefused:
+        raise  # printed by cnnlens.cli, like every refused --out
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     seconds = time.perf_counter() - start

@@ -89,7 +89,7 @@ def evaluate_run(demo: Demo) -> None:
     run = demo.results["run"]
     evaluation = evaluate(run.model, run.dataset("val"))
     out = run.path / "eval"
-    evaluation.save(out, source={"run": str(run.path), "split": "val", "data": run.config.data})
+    evaluation.save(out, source={"run": str(run.path), "split": "val", "data": run.config.data}, overwrite=demo.overwrite)
     demo.results["evaluation"] = evaluation
     demo.outputs["evaluation"] = out
     demo.outputs["confusion matrix"] = out / "confusion.png"
@@ -121,7 +121,8 @@ def write_report(demo: Demo) -> None:
     """Explain the run and write the HTML report into ``DIR/report``."""
     from cnnlens.report import ReportOptions, build_report
 
-    page = build_report(demo.run_dir, demo.out / "report", options=ReportOptions(device=demo.device, progress=demo.progress))
+    page = build_report(demo.run_dir, demo.out / "report", options=ReportOptions(device=demo.device, progress=demo.progress),
+                        overwrite=demo.overwrite)
     demo.outputs["report (open in a browser)"] = page
 
 
@@ -138,10 +139,13 @@ STAGES: list[tuple[str, Callable[[Demo], None]]] = [
 def run_demo(demo: Demo, stages: Sequence[tuple[str, Callable[[Demo], None]]] | None = None) -> dict[str, float]:
     """Run ``stages`` (default :data:`STAGES`) in order on ``demo``; return seconds per stage.
 
-    An existing non-empty ``demo.out`` is refused unless ``demo.overwrite``.
+    An existing non-empty ``demo.out`` is refused unless it holds an earlier demo and ``demo.overwrite``
+    (:func:`cnnlens._atomic.claim_dir`); each stage then replaces its own part whole, so a demo stopped
+    midway leaves every part either old or new, never half-written.
     """
-    if demo.out.exists() and (not demo.out.is_dir() or any(demo.out.iterdir())) and not demo.overwrite:
-        raise FileExistsError(f"{demo.out} already exists; pass --overwrite to replace the demo in it, or choose another --out")
+    from cnnlens._atomic import claim_dir
+
+    claim_dir(demo.out, kind="demo", overwrite=demo.overwrite)
     seconds: dict[str, float] = {}
     stages = STAGES if stages is None else stages
     for i, (title, stage) in enumerate(stages, start=1):
@@ -163,7 +167,8 @@ def run_demo(demo: Demo, stages: Sequence[tuple[str, Callable[[Demo], None]]] | 
 @click.option("--seed", type=int, default=DEMO_SEED, show_default=True, help="Seeds the faces, the split and the training.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else CPU.")
-@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of an earlier demo in --out; never a folder cnnlens did not write.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the training progress bar.")
 def command(out_dir: Path, n_images: int, epochs: int, seed: int, device: str, overwrite: bool, progress: bool) -> None:
     """Run the whole pipeline on built-in synthetic faces: draw the faces, train the small CNN,

@@ -14,12 +14,19 @@ import click
 @click.option("--data", "data_spec", default=None, metavar="SPEC",
               help="Evaluate on another dataset (synth:DIR, fer:FILE.csv, food11:DIR, folder:DIR) with the run's classes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default RUN_DIR/eval).")
+              help="Output folder (default RUN_DIR/eval, where a re-run replaces the earlier evaluation).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier evaluation at --out (kept until the new one is complete).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
-def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | None, device: str, batch_size: int) -> None:
+def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | None, overwrite: bool, device: str,
+            batch_size: int) -> None:
     """Evaluate the run in RUN_DIR: accuracy, per-class precision/recall/F1, confusion matrix, most-confused
     pairs and class distribution, written as metrics.json, CSV files and PNG figures.
+
+    The output folder is written whole. The default RUN_DIR/eval replaces an earlier evaluation there; an
+    existing --out needs --overwrite, and a folder cnnlens did not write, or one holding the run or its
+    data, is never replaced.
 
     \b
     Examples:
@@ -27,9 +34,15 @@ def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | No
       cnnlens evaluate runs/fer --split test --out runs/fer/eval-test
       cnnlens evaluate runs/fer --data fer:other.csv --out runs/fer/eval-other
     """
+    from cnnlens._atomic import check_output
     from cnnlens.evaluate import describe, evaluate
     from cnnlens.train import load_run
+    from cnnlens.train.run import run_inputs, spec_path
 
+    out = out_dir if out_dir is not None else run_dir / "eval"
+    replace = overwrite or out_dir is None  # a re-run replaces its own default output
+    inputs = [*run_inputs(run_dir), spec_path(data_spec)]
+    check_output(out, kind="evaluation", overwrite=replace, inputs=inputs)  # before the slow part
     try:
         run = load_run(run_dir, device=device)
         if data_spec is None:
@@ -50,9 +63,8 @@ def command(run_dir: Path, split: str, data_spec: str | None, out_dir: Path | No
         result = evaluate(run.model, images, batch_size=batch_size)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    out = out_dir if out_dir is not None else run_dir / "eval"
     source = {"run": str(run_dir), "split": split, "data": data_spec or run.manifest.get("data", {}).get("spec")}
-    result.save(out, source=source)
+    result.save(out, source=source, overwrite=replace, inputs=[*run_inputs(run_dir, run.manifest), spec_path(data_spec)])
     for line in describe(result):
         click.echo(line)
     click.echo(f"Wrote {out}/ (metrics.json, per_class.csv, confusion.csv, confusion_normalized.csv, "

@@ -2,8 +2,9 @@
 
 Works on a run folder (``cnnlens explain RUN_DIR``) or on a user's own model
 (``--model package.module:builder --weights FILE --data SPEC``). Everything is checked before any
-work starts, and the output folder is built aside and swapped in whole, so a bad option or a crash
-leaves an existing folder as it was.
+work starts, and the output folder is built aside and swapped in whole
+(:func:`cnnlens._atomic.output_dir`), so a bad option or a crash leaves an existing folder as it was;
+``--overwrite`` replaces only earlier explanations, never a folder that holds an input.
 """
 
 from __future__ import annotations
@@ -205,8 +206,13 @@ def choose_images(source: Source, probs: torch.Tensor, images: str | None, per_c
     labels = source.dataset.labels
     n = len(source.dataset)
     if images is not None:
+        chosen = parse_ints(images, "--images")
+        negative = [i for i in chosen if i < 0]
+        if negative:  # Python's -1 = the last image would be a silent surprise here
+            raise click.BadParameter(f"image indices count from 0 (the first image) to {n - 1}; got {negative[0]}",
+                                     param_hint="--images")
         try:
-            return by_index(parse_ints(images, "--images"), n), {"mode": "images"}
+            return by_index(chosen, n), {"mode": "images"}
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--images") from None
     if bool((labels < 0).all()):
@@ -332,7 +338,9 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of SmoothGrad's and LIME's noise.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images through the model at once.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder (kept until the new one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace earlier explanations at --out (kept until the new ones are complete); never a folder "
+                   "cnnlens did not write, nor one holding an input.")
 @click.option("--model", "model_spec", default=None, metavar="MODULE:BUILDER",
               help="Your own model: package.module:builder, called with no arguments.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="With --model: safetensors or torch state dict.")
@@ -361,10 +369,10 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cnnlens._atomic import atomic_dir
+    from cnnlens._atomic import check_output, output_dir
     from cnnlens.explain import _base
     from cnnlens.explain.runner import check_methods, check_options, method_accepts, probabilities, run_methods
-    from cnnlens.train.run import resolve_device
+    from cnnlens.train.run import read_manifest, resolve_device, run_inputs, spec_path
 
     # ---- everything that can be checked without the model, before any work
     if (run_dir is None) == (model_spec is None):
@@ -373,13 +381,15 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
         raise click.UsageError("--weights, --classes, --input-shape and --data go with --model; a run folder has its own")
     if sum(v is not None for v in (images, per_class_k, misclassified_k)) > 1:
         raise click.UsageError("choose images one way: --images, --per-class or --misclassified")
-    if out.exists() and not overwrite:
-        raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
-    inputs = [run_dir] if run_dir is not None else [weights, Path(data.partition(":")[2]) if data else None]
-    for given in (p for p in inputs if p is not None):
-        if out.resolve() == given.resolve() or out.resolve() in given.resolve().parents:
-            raise click.UsageError(f"--out {out} holds the input {given}, which replacing it would delete; "
-                                   "choose another folder, e.g. RUN_DIR/explain")
+    if run_dir is not None:
+        try:
+            manifest = read_manifest(run_dir)
+        except ValueError:
+            manifest = None  # run_source says what is wrong with it
+        inputs = run_inputs(run_dir, manifest)
+    else:
+        inputs = [weights, spec_path(data)]
+    check_output(out, kind="explain", overwrite=overwrite, inputs=inputs)  # before any work
     names = parse_methods(methods)
     options = parse_options(option_items)
     try:
@@ -423,31 +433,29 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar, atomic_dir(out, overwrite=overwrite) as tmp:
-            x = all_images[index].to(dev)
-            try:
-                # with every method asked for (no --methods), one that does not apply to this model
-                # (CAM without a GAP head, guided backprop without ReLU modules) is skipped, not fatal
-                explained = run_methods(model, x, targets, chosen, options=options, batch_size=batch_size, seed=seed,
-                                        progress=bar, details="lime" in chosen, skip_unsupported=names is None)
-            except (ValueError, TypeError) as exc:  # a method refusing this model or option, e.g. CAM without GAP
-                raise click.ClickException(str(exc)) from None
-            for m, why in explained.skipped.items():
-                console.print(f"[yellow]skipped {m}[/]: {why}", highlight=False)
-            if not explained.maps:
-                raise click.ClickException("no method could explain this model: " +
-                                           "; ".join(f"{m}: {why}" for m, why in explained.skipped.items()))
-            written = write_outputs(tmp, source, index, x, probs[index], explained, mask_percentile=mask_percentile,
-                                    lime_top_k=lime_top_k, progress=bar)
-            index_doc = {
-                "version": INDEX_VERSION, "source": source.description, "classes": list(source.classes),
-                "methods": list(explained.maps), "skipped": explained.skipped, "options": options,
-                "target": target, "selection": selection, "seed": seed,
-                "images": written["entries"], "overview": written["overview"],
-                "arrays": "maps.npz",
-            }
-            (tmp / "index.json").write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
-    except FileExistsError as exc:
-        raise click.UsageError(str(exc)) from None
+    with Progress(*columns, console=console, transient=True) as bar, \
+            output_dir(out, kind="explain", overwrite=overwrite, inputs=inputs) as tmp:
+        x = all_images[index].to(dev)
+        try:
+            # with every method asked for (no --methods), one that does not apply to this model
+            # (CAM without a GAP head, guided backprop without ReLU modules) is skipped, not fatal
+            explained = run_methods(model, x, targets, chosen, options=options, batch_size=batch_size, seed=seed,
+                                    progress=bar, details="lime" in chosen, skip_unsupported=names is None)
+        except (ValueError, TypeError) as exc:  # a method refusing this model or option, e.g. CAM without GAP
+            raise click.ClickException(str(exc)) from None
+        for m, why in explained.skipped.items():
+            console.print(f"[yellow]skipped {m}[/]: {why}", highlight=False)
+        if not explained.maps:
+            raise click.ClickException("no method could explain this model: " +
+                                       "; ".join(f"{m}: {why}" for m, why in explained.skipped.items()))
+        written = write_outputs(tmp, source, index, x, probs[index], explained, mask_percentile=mask_percentile,
+                                lime_top_k=lime_top_k, progress=bar)
+        index_doc = {
+            "version": INDEX_VERSION, "source": source.description, "classes": list(source.classes),
+            "methods": list(explained.maps), "skipped": explained.skipped, "options": options,
+            "target": target, "selection": selection, "seed": seed,
+            "images": written["entries"], "overview": written["overview"],
+            "arrays": "maps.npz",
+        }
+        (tmp / "index.json").write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
     click.echo(f"explained {len(index)} image(s) with {', '.join(index_doc['methods'])}: {out}/index.json")

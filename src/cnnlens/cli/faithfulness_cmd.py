@@ -48,7 +48,9 @@ def _step(text: str) -> int | float:
               help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default RUN_DIR/faithfulness).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder (kept until the new one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier faithfulness folder at --out (kept until the new one is complete); never "
+                   "a folder cnnlens did not write, nor one holding the run or its data.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds random baselines, noise and the bootstrap.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Perturbed images per forward pass.")
@@ -71,14 +73,16 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
       cnnlens faithfulness runs/faces --methods saliency,grad-cam,occlusion --n-images 100
       cnnlens faithfulness runs/food --masks food-masks/ --out runs/food/faith --overwrite
     """
+    from cnnlens._atomic import check_output
+    from cnnlens.explain.runner import check_methods, check_options
     from cnnlens.faithfulness.masks import load_mask_folder
     from cnnlens.faithfulness.runner import evaluate_run_faithfulness
     from cnnlens.train import load_run
+    from cnnlens.train.run import run_inputs
 
     out = out_dir if out_dir is not None else run_dir / "faithfulness"
-    if out.exists() and not overwrite:
-        raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
-    from cnnlens.explain.runner import check_methods, check_options
+    inputs = [*run_inputs(run_dir), mask_dir]
+    check_output(out, kind="faithfulness", overwrite=overwrite, inputs=inputs)  # before any work
 
     names = parse_methods(methods)
     options = parse_options(option_items)
@@ -110,7 +114,7 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
             skip_unsupported=names is None, progress=True)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    result.save(out, overwrite=overwrite)
+    result.save(out, overwrite=overwrite, inputs=[*run_inputs(run_dir, run.manifest), mask_dir])
     click.echo(result.table())
     for note in result.notes:
         click.echo(f"note: {note}")

@@ -28,7 +28,11 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.command(name="report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default RUN_DIR/report); an existing report there is replaced only once the new one is complete.")
+              help="Output folder (default RUN_DIR/report, where a re-run replaces the earlier report once the new "
+                   "one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier report at --out; never a folder cnnlens did not write, nor one holding the "
+                   "run or its data.")
 @click.option("--split", type=click.Choice(["val", "test", "train"]), default=_D.split, show_default=True,
               help="Which images the report shows and scores.")
 @click.option("--images-per-class", type=click.IntRange(min=1), default=_D.images_per_class, show_default=True,
@@ -66,11 +70,11 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per perturbation pass (default: per device).")
 @click.option("--title", default=None, help="Page title (default: 'cnnlens report: RUN').")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the stages.")
-def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: int, examples_per_class: int, methods: str,
-            occlusion_stride: int, occlusion_patch: int, occlusion_fill: str, lime_samples: int, smoothgrad_samples: int, ig_steps: int,
-            average_methods: str, average_images: int, filter_layers: str | None, filters_per_layer: int, am_steps: int,
-            feature_map_layers: str | None, seed: int, device: str, batch_size: int | None, title: str | None,
-            progress: bool) -> None:
+def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str, images_per_class: int,
+            examples_per_class: int, methods: str, occlusion_stride: int, occlusion_patch: int, occlusion_fill: str,
+            lime_samples: int, smoothgrad_samples: int, ig_steps: int, average_methods: str, average_images: int,
+            filter_layers: str | None, filters_per_layer: int, am_steps: int, feature_map_layers: str | None, seed: int,
+            device: str, batch_size: int | None, title: str | None, progress: bool) -> None:
     """Write the report of the run in RUN_DIR: data, model, training, evaluation, explanations per class,
     class-average maps, filters and (once `cnnlens faithfulness` has run) faithfulness, as one HTML page
     that opens from disk with no network.
@@ -79,6 +83,7 @@ def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: i
     Examples:
       cnnlens report runs/fer                         # -> runs/fer/report/index.html
       cnnlens report runs/fer --out site --images-per-class 3 --lime-samples 1000
+      cnnlens report runs/fer --out site --overwrite  # replace the report written there before
       cnnlens report runs/fer --methods saliency,grad-cam --average-methods none
     """
     from cnnlens.report import build_report
@@ -94,7 +99,7 @@ def command(run_dir: Path, out_dir: Path | None, split: str, images_per_class: i
             filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
             am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
             device=device, batch_size=batch_size, title=title, progress=progress)
-        page = build_report(run_dir, out_dir, options=options)
+        page = build_report(run_dir, out_dir, options=options, overwrite=overwrite)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"report: {page}")

@@ -46,7 +46,10 @@ def command(model_or_run: str, input_shape: str | None, classes: int | None) -> 
             raise click.UsageError("--input-shape and --classes apply to a model name; a run folder has its own")
         from cnnlens.train import load_run  # the train package is heavy; import only for run folders
 
-        run = load_run(path, device="cpu")
+        try:
+            run = load_run(path, device="cpu")
+        except ValueError as exc:  # not a run, a truncated config.json, missing weights: the message names the file
+            raise click.ClickException(str(exc)) from None
         model, shape, title = run.model, tuple(run.input_shape), f"{path} ({len(run.classes)} classes)"
     elif model_or_run in MODELS:
         shape = parse_input_shape(input_shape) if input_shape is not None else DEFAULT_INPUT_SHAPE

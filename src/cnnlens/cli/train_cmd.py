@@ -59,8 +59,12 @@ def _default(name: str) -> Any:
 @click.option("--device", type=click.Choice(DEVICES), default=_default("device"), show_default=True,
               help="auto: CUDA when available, else CPU.")
 @click.option("--num-threads", type=click.IntRange(min=1), default=None, help="CPU threads for PyTorch (default: PyTorch's).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
-@click.option("--overwrite", is_flag=True, help="Delete and replace an existing run folder.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last completed epoch, with its own settings (with "
+                   "--schedule constant, a larger --epochs extends it).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier cnnlens run in --out (kept until the new one starts); never a folder "
+                   "cnnlens did not write, nor one holding the data.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 @click.pass_context
 def command(ctx: click.Context, out_dir: Path, resume: bool, overwrite: bool, progress: bool, **options: Any) -> None:
@@ -83,7 +87,8 @@ def command(ctx: click.Context, out_dir: Path, resume: bool, overwrite: bool, pr
     try:
         if resume:
             # Start from the run's own config; options given on the command line must agree with it
-            # (train() names any that differ), except --device and --num-threads.
+            # (train() names any that differ), except --device and --num-threads (and --epochs, which
+            # train() accepts only where the schedule does not depend on it).
             stored = TrainConfig.from_dict(read_manifest(out_dir)["train"])
             given = {k: v for k, v in options.items()
                      if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT, None)}

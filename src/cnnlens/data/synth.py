@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlens._atomic import atomic_dir
+from cnnlens._atomic import output_dir
 from cnnlens._types import PathArg
 from cnnlens.data.fer import FER_CLASSES, FER_SIZE, masks_path, write_fer_csv
 from cnnlens.data.split import stratified_split
@@ -107,7 +107,8 @@ def write_faces(out_dir: PathArg, n: int, seed: int = 0, *, test_fraction: float
     Usage column: a stratified ``test_fraction`` of the rows is PrivateTest (split ``test``), a further
     ``val_fraction`` PublicTest (split ``val``), the rest Training. ``synth.json`` records the generator
     version, ``n``, ``seed`` and the fractions. The folder is written atomically as a whole; an existing
-    ``out_dir`` raises :class:`FileExistsError` unless ``overwrite``. Returns the CSV's path.
+    ``out_dir`` raises :class:`FileExistsError` unless ``overwrite`` and it holds earlier synthetic faces
+    (nothing else is ever replaced). Returns the CSV's path.
 
     >>> write_faces("data/faces", 3500, seed=0)   # then load_dataset("synth:data/faces")
     PosixPath('data/faces/faces.csv')
@@ -132,7 +133,7 @@ def write_faces(out_dir: PathArg, n: int, seed: int = 0, *, test_fraction: float
         keep, val = stratified_split(labels[rest], val_fraction / (1.0 - test_fraction), seed + 1)
         usage[rest[val.numpy()]] = "PublicTest"
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with output_dir(out_dir, kind="synth", overwrite=overwrite) as tmp:
         write_fer_csv(tmp / FACES_CSV, images, labels, usage.tolist())
         np.save(masks_path(tmp / FACES_CSV), masks)
         meta = {"generator": "cnnlens.data.synth", "version": SYNTH_VERSION, "n": int(n), "seed": int(seed),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from cnnlens._atomic import write_bytes, write_text
+from cnnlens._atomic import output_dir
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 
@@ -170,19 +170,21 @@ class Evaluation:
             "summary": describe(self),
         }
 
-    def save(self, out_dir: PathArg, *, source: Mapping[str, object] | None = None) -> Path:
+    def save(self, out_dir: PathArg, *, source: Mapping[str, object] | None = None, overwrite: bool = False,
+             inputs: Iterable[PathArg | None] = ()) -> Path:
         """Write metrics.json, per_class.csv, confusion(.csv|_normalized.csv|.png), predictions.csv and
-        class_distribution.png into ``out_dir`` (created if needed); return ``out_dir``.
+        class_distribution.png into ``out_dir``; return ``out_dir``.
 
         ``source`` is stored in metrics.json to say what was evaluated (run folder, split, data spec).
-        Every file is rendered in memory first and then written atomically, so a failure leaves the
-        files of an earlier evaluation in ``out_dir`` as they were; other files there are not touched.
+        The folder is written whole (:func:`cnnlens._atomic.output_dir`): every file is rendered in memory,
+        written into a temporary sibling and swapped in at once, so a failure or a kill leaves the earlier
+        evaluation exactly as it was, never a mix. An existing ``out_dir`` is replaced only with
+        ``overwrite`` and only if it is an earlier evaluation holding nothing else; never a folder that is or
+        holds one of ``inputs`` (the run, its data).
         """
         from cnnlens.evaluate.figures import class_distribution_figure, confusion_figure, png_bytes
 
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out_dir {out} exists and is not a folder")
         per_class = _csv([["class", "precision", "recall", "f1", "support", "predicted"]] + [
             [c, _num(self.precision[i]), _num(self.recall[i]), _num(self.f1[i]), int(self.support[i]),
              int(self.predicted_counts[i])] for i, c in enumerate(self.classes)])
@@ -205,9 +207,12 @@ class Evaluation:
             "confusion.png": png_bytes(confusion_figure(self)),
             "class_distribution.png": png_bytes(class_distribution_figure(self)),
         }
-        out.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            (write_bytes if isinstance(content, bytes) else write_text)(out / name, content)
+        with output_dir(out, kind="evaluation", overwrite=overwrite, inputs=inputs) as tmp:
+            for name, content in files.items():
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content, encoding="utf-8")
         return out
 
     @classmethod

@@ -12,7 +12,7 @@ import inspect
 import io
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from cnnlens._atomic import atomic_dir
+from cnnlens._atomic import output_dir
 from cnnlens._types import PathArg, Target
 from cnnlens.explain import _base
 from cnnlens.faithfulness import figures
@@ -155,15 +155,18 @@ class FaithfulnessResult:
             "targets": list(self.targets),
         }
 
-    def save(self, out_dir: PathArg, *, overwrite: bool = False) -> Path:
+    def save(self, out_dir: PathArg, *, overwrite: bool = False, inputs: Iterable[PathArg | None] = ()) -> Path:
         """Write the table, per-image values, figures (PNG + raw arrays) into ``out_dir``, atomically.
 
         Files: ``faithfulness.json`` (:meth:`manifest`), ``faithfulness.csv`` (the table),
         ``per_image.csv``, ``randomization.csv``, ``<figure>.png`` + ``<figure>.npz``. The folder is built
-        aside and swapped in whole; an existing one raises FileExistsError unless ``overwrite``.
+        aside and swapped in whole (:func:`cnnlens._atomic.output_dir`): an existing one raises
+        :class:`~cnnlens._atomic.OutputRefused` (a FileExistsError) unless ``overwrite`` and it is an
+        earlier faithfulness folder holding nothing else; a folder that is or holds one of ``inputs`` (the
+        run, its data, the masks) is never replaced.
         """
         out = Path(out_dir)
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with output_dir(out, kind="faithfulness", overwrite=overwrite, inputs=inputs) as tmp:
             (tmp / "faithfulness.json").write_text(json.dumps(self.manifest(), indent=2) + "\n", encoding="utf-8")
             (tmp / "faithfulness.csv").write_text(_csv(["method", "metric", "kind", "n_images", "mean", "ci_low", "ci_high"],
                                                        [list(r.__dict__.values()) for r in self.rows]), encoding="utf-8")

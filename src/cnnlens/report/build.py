@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlens import __version__
-from cnnlens._atomic import atomic_dir
+from cnnlens._atomic import check_output, output_dir
 from cnnlens._types import PathArg
 from cnnlens.report.assets import Assets
 from cnnlens.report.context import ReportContext, ReportInputs, ReportOptions, method_label
@@ -55,27 +55,38 @@ def default_out(run_dir: PathArg) -> Path:
     return Path(run_dir) / "report"
 
 
-def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: ReportOptions | None = None) -> Path:
+def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: ReportOptions | None = None,
+                 overwrite: bool = False) -> Path:
     """Write the report of the run at ``run_dir`` to ``out_dir`` (default ``RUN/report``); return the page.
 
     The folder is built under a temporary sibling and moved into place only when complete; a failure
-    leaves an earlier report at ``out_dir`` untouched and no temporary folder behind.
+    leaves an earlier report at ``out_dir`` untouched and no temporary folder behind. An earlier report
+    at the default ``RUN/report`` is replaced; one at an explicit ``out_dir`` only with ``overwrite``.
+    Never replaced: a folder cnnlens did not write, or one that is or holds the run or its data.
 
     >>> build_report("demo-run/run")                       # doctest: +SKIP
     PosixPath('demo-run/run/report/index.html')
     """
     from cnnlens.train import load_run
+    from cnnlens.train.run import read_manifest, run_inputs
 
     options = options or ReportOptions()
     if not isinstance(options, ReportOptions):
         raise TypeError(f"options must be a cnnlens.report.ReportOptions, got {type(options).__name__}")
     run_path = Path(run_dir)
+    out = default_out(run_path) if out_dir is None else Path(out_dir)
+    overwrite = overwrite or out_dir is None  # a re-run replaces its own default report
+    try:
+        manifest = read_manifest(run_path)
+    except ValueError:
+        manifest = None  # load_run says what is wrong
+    check_output(out, kind="report", overwrite=overwrite, inputs=run_inputs(run_path, manifest))  # before the slow part
     run = load_run(run_path, device=options.device)
     options = dataclasses.replace(options, device=str(run.device))  # "auto" resolved once, by load_run
     name = "/".join(run_path.resolve().parts[-2:])  # "demo-run/run", "runs/fer": the folder and its parent
     inputs = ReportInputs(model=run.model, dataset=run.dataset(options.split), name=name, run_dir=run_path,
                           config=run.manifest)
-    return write_report(inputs, default_out(run_path) if out_dir is None else out_dir, options=options)
+    return write_report(inputs, out, options=options, overwrite=overwrite)
 
 
 def check_options(options: ReportOptions, inputs: ReportInputs) -> None:
@@ -162,12 +173,15 @@ def _page(inputs: ReportInputs, ctx: ReportContext, sections: list[dict[str, Any
     }
 
 
-def write_report(inputs: ReportInputs, out_dir: PathArg, *, options: ReportOptions | None = None) -> Path:
+def write_report(inputs: ReportInputs, out_dir: PathArg, *, options: ReportOptions | None = None,
+                 overwrite: bool = False) -> Path:
     """Write the report of ``inputs`` (a model, its labelled split, optionally its run folder) to ``out_dir``.
 
     Use this for a model that is not a cnnlens run; :func:`build_report` calls it for a run folder.
     Every section is built into a temporary folder that replaces ``out_dir`` only when the page is
-    written; returns ``out_dir/index.html``.
+    written (:func:`cnnlens._atomic.output_dir`): an earlier report there only with ``overwrite``, never
+    a folder cnnlens did not write, nor one that is or holds the run folder or its data. Returns
+    ``out_dir/index.html``.
     """
     options = options or ReportOptions()
     if not isinstance(options, ReportOptions):
@@ -178,7 +192,7 @@ def write_report(inputs: ReportInputs, out_dir: PathArg, *, options: ReportOptio
     started = time.perf_counter()
     out = Path(out_dir)
     timings: dict[str, float] = {}
-    with atomic_dir(out, overwrite=True) as tmp:
+    with output_dir(out, kind="report", overwrite=overwrite, inputs=_protected(inputs)) as tmp:
         assets = Assets(tmp)
         ctx = ReportContext(inputs, options, assets)
         sections: list[dict[str, Any]] = []
@@ -204,6 +218,13 @@ def write_report(inputs: ReportInputs, out_dir: PathArg, *, options: ReportOptio
             page["files"] = list(assets.files)
             (tmp / "index.html").write_text(render_page(page), encoding="utf-8")
     return out / "index.html"
+
+
+def _protected(inputs: ReportInputs) -> list[Path]:
+    """What the report must never replace: the run folder and the data its config names."""
+    from cnnlens.train.run import run_inputs
+
+    return [] if inputs.run_dir is None else run_inputs(inputs.run_dir, inputs.config)
 
 
 def _methods_in(obj: Any) -> set[str]:

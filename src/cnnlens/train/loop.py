@@ -8,7 +8,13 @@ run killed at any moment and resumed with ``resume=True`` ends with exactly the 
 uninterrupted run (on the same device and thread count).
 
 Nothing is written until the data, the model and the split have loaded: a bad spec or a bad row leaves
-the run folder (even an old run under ``overwrite=True``) as it was.
+the run folder (even an old run under ``overwrite=True``) as it was. A new run's folder starts through
+:func:`cnnlens._atomic.output_dir`: ``overwrite=True`` replaces only an earlier cnnlens run, never a
+folder holding the data or files cnnlens did not write.
+
+A resumed run continues exactly the run its checkpoint holds: a ``config.json`` edited since (``lr``,
+``batch_size`` ...) is refused, naming the field and both values. The one change accepted on purpose is
+more ``epochs`` for a run with the ``constant`` schedule, whose learning rate does not depend on them.
 """
 
 from __future__ import annotations
@@ -17,8 +23,6 @@ import contextlib
 import logging
 import logging.handlers
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens import _atomic
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.train import run as runfiles
@@ -40,6 +45,9 @@ log = logging.getLogger("cnnlens.train")
 
 #: Images per forward pass when measuring validation loss and accuracy.
 EVAL_BATCH_SIZE = 256
+#: What a run folder holds (its output marker lists these); eval/, report/ ... are outputs of their own.
+RUN_FILES = (runfiles.CONFIG_FILE, runfiles.WEIGHTS_FILE, runfiles.CHECKPOINT_FILE, runfiles.HISTORY_FILE,
+             runfiles.CURVES_FILE, runfiles.SPLIT_FILE, runfiles.TENSORBOARD_DIR, runfiles.LOG_FILE)
 
 
 def train(config: TrainConfig, out_dir: PathArg, *, overwrite: bool = False, resume: bool = False,
@@ -52,9 +60,11 @@ def train(config: TrainConfig, out_dir: PathArg, *, overwrite: bool = False, res
     Args:
         config: what to train and how.
         out_dir: the run folder. An existing non-empty folder is refused unless ``overwrite`` or ``resume``.
-        overwrite: replace an existing run folder (deleted once the new run's data and model have loaded).
+        overwrite: replace an earlier cnnlens run folder (swapped out once the new run's data and model
+            have loaded); any other folder is refused (:class:`cnnlens._atomic.OutputRefused`).
         resume: continue the run in ``out_dir`` from its last completed epoch; ``config`` must equal the
-            stored one except for device and thread count.
+            one the run was trained with except for device and thread count (and a larger ``epochs`` with
+            the constant schedule).
         progress: show a progress bar with live loss and accuracy.
 
     >>> run = train(TrainConfig(data="synth:demo/data", epochs=10), "demo/run")   # doctest: +SKIP
@@ -70,7 +80,7 @@ def train(config: TrainConfig, out_dir: PathArg, *, overwrite: bool = False, res
     rng_devices = [device] if device.type == "cuda" else []
     # fork_rng: the caller's global random state is the same before and after training.
     with _threads(config.num_threads), _log_to_run(out) as open_log, torch.random.fork_rng(devices=rng_devices):
-        _train(config, out, device, resume=resume, progress=progress, open_log=open_log)
+        _train(config, out, device, resume=resume, overwrite=overwrite, progress=progress, open_log=open_log)
     return load_run(out, device=device)
 
 
@@ -82,28 +92,47 @@ def _check_folder(out: Path, config: TrainConfig, *, overwrite: bool, resume: bo
         if not (out / runfiles.CONFIG_FILE).is_file():
             raise ValueError(f"nothing to resume at {out}: it has no {runfiles.CONFIG_FILE}; start a new run without --resume")
         stored = TrainConfig.from_dict(runfiles.read_manifest(out)["train"], source=str(out / runfiles.CONFIG_FILE))
-        diffs = stored.differences(config)
+        # epochs is checked against the checkpoint in _check_resume, which knows the schedule and progress
+        diffs = {k: v for k, v in stored.differences(config).items() if k != "epochs"}
         if diffs:
             listed = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, a, b in ((k, *v) for k, v in diffs.items()))
             raise ValueError(f"cannot resume {out} with a different config ({listed}). Resume with the run's own "
                              "settings (only --device and --num-threads may change), or start a new run")
         return
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it, "
-                              "or --resume to continue the run in it")
+    try:
+        _atomic.check_output(out, kind="run", overwrite=overwrite, inputs=[runfiles.spec_path(config.data)])
+    except _atomic.OutputRefused as err:
+        if not overwrite and _atomic.output_kind(out) == "run":
+            raise _atomic.OutputRefused(f"{err}; or pass --resume to continue the run in it") from None
+        raise
 
 
-def _fresh_folder(out: Path) -> None:
-    """An empty ``out``; an old run there (``--overwrite``) is deleted only now, once the new run's data and
-    model have loaded, so a mistyped spec never costs the old run."""
-    if out.is_dir() and any(out.iterdir()):
-        # Moved aside first: a crash while deleting never leaves a half-deleted run at `out`.
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        out.replace(trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+def _check_resume(config: TrainConfig, ckpt: dict[str, Any] | None, out: Path) -> None:
+    """Refuse to continue with a ``config`` (config.json plus the command line) other than the one the
+    checkpoint was trained with, naming each changed field and both values. Another epoch count is accepted
+    for the constant schedule (config.json is then updated, once the data has loaded)."""
+    source = str(out / runfiles.CHECKPOINT_FILE)
+    trained = TrainConfig.from_dict(ckpt["train"], source=source) if ckpt is not None else None
+    if trained is not None:
+        diffs = trained.differences(config)
+        changed = {k: v for k, v in diffs.items() if k != "epochs"}
+        if changed:
+            listed = "; ".join(f"{k} is {b!r} in {runfiles.CONFIG_FILE} but the run was trained with {a!r}"
+                               for k, (a, b) in changed.items())
+            raise ValueError(f"cannot resume {out}: {listed} (recorded in {runfiles.CHECKPOINT_FILE}). Continuing would "
+                             "make a run that is neither; put the trained value back in config.json, or start a new "
+                             "run with the new settings in another --out")
+        if "epochs" in diffs:
+            done = int(ckpt["epoch"])
+            if trained.schedule != "constant":
+                raise ValueError(f"cannot resume {out} with epochs={config.epochs}: it was trained with "
+                                 f"epochs={trained.epochs} and the {trained.schedule} schedule, whose learning rate is "
+                                 "planned over all epochs, so another count would change the epochs already trained. "
+                                 f"Resume with epochs={trained.epochs}, or start a new run (runs with --schedule "
+                                 "constant can be extended)")
+            if config.epochs < done:
+                raise ValueError(f"cannot resume {out} with epochs={config.epochs}: {done} epochs are already done")
+            log.info("epochs changed from %d to %d (constant schedule): %d epoch(s) done", trained.epochs, config.epochs, done)
 
 
 @contextlib.contextmanager
@@ -153,6 +182,15 @@ def _log_to_run(out: Path) -> Iterator[Callable[[], None]]:
             logger.removeHandler(handler)
             handler.close()
         logger.setLevel(level)
+
+
+def _check_weights(out: Path, ckpt: dict[str, Any] | None) -> None:
+    """A resumed run whose best weights were deleted continues only if the checkpoint holds them (its epoch
+    is the best one; they are then rebuilt); otherwise say what is lost and how to get a run back."""
+    if ckpt is None or ckpt["epoch"] == 0 or (out / runfiles.WEIGHTS_FILE).is_file():
+        return
+    if ckpt["best_epoch"] != ckpt["epoch"]:
+        raise ValueError(runfiles.missing_weights(out))
 
 
 def _load_training_data(config: TrainConfig, spec: str) -> ImageSet:
@@ -229,7 +267,7 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 # -------------------------------------------------------------------------------------------- the loop
 
-def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool, progress: bool,
+def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool, overwrite: bool, progress: bool,
            open_log: Callable[[], None]) -> None:
     started = time.perf_counter()
     ckpt_path = out / runfiles.CHECKPOINT_FILE
@@ -237,6 +275,10 @@ def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool
     # write, so a failed start leaves the folder as it was. The checkpoint is checked first: a refused
     # file fails fast, before a long data load.
     ckpt = runfiles.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if resume:
+        _atomic.remove_stale_in(out)  # temporary files of a killed session
+        _check_resume(config, ckpt, out)
+        _check_weights(out, ckpt)
     # A resumed run finds its data even from another working directory (config.json keeps the absolute path).
     spec = runfiles.data_spec(runfiles.read_manifest(out)) if resume else config.data
     data = _load_training_data(config, spec)
@@ -245,11 +287,17 @@ def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool
     model = runfiles.build_model(manifest)
     train_index, val_index = _split(config, data, out, resume)
     if not resume:
-        _fresh_folder(out)
-        runfiles.write_json(out / runfiles.CONFIG_FILE, manifest)
-        runfiles.write_split(out, config.seed, train_index, val_index, len(data))
-    elif not (out / runfiles.SPLIT_FILE).is_file():  # killed before split.json was written
-        runfiles.write_split(out, config.seed, train_index, val_index, len(data))
+        # The new folder is complete (config and split) before it replaces an earlier run in one swap.
+        with _atomic.output_dir(out, kind="run", overwrite=overwrite, inputs=[runfiles.spec_path(config.data)],
+                                files=RUN_FILES) as tmp:
+            runfiles.write_json(tmp / runfiles.CONFIG_FILE, manifest)
+            runfiles.write_split(tmp, config.seed, train_index, val_index, len(data))
+    else:
+        if manifest["train"]["epochs"] != config.epochs:  # more epochs asked for: the records say what runs
+            manifest = {**manifest, "train": {**manifest["train"], "epochs": config.epochs}}
+            runfiles.write_json(out / runfiles.CONFIG_FILE, manifest)
+        if not (out / runfiles.SPLIT_FILE).is_file():  # killed before split.json was written
+            runfiles.write_split(out, config.seed, train_index, val_index, len(data))
     open_log()
 
     # channels_last made small_cnn ~1.3x faster per step on CPU (oneDNN's preferred layout).
@@ -268,7 +316,12 @@ def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool
     if ckpt is not None:
         _restore(ckpt, model, opt, sched, shuffle_gen, augment_gen, device, str(ckpt_path))
         state = {k: ckpt[k] for k in state}
+        stopped_early = bool(config.patience) and state["epochs_without_improvement"] >= config.patience
+        state["finished"] = stopped_early or state["epoch"] >= config.epochs  # more epochs may have been asked for
         log.info("resuming %s after epoch %d of %d", out, state["epoch"], config.epochs)
+        if not (out / runfiles.WEIGHTS_FILE).is_file():  # _check_weights found the best epoch is this one
+            runfiles.save_weights(out / runfiles.WEIGHTS_FILE, model)
+            log.info("rebuilt %s from %s (epoch %d, the best)", runfiles.WEIGHTS_FILE, runfiles.CHECKPOINT_FILE, state["epoch"])
     else:
         log.info("training %s on %s: %d training / %d validation images, classes %s, device %s",
                  config.model, config.data, len(train_index), len(val_index), list(data.classes), device)
@@ -298,18 +351,25 @@ def _train(config: TrainConfig, out: Path, device: torch.device, *, resume: bool
                 state["epoch"] = epoch + 1
                 if val_acc > state["best_val_acc"]:
                     state.update(best_val_acc=val_acc, best_epoch=epoch + 1, epochs_without_improvement=0)
-                    runfiles.save_weights(out / runfiles.WEIGHTS_FILE, model)
                 else:
                     state["epochs_without_improvement"] += 1
                 stop_early = bool(config.patience) and state["epochs_without_improvement"] >= config.patience
                 state["finished"] = stop_early or epoch + 1 == config.epochs
-                runfiles.write_history(out, state["history"])
-                for key in ("loss", "acc"):
-                    writer.add_scalars(key, {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, epoch + 1)
-                writer.add_scalar("lr", lr, epoch + 1)
-                writer.flush()
-                # The checkpoint goes last: it is the commit point a resumed run starts from.
-                runfiles.save_checkpoint(ckpt_path, _checkpoint(state, model, opt, sched, shuffle_gen, augment_gen, config, device))
+                try:
+                    if state["best_epoch"] == epoch + 1:
+                        runfiles.save_weights(out / runfiles.WEIGHTS_FILE, model)
+                    runfiles.write_history(out, state["history"])
+                    for key in ("loss", "acc"):
+                        writer.add_scalars(key, {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, epoch + 1)
+                    writer.add_scalar("lr", lr, epoch + 1)
+                    writer.flush()
+                    # The checkpoint goes last: it is the commit point a resumed run starts from.
+                    runfiles.save_checkpoint(ckpt_path, _checkpoint(state, model, opt, sched, shuffle_gen, augment_gen,
+                                                                    config, device))
+                except _atomic.CannotWrite as err:
+                    if err.disk_full:
+                        raise runfiles.disk_full(Path(err.filename), err) from None
+                    raise
                 bar.end_epoch(row, best=state["best_epoch"] == epoch + 1)
                 log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1f s%s",
                          epoch + 1, config.epochs, train_loss, train_acc, val_loss, val_acc, lr, row["seconds"],

@@ -18,6 +18,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,35 @@ def absolute_spec(spec: str) -> str:
     """``kind:PATH`` with PATH made absolute, so a run can find its data from any working directory."""
     kind, sep, where = spec.partition(":")
     return f"{kind}:{Path(where).resolve()}" if sep and where else spec
+
+
+def spec_path(spec: str | None) -> Path | None:
+    """The file or folder a dataset spec names (``fer:train.csv`` -> ``train.csv``); None without one."""
+    if not spec:
+        return None
+    _, sep, where = spec.partition(":")
+    return Path(where) if sep and where else None
+
+
+def run_inputs(run_dir: PathArg, manifest: Mapping[str, Any] | None = None) -> list[Path]:
+    """What no output made from a run may replace: the run folder and its data (as given and as resolved).
+
+    ``manifest`` defaults to the run's config.json when it is readable (a run that is not one is refused
+    by whoever loads it, with its own message).
+    """
+    found = [Path(run_dir)]
+    if manifest is None:
+        try:
+            manifest = read_manifest(run_dir)
+        except ValueError:
+            manifest = None
+    data = (manifest or {}).get("data")
+    if isinstance(data, dict):
+        for key in ("spec", "resolved_spec"):
+            path = spec_path(data.get(key)) if isinstance(data.get(key), str) else None
+            if path is not None:
+                found.append(path)
+    return found
 
 
 def data_spec(manifest: dict[str, Any]) -> str:
@@ -203,12 +233,12 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 def save_weights(path: PathArg, model: nn.Module) -> None:
     """Write the model's state dict to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # safetensors stores dense row-major tensors: channels_last weights are made contiguous first.
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with _atomic.atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "cnnlens_run_version": str(RUN_VERSION)})
+    # Serialised here and written by Python, so a full disk is an OSError that names its cause.
+    _atomic.write_bytes(path, save(state, metadata={"format": "pt", "cnnlens_run_version": str(RUN_VERSION)}))
 
 
 def load_weights(path: PathArg, model: nn.Module) -> None:
@@ -228,9 +258,27 @@ def load_weights(path: PathArg, model: nn.Module) -> None:
 
 
 def save_checkpoint(path: PathArg, checkpoint: dict[str, Any]) -> None:
-    """Write a training checkpoint atomically: a kill mid-write leaves the previous checkpoint intact."""
-    with _atomic.atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write a training checkpoint atomically: a kill or a full disk mid-write leaves the previous checkpoint intact.
+
+    A full disk raises :class:`cnnlens._atomic.CannotWrite` saying so, not torch's ``enforce fail``.
+    """
+    path = Path(path)
+    try:
+        # Through a Python file object: torch's own writer reports a full disk only as "file write failed".
+        with _atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+    except _atomic.CannotWrite as err:
+        if err.disk_full:
+            raise disk_full(path, err) from None
+        raise
+
+
+def disk_full(path: Path, err: _atomic.CannotWrite) -> _atomic.CannotWrite:
+    """The error of a full disk while a run's files were written; the checkpoint is the commit point."""
+    ckpt = path.parent / CHECKPOINT_FILE
+    state = "the previous checkpoint is intact" if ckpt.is_file() else "no checkpoint had been written yet"
+    return _atomic.CannotWrite(path, err.reason, f"disk full at {path}, {state}; free some space, then continue with "
+                                                 f"`cnnlens train --out {path.parent} --resume`").with_errno(err.errno)
 
 
 def load_checkpoint(path: PathArg) -> dict[str, Any]:
@@ -324,6 +372,27 @@ class Run:
         return images
 
 
+def missing_weights(run_dir: Path) -> str:
+    """Why ``RUN/weights.safetensors`` is missing and how to get a usable run back, from what the run recorded."""
+    weights = run_dir / WEIGHTS_FILE
+    try:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if (run_dir / CHECKPOINT_FILE).is_file() else None
+    except ValueError:
+        ckpt = None
+    done = len(read_history(run_dir)) if (run_dir / HISTORY_FILE).is_file() else 0
+    if ckpt is None and done == 0:
+        return (f"{run_dir} is not a finished cnnlens run folder: {WEIGHTS_FILE} is missing because no epoch has "
+                f"completed yet; continue it with `cnnlens train --out {run_dir} --resume`")
+    if ckpt is not None and ckpt.get("best_epoch") == ckpt["epoch"] and ckpt["epoch"] > 0:
+        return (f"{weights} (the best epoch's weights) is missing: it was deleted or moved. checkpoint.pt holds epoch "
+                f"{ckpt['epoch']}, which is the best one, so `cnnlens train --out {run_dir} --resume` rebuilds it")
+    best = f"epoch {ckpt['best_epoch']}'s" if ckpt is not None else "the best epoch's"
+    last = f"; checkpoint.pt holds only epoch {ckpt['epoch']}'s" if ckpt is not None else ""
+    return (f"{weights} ({best} weights) is missing, though {max(done, ckpt['epoch'] if ckpt else 0)} epoch(s) completed: "
+            f"it was deleted or moved{last}. Restore the file from a backup, or train again with "
+            f"`cnnlens train --data ... --out {run_dir} --overwrite`")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     name = str(device)
@@ -351,8 +420,7 @@ def load_run(path: PathArg, device: str | torch.device = "cpu") -> Run:
         raise ValueError(f"{run_dir} is not a cnnlens run folder: no such folder")
     manifest = read_manifest(run_dir)
     if not (run_dir / WEIGHTS_FILE).is_file():
-        raise ValueError(f"{run_dir} is not a finished cnnlens run folder: {WEIGHTS_FILE} is missing "
-                         "(no epoch has completed yet; resume it with `cnnlens train --resume`)")
+        raise ValueError(missing_weights(run_dir))
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):  # random initial weights are overwritten; keep the caller's RNG as it was
         model = build_model(manifest)
