@@ -234,7 +234,7 @@ def test_bad_user_input_is_clear_and_leaves_output_intact(user: Path, faces: Pat
     ([], "give either RUN_DIR or --model"),
     (["--model", "tinynet:build"], "--model needs --weights FILE and --data SPEC"),
     (["somerun", "--model", "tinynet:build"], "give either RUN_DIR or --model"),
-    (["somerun", "--data", "synth:x"], "go with --model"),
+    (["somerun", "--weights", "w.pt"], "go with --model"),
 ])
 def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     res = CliRunner().invoke(main, ["explain", *args, "--out", str(tmp_path / "o")])

@@ -9,10 +9,7 @@ work starts, and the output folder is built aside and swapped in whole
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,72 +68,11 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------------------- sources
 
 
-def load_builder(spec: str) -> Any:
-    """The callable named by ``package.module:builder`` (the current folder is importable, as for uvicorn)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name.strip() or not attr.strip():
-        raise click.BadParameter(f"expected package.module:builder (a function or class that returns the model); got {spec!r}",
-                                 param_hint="--model")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise click.BadParameter(f"cannot import module {module_name!r} ({exc}); run from the folder that holds it, "
-                                 "or add that folder to PYTHONPATH", param_hint="--model") from None
-    except Exception as exc:  # the user's module raised while importing: say so, with its message
-        raise click.BadParameter(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}", param_hint="--model") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-            raise click.BadParameter(f"module {module_name!r} has no {attr!r}; callables it defines: {', '.join(found) or '(none)'}",
-                                     param_hint="--model")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise click.BadParameter(f"{spec} is a {type(obj).__name__}, not a function or class that builds the model",
-                                 param_hint="--model")
-    return obj
-
-
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, or from ``torch.load(weights_only=True)`` (never unpickling code).
-
-    A torch file may hold the state dict itself or a checkpoint dict with it under ``state_dict``/``model``.
-    """
-    if not path.is_file():
-        raise click.BadParameter(f"{path} does not exist", param_hint="--weights")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise click.BadParameter(f"{path} is not a readable safetensors file ({exc})", param_hint="--weights") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for pickled code, RuntimeError for a corrupt zip, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.BadParameter(f"{path} cannot be read with torch.load(weights_only=True): {first}. Save the weights with "
-                                 "torch.save(model.state_dict(), FILE) or safetensors", param_hint="--weights") from None
-
-    def tensors(d: Any) -> bool:
-        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
-
-    if tensors(obj):
-        return obj
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and tensors(obj.get(key)):
-            return obj[key]
-    raise click.BadParameter(f"{path} holds a {type(obj).__name__}, not a state dict (parameter name -> tensor), nor a "
-                             "checkpoint with one under 'state_dict' or 'model'", param_hint="--weights")
-
-
 def user_source(model_spec: str, weights: Path | None, classes: str | None, input_shape: str | None,
                 data: str | None, split: str | None, device: torch.device) -> Source:
-    """A user's own model and data, checked piece by piece with a clear message for each."""
-    from cnnlens.train.run import check_state_dict
+    """A user's own model and data, checked piece by piece with a clear message for each (the loading is
+    :mod:`cnnlens.models.foreign`'s, shared with ``cnnlens import``)."""
+    from cnnlens.models import foreign
 
     if weights is None or data is None:
         raise click.UsageError("--model needs --weights FILE and --data SPEC (e.g. fer:faces.csv, folder:DIR)")
@@ -145,21 +81,19 @@ def user_source(model_spec: str, weights: Path | None, classes: str | None, inpu
     if names is not None and (len(names) < 2 or not all(names) or len(set(names)) != len(names)):
         raise click.BadParameter(f"expected at least two distinct comma-separated class names; got {classes!r}",
                                  param_hint="--classes")
-    builder = load_builder(model_spec)
     try:
-        model = builder()
-    except Exception as exc:
-        raise click.BadParameter(f"calling {model_spec}() failed: {type(exc).__name__}: {exc}. The builder is called "
-                                 "with no arguments and must return the model", param_hint="--model") from None
-    if not isinstance(model, nn.Module):
-        raise click.BadParameter(f"{model_spec}() returned a {type(model).__name__}, not a torch.nn.Module", param_hint="--model")
-    state = load_state(weights)
-    try:
-        check_state_dict(model, state, str(weights))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--weights") from None
-    model.load_state_dict(state)
-    model.to(device).eval()
+        model = foreign.build_model(model_spec)
+        foreign.load_state_into(model, foreign.load_state(weights), str(weights))
+        model.to(device).eval()
+        # the scores explained: a model ending in Softmax is explained on log p (cnnlens import does the same)
+        scores, note = foreign.detect_scores(model, shape, output=None) if shape is not None else ("logits", None)
+    except foreign.ForeignModelError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
+    except Exception:  # the model cannot run on --input-shape: said below, on the real images
+        scores, note = "logits", None
+    if note:
+        click.echo(f"note: {note}", err=True)
+    model = foreign.Scored(model, scores=scores)
     # loaders resize to a square image_size (as `cnnlens train --image-size`) and convert gray <-> RGB;
     # a shape they cannot produce is reported below
     dataset = load_data(data, split, shape[1] if shape is not None and shape[1] == shape[2] else None,
@@ -183,16 +117,21 @@ def load_data(spec: str, split: str | None, image_size: int | None, channels: in
         raise click.BadParameter(str(exc), param_hint="--data") from None
 
 
-def run_source(run_dir: Path, split: str | None, device: torch.device) -> Source:
-    """A run folder written by ``cnnlens train``."""
+def run_source(run_dir: Path, split: str | None, device: torch.device, data: str | None = None) -> Source:
+    """A run folder written by ``cnnlens train`` or ``cnnlens import``, on its own data or on ``data``."""
     from cnnlens.train import load_run
 
     try:
         run = load_run(run_dir, device=device)
-        dataset = run.dataset(split or "val")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="RUN_DIR") from None
-    return Source(run.model, tuple(run.classes), dataset, device, {"run": str(run_dir), "split": split or "val"})
+    try:
+        dataset = run.dataset(split, data=data) if data is not None else run.dataset(split or "val")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data" if data is not None or run.manifest["data"] is None
+                                 else "RUN_DIR") from None
+    description = {"run": str(run_dir), "split": split if data is not None else split or "val"}
+    return Source(run.model, tuple(run.classes), dataset, device, {**description, **({"data": data} if data else {})})
 
 
 # -------------------------------------------------------------------------------------- selection
@@ -216,7 +155,12 @@ def choose_images(source: Source, probs: torch.Tensor, images: str | None, per_c
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--images") from None
     if bool((labels < 0).all()):
-        raise click.UsageError("this split has no labels, so --per-class/--misclassified cannot choose; use --images 0,1,2")
+        if misclassified_k is not None:
+            raise click.UsageError("these images have no labels, so --misclassified cannot choose; use --per-class K "
+                                   "(by predicted class) or --images 0,1,2")
+        # unlabelled data: the K most confident images of each predicted class
+        k = per_class_k if per_class_k is not None else DEFAULT_PER_CLASS
+        return per_class(probs, probs.argmax(1), k), {"mode": "per-predicted-class", "k": k}
     if misclassified_k is not None:
         idx = misclassified(probs, labels, misclassified_k)
         if idx.numel() == 0:
@@ -325,7 +269,7 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--split", default=None,
               help="Split to take images from: train, val or test (a run's own split; default val), or with --data "
-                   "any split it has (train, val, test, all; default train).")
+                   "any split it has (train, val, test, all; default: all for a run, the dataset's own with --model).")
 @click.option("--target", type=click.Choice(["predicted", "true"]), default="predicted", show_default=True,
               help="Explain the predicted class or the true class.")
 @click.option("--layer", default=None, help="Layer for grad-cam and guided-grad-cam (default: the last conv layer).")
@@ -346,7 +290,10 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="With --model: safetensors or torch state dict.")
 @click.option("--classes", default=None, metavar="A,B,...", help="With --model: class names (default: the data's).")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="With --model: the input shape, e.g. 1,48,48.")
-@click.option("--data", default=None, metavar="SPEC", help="With --model: the images, e.g. fer:test.csv or folder:DIR.")
+@click.option("--data", default=None, metavar="SPEC",
+              help="The images, e.g. fer:test.csv or folder:DIR: needed with --model and for an imported run; for "
+                   "a trained run, another dataset than its own (labels matched by class name; unlabelled images "
+                   "are explained for the predicted class).")
 def command(run_dir: Path | None, methods: str, images: str | None, per_class_k: int | None, misclassified_k: int | None,
             out: Path, split: str | None, target: str, layer: str | None, option_items: tuple[str, ...],
             mask_percentile: float, lime_top_k: int, seed: int, device: str, batch_size: int | None, overwrite: bool,
@@ -377,8 +324,8 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
     # ---- everything that can be checked without the model, before any work
     if (run_dir is None) == (model_spec is None):
         raise click.UsageError("give either RUN_DIR or --model MODULE:BUILDER (with --weights and --data), not both")
-    if run_dir is not None and any(v is not None for v in (weights, classes, input_shape, data)):
-        raise click.UsageError("--weights, --classes, --input-shape and --data go with --model; a run folder has its own")
+    if run_dir is not None and any(v is not None for v in (weights, classes, input_shape)):
+        raise click.UsageError("--weights, --classes and --input-shape go with --model; a run folder has its own")
     if sum(v is not None for v in (images, per_class_k, misclassified_k)) > 1:
         raise click.UsageError("choose images one way: --images, --per-class or --misclassified")
     if run_dir is not None:
@@ -397,7 +344,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
 
-    source = run_source(run_dir, split, dev) if run_dir is not None else \
+    source = run_source(run_dir, split, dev, data) if run_dir is not None else \
         user_source(model_spec or "", weights, classes, input_shape, data, split, dev)
     model = source.model
     chosen = check_methods(names)

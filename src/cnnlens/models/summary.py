@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens.models.foreign import user_layer_name
+
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -55,6 +57,9 @@ def summary(model: nn.Module, input_shape: Sequence[int], *, device: torch.devic
     parameters); a module called twice gives two rows, its parameters counted on the first. The pass runs
     in eval mode under ``torch.no_grad`` (BatchNorm statistics stay untouched); every module's mode is
     restored and every hook removed afterwards, also on error. ``device`` defaults to the model's.
+    TorchScript modules run compiled code that takes no hooks: their rows follow registration order,
+    without output shapes. Layers inside an adapter (:class:`cnnlens.models.foreign.Scored`) keep the
+    user's names.
 
     >>> rows = summary(build("small_cnn", in_channels=1, num_classes=7, input_size=48), (1, 48, 48))
     >>> rows[1].name, rows[1].output_shape, rows[1].params
@@ -78,12 +83,17 @@ def summary(model: nn.Module, input_shape: Sequence[int], *, device: torch.devic
 
     modes = [(m, m.training) for m in model.modules()]
     handles: list[RemovableHandle] = []
+    unhooked: list[tuple[str, nn.Module]] = []
     try:
         for name, module in model.named_modules():
             if module is model and next(model.children(), None) is not None:
                 continue  # the whole model is not a layer, unless it is a single layer
             if next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None:
-                handles.append(module.register_forward_hook(record(name or type(module).__name__)))
+                name = user_layer_name(model, name) or type(module).__name__
+                if isinstance(module, torch.jit.ScriptModule):  # compiled code: no hooks, so no output shapes
+                    unhooked.append((name, module))
+                else:
+                    handles.append(module.register_forward_hook(record(name)))
         model.eval()
         try:
             with torch.no_grad():
@@ -95,6 +105,11 @@ def summary(model: nn.Module, input_shape: Sequence[int], *, device: torch.devic
             h.remove()
         for m, mode in modes:
             m.training = mode
+    for name, module in unhooked:  # in registration order, output shape unknown ("-")
+        own = list(module.parameters(recurse=False))
+        rows.append(LayerRow(name=name, type=module.original_name if hasattr(module, "original_name") else type(module).__name__,
+                             output_shape=(), params=sum(p.numel() for p in own),
+                             trainable_params=sum(p.numel() for p in own if p.requires_grad)))
     return rows
 
 

@@ -12,6 +12,7 @@ Loading never unpickles arbitrary objects: weights come from safetensors, checkp
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import pickle
@@ -29,6 +30,8 @@ from torch import nn
 from cnnlens import _atomic
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
+from cnnlens.data.preprocess import Preprocess
+from cnnlens.models.foreign import check_state_dict  # noqa: F401  (re-exported: runs and checkpoints use it)
 from cnnlens.train.config import TrainConfig
 
 #: Version of config.json and checkpoint.pt; bumped when their layout changes.
@@ -61,6 +64,8 @@ def run_manifest(config: TrainConfig, model_kwargs: dict[str, Any], input_shape:
         "model": {"name": config.model, "kwargs": model_kwargs},
         "input_shape": list(input_shape),
         "classes": list(classes),
+        # cnnlens models normalise inside and take [0,1] images; the loaders squash to image_size
+        "preprocess": Preprocess(channels=input_shape[0], size=(input_shape[1], input_shape[2])).to_dict(),
         "data": {"spec": config.data, "resolved_spec": absolute_spec(config.data), "image_size": config.image_size,
                  "skip_bad_rows": config.skip_bad_rows, "n_images": n_images},
         "train": config.to_dict(),
@@ -139,24 +144,60 @@ def read_manifest(run_dir: PathArg) -> dict[str, Any]:
         raise ValueError(f"{path}: missing key(s) {missing}")
     if manifest["version"] != RUN_VERSION:
         raise ValueError(f"{path}: run format version {manifest['version']!r}, this cnnlens reads version {RUN_VERSION}")
-    model = manifest["model"]
-    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("kwargs"), dict)):
-        raise ValueError(f"{path}: 'model' must be {{\"name\": str, \"kwargs\": {{...}}}}, got {model!r}")
+    check_model_section(manifest["model"], str(path))
     shape = manifest["input_shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise ValueError(f"{path}: 'input_shape' must be [C, H, W] of positive ints, got {shape!r}")
     classes = manifest["classes"]
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise ValueError(f"{path}: 'classes' must be a non-empty list of class names, got {classes!r}")
-    TrainConfig.from_dict(manifest["train"], source=str(path))  # raises on a bad config
+    if manifest["train"] is not None or "name" in manifest["model"]:  # an imported model has no training config
+        TrainConfig.from_dict(manifest["train"], source=str(path))  # raises on a bad config
+    if manifest.get("preprocess") is not None:
+        Preprocess.from_dict(manifest["preprocess"], source=str(path))
     return manifest
 
 
+#: The kinds of model a run's config.json names (its "model" section holds exactly one of these keys):
+#: a cnnlens model by name (trained by ``cnnlens train``), a builder ``package.module:callable`` and its
+#: keyword arguments (``cnnlens import``; weights in weights.safetensors), or a TorchScript archive in the
+#: run folder (``cnnlens import`` of a ``torch.jit.save`` file; it holds its own weights).
+MODEL_KINDS = ("name", "builder", "torchscript")
+
+
+def check_model_section(model: Any, source: str) -> None:
+    """Raise ValueError unless ``model`` is a valid "model" section of config.json (see :data:`MODEL_KINDS`)."""
+    from cnnlens.models.foreign import SCORES
+
+    forms = ('{"name": str, "kwargs": {...}}, {"builder": "package.module:callable", "kwargs": {...}} or '
+             '{"torchscript": "model.pt"}')
+    kinds = [k for k in MODEL_KINDS if isinstance(model, dict) and k in model]
+    if len(kinds) != 1 or not isinstance(model[kinds[0]], str) or not model[kinds[0]]:
+        raise ValueError(f"{source}: 'model' must be one of {forms}, got {model!r}")
+    kind = kinds[0]
+    if kind in ("name", "builder") and not isinstance(model.get("kwargs", {} if kind == "builder" else None), dict):
+        raise ValueError(f"{source}: 'model' must be one of {forms}, got {model!r}")
+    if kind == "builder" and ":" not in model["builder"]:
+        raise ValueError(f"{source}: model 'builder' must be package.module:callable, got {model['builder']!r}")
+    if kind == "torchscript" and Path(model["torchscript"]).name != model["torchscript"]:
+        raise ValueError(f"{source}: model 'torchscript' must be a file name inside the run folder, got {model['torchscript']!r}")
+    output = model.get("output")
+    if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str))):
+        raise ValueError(f"{source}: model 'output' must be an index (int), a key (str) or null, got {output!r}")
+    if model.get("scores", "logits") not in SCORES:
+        raise ValueError(f"{source}: model 'scores' must be one of {', '.join(SCORES)}, got {model.get('scores')!r}")
+
+
 def build_model(manifest: dict[str, Any]) -> nn.Module:
-    """A freshly initialised model as the manifest describes it (name and constructor arguments)."""
+    """A freshly initialised model as the manifest describes it (name or builder, and constructor arguments)."""
     from cnnlens.models import build
 
-    kwargs = dict(manifest["model"]["kwargs"])
+    section = manifest["model"]
+    if "builder" in section:
+        from cnnlens.models.foreign import build_model as build_foreign
+
+        return build_foreign(section["builder"], section.get("kwargs") or {}, root=section.get("root"))
+    kwargs = dict(section["kwargs"])
     if isinstance(kwargs.get("input_size"), list):  # JSON has no tuples
         kwargs["input_size"] = tuple(kwargs["input_size"])
     return build(manifest["model"]["name"], **kwargs)
@@ -217,19 +258,6 @@ def read_history(run_dir: PathArg) -> list[dict[str, float]]:
 
 
 # ----------------------------------------------------------------------------------- weights and checkpoint
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ValueError unless ``state`` has exactly ``model``'s keys, shapes and dtypes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: {tuple(state[k].shape)} {state[k].dtype} (model: {tuple(v.shape)} {v.dtype})"
-             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
-    if missing or unexpected or wrong:
-        parts = [f"{name} {items[:5]}{' ...' if len(items) > 5 else ''}"
-                 for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape/dtype", wrong)) if items]
-        raise ValueError(f"{source} does not fit the model {type(model).__name__}: " + "; ".join(parts))
-
 
 def save_weights(path: PathArg, model: nn.Module) -> None:
     """Write the model's state dict to a safetensors file, atomically."""
@@ -321,37 +349,53 @@ def load_checkpoint(path: PathArg) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """A trained model with everything needed to use and explain it.
+    """A trained (or imported) model with everything needed to use and explain it.
 
     Attributes:
         path: the run folder.
-        model: the model with the best weights, in eval mode, on ``device``.
-        config: the training config.
+        model: the model with the best weights, in eval mode, on ``device``; for an imported model the
+            adapter :class:`cnnlens.models.foreign.Scored` around it (normalisation, output selection, scores).
+        config: the training config; None for a model imported with ``cnnlens import``.
         classes: class names, index = label.
         input_shape: ``(C, H, W)`` the model takes.
-        history: rows of history.csv (one per completed epoch).
-        manifest: the whole config.json (model name and arguments, data spec, ...).
+        history: rows of history.csv (one per completed epoch; none for an imported model).
+        manifest: the whole config.json (model section, preprocessing, data spec, ...).
         device: where ``model`` lives.
+        preprocess: how images are brought to the model's input (channels, size, resize policy, normalisation).
     """
 
     path: Path
     model: nn.Module
-    config: TrainConfig
+    config: TrainConfig | None
     classes: tuple[str, ...]
     input_shape: tuple[int, int, int]
     history: list[dict[str, float]]
     manifest: dict[str, Any]
     device: torch.device
+    preprocess: Preprocess = field(default_factory=Preprocess)
     _train_split: ImageSet | None = field(default=None, repr=False)
 
-    def dataset(self, split: str = "val") -> ImageSet:
-        """The run's images of ``split``: ``train`` / ``val`` (the saved split of the dataset's train split)
-        or ``test`` (the dataset's own test split; its labels may be -1 when unknown).
+    def dataset(self, split: str | None = None, *, data: str | None = None) -> ImageSet:
+        """The run's images of ``split``: ``train`` / ``val`` (the saved split of the dataset's train split;
+        None = ``val``) or ``test`` (the dataset's own test split; its labels may be -1 when unknown).
+
+        ``data``: another dataset's spec instead (needed for an imported run, which has none of its own):
+        its ``split`` (any split it has; None = ``all``, every image), brought to the model's input by
+        :attr:`preprocess` and labelled by the run's class names (unlabelled images stay -1).
 
         The data is reloaded from the config's spec; the train split is cached on the Run.
         """
         from cnnlens.data import load_dataset
 
+        if data is not None:
+            images = self.preprocess.load(data, "all" if split is None else split, classes=self.classes)
+            if images.input_shape != self.input_shape:
+                raise ValueError(f"{data}: images of shape {images.input_shape}, but the run's model takes {self.input_shape}")
+            return images
+        if self.manifest.get("data") is None:
+            raise ValueError(f"{self.path} holds an imported model with no dataset of its own; name one with --data SPEC "
+                             "(e.g. folder:photos, fer:test.csv; in Python run.dataset(split, data=SPEC))")
+        split = "val" if split is None else split
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         data = self.manifest["data"]
@@ -370,6 +414,29 @@ class Run:
             raise ValueError(f"{spec} ({split}) has images of shape {images.input_shape}, "
                              f"but the run's model takes {self.input_shape}")
         return images
+
+
+def run_preprocess(manifest: dict[str, Any], source: str) -> Preprocess:
+    """The run's :class:`Preprocess` (its config's ``preprocess`` section; for older runs, the plain one),
+    with the channels and size of its ``input_shape``."""
+    c, h, w = manifest["input_shape"]
+    stored = manifest.get("preprocess")
+    prep = Preprocess() if stored is None else Preprocess.from_dict(stored, source=source)
+    if prep.channels not in (None, c) or prep.size not in (None, (h, w)):
+        raise ValueError(f"{source}: preprocess gives {prep.channels} channels of {prep.size}, but input_shape is {[c, h, w]}")
+    return dataclasses.replace(prep, channels=c, size=(h, w))
+
+
+def adapt(model: nn.Module, section: dict[str, Any], preprocess: Preprocess) -> nn.Module:
+    """The model as every cnnlens method sees it: an imported model inside the adapter
+    :class:`cnnlens.models.foreign.Scored` (normalisation first, output selection, log of probabilities);
+    a cnnlens model (which normalises itself and returns logits) as it is."""
+    output, scores = section.get("output"), section.get("scores", "logits")
+    if "name" in section and not preprocess.normalizes and output is None and scores == "logits":
+        return model
+    from cnnlens.models.foreign import Scored
+
+    return Scored(model, output=output, scores=scores, mean=preprocess.mean, std=preprocess.std)
 
 
 def missing_weights(run_dir: Path) -> str:
@@ -419,17 +486,30 @@ def load_run(path: PathArg, device: str | torch.device = "cpu") -> Run:
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a cnnlens run folder: no such folder")
     manifest = read_manifest(run_dir)
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise ValueError(missing_weights(run_dir))
+    section, train = manifest["model"], manifest["train"]
+    archive = section.get("torchscript")
+    if archive is None and not (run_dir / WEIGHTS_FILE).is_file():
+        raise ValueError(missing_weights(run_dir) if train is not None else
+                         f"{run_dir / WEIGHTS_FILE} (the imported model's weights) is missing; run `cnnlens import` again")
     dev = resolve_device(device)
-    with torch.random.fork_rng(devices=[]):  # random initial weights are overwritten; keep the caller's RNG as it was
-        model = build_model(manifest)
-    load_weights(run_dir / WEIGHTS_FILE, model)
+    if archive is not None:
+        from cnnlens.models.foreign import load_torchscript
+
+        if not (run_dir / archive).is_file():
+            raise ValueError(f"{run_dir / archive} (the imported TorchScript model) is missing; run `cnnlens import` again")
+        model = load_torchscript(run_dir / archive)
+    else:
+        with torch.random.fork_rng(devices=[]):  # random initial weights are overwritten; keep the caller's RNG as it was
+            model = build_model(manifest)
+        load_weights(run_dir / WEIGHTS_FILE, model)
+    preprocess = run_preprocess(manifest, str(run_dir / CONFIG_FILE))
+    model = adapt(model, section, preprocess)
     model.to(dev).eval()
     return Run(
         path=run_dir,
         model=model,
-        config=TrainConfig.from_dict(manifest["train"], source=str(run_dir / CONFIG_FILE)),
+        config=None if train is None else TrainConfig.from_dict(train, source=str(run_dir / CONFIG_FILE)),
+        preprocess=preprocess,
         classes=tuple(manifest["classes"]),
         input_shape=tuple(manifest["input_shape"]),
         history=read_history(run_dir),
