@@ -33,8 +33,12 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier report at --out; never a folder cnnlens did not write, nor one holding the "
                    "run or its data.")
-@click.option("--split", type=click.Choice(["val", "test", "train"]), default=_D.split, show_default=True,
-              help="Which images the report shows and scores.")
+@click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default=None,
+              help=f"Which images the report shows and scores (default {_D.split}); with --data, any split the dataset "
+                   "has (default all: every image).")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Another dataset than the run's own (needed for a run made by `cnnlens import`), labelled by the "
+                   "run's class names; unlabelled images are explained for the predicted class.")
 @click.option("--images-per-class", type=click.IntRange(min=1), default=_D.images_per_class, show_default=True,
               help="Most confidently right and most confidently wrong images explained per class (each).")
 @click.option("--examples-per-class", type=click.IntRange(min=1), default=_D.examples_per_class, show_default=True,
@@ -70,7 +74,8 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per perturbation pass (default: per device).")
 @click.option("--title", default=None, help="Page title (default: 'cnnlens report: RUN').")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the stages.")
-def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str, images_per_class: int,
+def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | None, data_spec: str | None,
+            images_per_class: int,
             examples_per_class: int, methods: str, occlusion_stride: int, occlusion_patch: int, occlusion_fill: str,
             lime_samples: int, smoothgrad_samples: int, ig_steps: int, average_methods: str, average_images: int,
             filter_layers: str | None, filters_per_layer: int, am_steps: int, feature_map_layers: str | None, seed: int,
@@ -85,6 +90,7 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str, im
       cnnlens report runs/fer --out site --images-per-class 3 --lime-samples 1000
       cnnlens report runs/fer --out site --overwrite  # replace the report written there before
       cnnlens report runs/fer --methods saliency,grad-cam --average-methods none
+      cnnlens report runs/imported --data folder:photos
     """
     from cnnlens.report import build_report
 
@@ -92,14 +98,15 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str, im
     average = _names(average_methods, "--average-methods")
     try:
         options = ReportOptions(
-            split=split, images_per_class=images_per_class, examples_per_class=examples_per_class,
+            split=split or (_D.split if data_spec is None else "all"), images_per_class=images_per_class,
+            examples_per_class=examples_per_class,
             methods=method_names or (), occlusion_stride=occlusion_stride, occlusion_patch=occlusion_patch,
             occlusion_fill=occlusion_fill, lime_samples=lime_samples, smoothgrad_samples=smoothgrad_samples, ig_steps=ig_steps,
             average_methods=average or (), average_images=average_images,
             filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
             am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
             device=device, batch_size=batch_size, title=title, progress=progress)
-        page = build_report(run_dir, out_dir, options=options, overwrite=overwrite)
+        page = build_report(run_dir, out_dir, options=options, overwrite=overwrite, data=data_spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"report: {page}")

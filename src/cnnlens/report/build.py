@@ -56,19 +56,21 @@ def default_out(run_dir: PathArg) -> Path:
 
 
 def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: ReportOptions | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, data: str | None = None) -> Path:
     """Write the report of the run at ``run_dir`` to ``out_dir`` (default ``RUN/report``); return the page.
 
     The folder is built under a temporary sibling and moved into place only when complete; a failure
     leaves an earlier report at ``out_dir`` untouched and no temporary folder behind. An earlier report
     at the default ``RUN/report`` is replaced; one at an explicit ``out_dir`` only with ``overwrite``.
     Never replaced: a folder cnnlens did not write, or one that is or holds the run or its data.
+    ``data``: another dataset's spec to show instead of the run's own (``options.split`` of it; see
+    ``Run.dataset``); an imported run has none of its own.
 
     >>> build_report("demo-run/run")                       # doctest: +SKIP
     PosixPath('demo-run/run/report/index.html')
     """
     from cnnlens.train import load_run
-    from cnnlens.train.run import read_manifest, run_inputs
+    from cnnlens.train.run import read_manifest, run_inputs, spec_path
 
     options = options or ReportOptions()
     if not isinstance(options, ReportOptions):
@@ -80,11 +82,13 @@ def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: R
         manifest = read_manifest(run_path)
     except ValueError:
         manifest = None  # load_run says what is wrong
-    check_output(out, kind="report", overwrite=overwrite, inputs=run_inputs(run_path, manifest))  # before the slow part
+    protected = [*run_inputs(run_path, manifest), spec_path(data)]
+    check_output(out, kind="report", overwrite=overwrite, inputs=protected)  # before the slow part
     run = load_run(run_path, device=options.device)
     options = dataclasses.replace(options, device=str(run.device))  # "auto" resolved once, by load_run
     name = "/".join(run_path.resolve().parts[-2:])  # "demo-run/run", "runs/fer": the folder and its parent
-    inputs = ReportInputs(model=run.model, dataset=run.dataset(options.split), name=name, run_dir=run_path,
+    dataset = run.dataset(options.split) if data is None else run.dataset(options.split, data=data)
+    inputs = ReportInputs(model=run.model, dataset=dataset, name=name, run_dir=run_path,
                           config=run.manifest)
     return write_report(inputs, out, options=options, overwrite=overwrite)
 
