@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "data": "cnnlens.cli.data_cmd",
     "summary": "cnnlens.cli.summary_cmd",
     "train": "cnnlens.cli.train_cmd",
+    "import": "cnnlens.cli.import_cmd",
     "evaluate": "cnnlens.cli.evaluate_cmd",
     "explain": "cnnlens.cli.explain_cmd",
     "faithfulness": "cnnlens.cli.faithfulness_cmd",
@@ -34,7 +35,6 @@ class _LazyGroup(click.Group):
             return None
         return importlib.import_module(COMMANDS[cmd_name]).command
 
-
     def invoke(self, ctx: click.Context) -> object:
         from cnnlens._atomic import CannotWrite, OutputRefused
 
@@ -42,6 +42,7 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except (OutputRefused, CannotWrite) as exc:
             raise click.ClickException(str(exc)) from None
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="cnnlens")

@@ -1,0 +1,153 @@
+"""``import_model``: a model trained elsewhere becomes a run folder that every cnnlens command takes.
+
+The run folder holds ``config.json`` (the model section names the builder and its arguments, or the
+TorchScript archive; the output selector, what the scores are, the preprocessing and the class names)
+and the weights as ``weights.safetensors`` (``model.pt`` for a TorchScript archive, which holds its
+own). Before anything is written the model is built, its weights loaded strictly, and it is run on a
+zero batch, which must give ``[1, len(classes)]`` scores; the folder is written atomically.
+
+>>> run, notes = import_model("runs/mine", weights="net.pt", builder="mypackage.nets:build",
+...                           classes=["cat", "dog"], input_shape=(3, 64, 64),
+...                           preprocess=Preprocess(mean=(0.5,), std=(0.25,)))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlens import _atomic
+from cnnlens._types import PathArg
+from cnnlens.data.preprocess import Preprocess
+from cnnlens.models import foreign
+from cnnlens.train import run as runfiles
+
+#: File name of an imported TorchScript archive inside the run folder.
+TORCHSCRIPT_FILE = "model.pt"
+#: ``scores=`` values: detect from the model's outputs, or say what they are.
+SCORE_CHOICES = ("auto", *foreign.SCORES)
+
+
+def import_model(out: PathArg, *, weights: PathArg, classes: Sequence[str], input_shape: Sequence[int],
+                 builder: str | None = None, builder_kwargs: dict[str, Any] | None = None,
+                 preprocess: Preprocess | None = None, output: foreign.Output = None, scores: str = "auto",
+                 overwrite: bool = False) -> tuple[runfiles.Run, list[str]]:
+    """Write the run folder ``out`` for a model trained elsewhere; return the loaded run and notes to show.
+
+    Args:
+        out: the run folder to write (an earlier run there is replaced only with ``overwrite``).
+        weights: a state dict (``.pt``/``.pth`` read with ``torch.load(weights_only=True)``, or
+            ``.safetensors``) for ``builder``'s model, or a TorchScript archive (then no ``builder``).
+        classes: class names, index = the model's output position.
+        input_shape: ``(C, H, W)`` the model takes.
+        builder: ``package.module:callable`` returning the model, called with ``builder_kwargs``.
+        preprocess: normalisation (``mean``/``std``) the model was trained with and the resize policy;
+            channels and size are taken from ``input_shape``.
+        output: index or key of the class scores when the model returns a tuple or dict.
+        scores: ``auto`` (probabilities and log-probabilities are detected on a probe batch), ``logits``,
+            ``probabilities`` or ``log_probabilities``.
+
+    Errors (a :class:`cnnlens.models.foreign.ForeignModelError` naming the option, or ValueError) leave
+    ``out`` as it was.
+    """
+    names = _classes(classes)
+    shape = _shape(input_shape)
+    if scores not in SCORE_CHOICES:
+        raise ValueError(f"scores must be one of {', '.join(SCORE_CHOICES)}; got {scores!r}")
+    weights = Path(weights)
+    try:
+        prep = dataclasses.replace(preprocess or Preprocess(), channels=shape[0], size=shape[1:])
+    except ValueError as exc:  # mean/std for another number of channels
+        raise foreign.ForeignModelError(str(exc), "--normalize") from None
+    _atomic.check_output(out, kind="run", overwrite=overwrite, inputs=[weights])
+    if not weights.is_file():
+        raise foreign.ForeignModelError(f"{weights} does not exist", "--weights")
+    archive = foreign.is_torchscript(weights)
+    section: dict[str, Any]
+    if archive:
+        if builder is not None:
+            raise foreign.ForeignModelError(f"{weights} is a TorchScript archive, which holds its own code: leave "
+                                            "--model out", "--model")
+        model = foreign.load_torchscript(weights)
+        section = {"torchscript": TORCHSCRIPT_FILE}
+    else:
+        if builder is None:
+            raise foreign.ForeignModelError(f"{weights} holds weights only: name the code that builds the model with "
+                                            "--model package.module:builder", "--model")
+        with torch.random.fork_rng(devices=[]):  # the builder's random initial weights are overwritten
+            model = foreign.build_model(builder, builder_kwargs)
+        foreign.load_state_into(model, foreign.load_state(weights), str(weights))
+        section = {"builder": builder, "kwargs": dict(builder_kwargs or {}), "root": foreign.builder_root(builder)}
+    model.eval()
+
+    notes: list[str] = []
+    if scores == "auto":
+        scores, note = foreign.detect_scores(model, shape, output=output, preprocess=prep)
+        notes += [note] if note else []
+    scored = foreign.Scored(model, output=output, scores=scores, mean=prep.mean, std=prep.std)
+    foreign.check_scores(scored, shape, len(names))
+    section.update(output=output, scores=scores, notes=notes)
+    manifest = {
+        "version": runfiles.RUN_VERSION,
+        "model": section,
+        "input_shape": list(shape),
+        "classes": list(names),
+        "preprocess": prep.to_dict(),
+        "data": None,
+        "train": None,
+        "imported": {"weights": str(weights.resolve()), "sha256": _sha256(weights)},
+    }
+    with _atomic.output_dir(out, kind="run", overwrite=overwrite, inputs=[weights]) as tmp:
+        runfiles.write_json(tmp / runfiles.CONFIG_FILE, manifest)
+        if archive:
+            shutil.copyfile(weights, tmp / TORCHSCRIPT_FILE)
+        else:
+            runfiles.save_weights(tmp / runfiles.WEIGHTS_FILE, model)
+        _check_reloads(tmp, scored, shape)
+    return runfiles.load_run(out), notes
+
+
+def _check_reloads(folder: Path, scored: torch.nn.Module, shape: tuple[int, int, int]) -> None:
+    """The run as written must load back and compute what the checked model computes (before it is swapped in)."""
+    reloaded = runfiles.load_run(folder).model
+    x = foreign.probe_batch(shape)
+    with torch.no_grad():
+        a, b = scored(x), reloaded(x)
+    if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+        raise ValueError("the run as written computes other scores than the model it was made from "
+                         f"(largest difference {float((a - b).abs().max()):.3g}); please report this bug")
+
+
+def _classes(classes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes must be a sequence of class names, got {classes!r}")
+    names = tuple(c.strip() for c in classes)
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise foreign.ForeignModelError(f"expected at least two distinct, non-empty class names; got {list(classes)!r}",
+                                        "--classes")
+    return names
+
+
+def _shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise foreign.ForeignModelError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}",
+                                        "--input-shape")
+    if shape[0] not in (1, 3):
+        raise foreign.ForeignModelError(f"input_shape has {shape[0]} channels; cnnlens reads gray (1) or RGB (3) images",
+                                        "--input-shape")
+    return shape  # type: ignore[return-value]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
