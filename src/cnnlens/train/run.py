@@ -292,13 +292,36 @@ def save_checkpoint(path: PathArg, checkpoint: dict[str, Any]) -> None:
     """
     path = Path(path)
     try:
-        # Through a Python file object: torch's own writer reports a full disk only as "file write failed".
         with _atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
+            out = _Recording(fh)
+            try:
+                torch.save(checkpoint, out)
+            except RuntimeError:
+                if out.error is not None:  # the OSError torch's zip writer turned into "unexpected pos"
+                    raise out.error from None
+                raise
     except _atomic.CannotWrite as err:
         if err.disk_full:
             raise disk_full(path, err) from None
         raise
+
+
+class _Recording:
+    """A file for ``torch.save`` that keeps the OSError of a failed write: torch's zip writer reports a full
+    disk only as ``[enforce fail at inline_container.cc] unexpected pos`` (measured on a full tmpfs)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def disk_full(path: Path, err: _atomic.CannotWrite) -> _atomic.CannotWrite:
