@@ -106,3 +106,33 @@ def test_no_method_changes_torch_global_random_state(method):
         _call(method, model, images, fast=True)
         _call(method, model, images, fast=False)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class Holder(torch.nn.Module):
+    """What loading a TorchScript run gives: an adapter module around the compiled archive."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["scripted", "adapter"])
+@pytest.mark.parametrize("method", [*METHODS, "cam"])
+def test_torchscript_models_work_or_say_that_layers_cannot_be_hooked(method, wrap):
+    build, shape = ZOO["tiny_resnet"]
+    eager = build()
+    scripted = torch.jit.script(eager)
+    model = Holder(scripted) if wrap else scripted
+    images = _images(shape)
+    if method in {"grad-cam", "guided-grad-cam", "cam"}:
+        with pytest.raises(TypeError, match="TorchScript archive, whose layers cannot be hooked"):
+            cam(model, images, [0, 1]) if method == "cam" else _call(method, model, images, fast=True)
+    elif method == "guided-backprop":  # its ReLUs run inside the compiled graph: nothing to guide
+        with pytest.raises(ValueError, match="guided backprop guides ReLUs"):
+            _call(method, model, images, fast=True)
+    else:
+        torch.testing.assert_close(_call(method, model, images, fast=True), _call(method, eager, images, fast=False),
+                                   rtol=1e-4, atol=1e-5)

@@ -189,7 +189,18 @@ def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     name = layer if layer in modules or not prefix else prefix + layer
     if name not in modules or not layer:
         raise ValueError(f"unknown layer {layer!r}; valid layer names: {', '.join(layer_names(model))}")
+    check_hookable(modules[name], layer)
     return modules[name]
+
+
+def check_hookable(module: nn.Module, name: str = "") -> None:
+    """Raise a clear TypeError for a TorchScript module: its layers run inside the compiled graph, where no
+    forward hook can see them (torch: "register_forward_hook is not supported on ScriptModules")."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(f"layer {name!r} is part of a TorchScript archive, whose layers cannot be hooked: methods "
+                        "that read a layer (Grad-CAM, CAM, feature maps, activation maximisation) do not apply; "
+                        "the input-gradient and perturbation methods do (saliency, SmoothGrad, integrated "
+                        "gradients, occlusion, LIME). Import the model's code and state dict to use them all")
 
 
 def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
@@ -218,6 +229,8 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor | None = None) -> s
     named = getattr(model, "cam_layer", None)
     if isinstance(named, str) and named in dict(model.named_modules()):
         return named
+    for name, module in model.named_modules():
+        check_hookable(module, name)
     if images is not None:
         pooled = pooled_layer(model, images[:1])
         if pooled is not None:
@@ -229,6 +242,8 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor | None = None) -> s
 def pooled_layer(model: nn.Module, images: torch.Tensor) -> str | None:
     """Name of the outermost module, run exactly once, whose output ``[N,C,h,w]`` is what the head pools to its
     last ``nn.Linear`` (the linear's input is that map's spatial mean), or None for other heads."""
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return None  # a TorchScript graph cannot be hooked (check_hookable says so where a layer is needed)
     names = {m: name for name, m in model.named_modules() if name}
     runs: dict[str, int] = {}
     maps: list[tuple[str, torch.Tensor]] = []

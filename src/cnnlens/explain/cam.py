@@ -29,6 +29,8 @@ def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.L
     """
     # References, not copies: an in-place op after the producing module (``out += skip``, an in-place ReLU)
     # changes the tensor itself, and the changed tensor is what gets pooled.
+    for name, m in model.named_modules():
+        _base.check_hookable(m, name)
     maps: list[torch.Tensor] = []
     widths = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}  # only these can be pooled
     linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
