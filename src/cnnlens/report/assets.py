@@ -2,7 +2,7 @@
 
 Every image shown in the page is both embedded (so ``index.html`` opens alone, from disk, offline) and
 written under ``figures/`` (so a person can reuse it). Tables go to ``data/`` as CSV and JSON.
-The folder is the temporary one of :func:`cnnlens._atomic.atomic_dir`, so plain writes are safe here:
+The folder is the temporary one of :func:`cnnlens._atomic.output_dir`, so plain writes are safe here:
 the whole folder appears only when the report is complete.
 """
 
