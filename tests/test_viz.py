@@ -385,3 +385,76 @@ def test_feature_map_grid_titles_scale_and_errors() -> None:
         feature_map_grid(maps, "conv1", channels=[3])
     with pytest.raises(ValueError, match="index the batch first"):
         feature_map_grid(maps[None], "conv1")
+
+
+# ---------------------------------------------------------------- scales (issue 11, item 7)
+
+
+def test_range_text_and_constant_maps_by_hand() -> None:
+    from cnnlens.viz.scale import constant_reason, is_constant, range_text, value_range
+
+    a = np.array([[-0.0034, 0.0], [0.001, 0.0012]])
+    assert value_range(a) == (-0.0034, 0.0012) and range_text(a) == "-0.0034 … 0.0012"
+    assert range_text(np.array([[0.9, -0.9]])) == "-0.9 … 0.9"
+    assert is_constant(np.zeros((3, 3))) and range_text(np.zeros((3, 3))) == "constant 0"
+    assert is_constant(np.full((3, 3), 0.25)) and not is_constant(a)
+    assert not is_constant(np.array([1e-9, 0.0]))  # tiny is not constant: its range says how tiny
+    assert range_text(np.full((2, 2), np.nan)) == "no data"
+    assert constant_reason("grad-cam", np.zeros((2, 2))).startswith("all zero: the class score has no gradient at the "
+                                                                     "chosen layer")
+    assert "after global pooling" in constant_reason("grad-cam", np.full((2, 2), 0.3))
+    assert constant_reason("my-method", np.zeros((2, 2))).startswith("all zero: the method's output does not vary")
+
+
+def test_method_grid_prints_each_panels_range_and_flags_a_constant_map(tmp_path: Path) -> None:
+    from cnnlens.viz.scale import PNG_KEY, scales_of
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 6, 6, generator=g)
+    small = torch.rand(2, 6, 6, generator=g) * 0.0034
+    big = torch.rand(2, 6, 6, generator=g) * 0.9
+    zero = torch.zeros(2, 6, 6)
+    fig = method_grid(images, {"occlusion": small, "saliency": big, "grad-cam": zero})
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    lo, hi = float(small[0].min()), float(small[0].max())
+    assert labels[0] == f"{lo:.2g} … {hi:.2g}"  # a map of changes of 0.003 says so under it
+    assert labels[2] == "constant 0" and labels[5] == "constant 0"
+    flagged = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert flagged == ["all zero", "all zero"]  # written across both blank Grad-CAM panels
+    note = fig.get_supxlabel().replace("\n", " ")
+    assert note.startswith("Each panel has its own colour scale; the numbers under a panel are its map's min … max.")
+    assert "grad-cam (2 panels): all zero: the class score has no gradient" in note
+    scales = scales_of(fig)
+    assert len(scales) == 6 and not any(s.shared for s in scales)
+    first = scales[0]
+    assert (first.panel, first.low, first.high) == ("row 1/occlusion", pytest.approx(lo), pytest.approx(hi))
+    assert first.vmin == 0.0 and first.vmax == pytest.approx(float(np.percentile(small[0].numpy(), 99.5)))
+    assert [s.flag is not None for s in scales] == [False, False, True] * 2
+    png, _ = save_figure(fig, tmp_path / "grid.png", {"images": images, "grad-cam": zero})
+    import json
+
+    saved = json.loads(Image.open(png).text[PNG_KEY])  # the ranges travel with the PNG
+    assert saved[0]["panel"] == "row 1/occlusion" and saved[0]["high"] == pytest.approx(hi)
+    assert saved[2]["flag"].startswith("all zero")
+
+
+def test_three_panel_colour_bar_is_in_the_maps_units() -> None:
+    image = _ramp(1, 8, 8)
+    sal = np.arange(64.0).reshape(8, 8) * 1e-3
+    fig = three_panel(image, sal)
+    shown = fig.axes[1].images[0]
+    assert shown.get_clim() == (0.0, pytest.approx(np.percentile(sal, 99.5)))  # values, not 0..1
+    assert fig.axes[1].get_xlabel() == "0 … 0.063"
+    flat = three_panel(image, np.zeros((8, 8)))
+    assert flat.axes[1].texts[0].get_text() == "all zero"
+    assert "saliency: all zero: the class score's gradient" in flat.get_supxlabel().replace("\n", " ")
+
+
+def test_feature_map_grid_says_whether_channels_share_a_scale() -> None:
+    maps = np.stack([np.zeros((4, 4)), np.arange(16.0).reshape(4, 4), np.full((4, 4), 5.0)])
+    own = feature_map_grid(maps, "conv1")
+    assert [ax.get_xlabel() for ax in own.axes if ax.images] == ["constant 0", "0 … 15", "constant 5"]
+    assert own.get_supxlabel().startswith("Each panel has its own colour scale")
+    shared = feature_map_grid(maps, "conv1", shared_scale=True)
+    assert shared.get_supxlabel().startswith("All panels share one colour scale")
+    assert "one scale 0 … 15" in shared.get_suptitle()

@@ -1,8 +1,10 @@
 """Figures a person can read, each saved with the raw arrays it shows.
 
 ``render`` turns arrays into colours (testable pixel by pixel); ``panels`` and ``grids`` build
-matplotlib figures (``matplotlib.figure.Figure``, no pyplot state); ``save_figure`` writes the PNG and
-its ``.npy``/``.npz`` atomically.
+matplotlib figures (``matplotlib.figure.Figure``, no pyplot state) that print each map's value range
+and flag constant maps (``scale``); ``save_figure`` writes the PNG (with those ranges in its metadata)
+and its ``.npy``/``.npz`` atomically. ``defaults`` holds the options ``cnnlens explain`` and
+``cnnlens report`` share.
 
 >>> fig = method_grid(images, {"saliency": s, "grad-cam": g}, row_titles=titles)
 >>> save_figure(fig, out / "grid.png", {"images": images, "saliency": s, "grad-cam": g})
@@ -33,6 +35,7 @@ from cnnlens.viz.render import (
     top_segments,
 )
 from cnnlens.viz.save import save_figure
+from cnnlens.viz.scale import PanelScale, constant_reason, is_constant, range_text, scales_of, value_range
 
 __all__ = [
     "class_method_grid",
@@ -49,6 +52,12 @@ __all__ = [
     "method_grid",
     "normalize",
     "overlay",
+    "PanelScale",
+    "constant_reason",
+    "is_constant",
+    "range_text",
+    "scales_of",
+    "value_range",
     "prediction_title",
     "save_figure",
     "segment_colours",

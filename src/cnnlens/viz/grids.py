@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cnnlens.viz import scale
 from cnnlens.viz.panels import bare, show_image
-from cnnlens.viz.render import HEAT_CMAP, diverging, diverging_overlay, normalize, overlay, to_numpy
+from cnnlens.viz.render import (
+    CLIP_PERCENTILE,
+    HEAT_CMAP,
+    diverging,
+    diverging_overlay,
+    normalize,
+    overlay,
+    symmetric_limit,
+    to_numpy,
+)
 
 #: Inches per grid cell: big enough for a 48x48 face and a two-line title.
 CELL = 1.7
@@ -40,6 +52,44 @@ def _maps(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def colour_range(values: Any, signed: bool) -> tuple[float, float]:
+    """The values the ends of a panel's colour scale stand for: ``[-L, L]`` for a signed map (``L`` its
+    symmetric limit), else ``[min(0, min), p99.5]`` as :func:`~cnnlens.viz.render.normalize` scales it."""
+    x = to_numpy(values).astype(np.float64)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return float("nan"), float("nan")
+    if signed:
+        lim = symmetric_limit(x)
+        return -lim, lim
+    return min(0.0, float(x.min())), float(np.percentile(x, CLIP_PERCENTILE))
+
+
+def flag_panel(ax: Axes, flag: str) -> None:
+    """Write a constant map's flag's first words across its (blank) panel."""
+    ax.text(0.5, 0.5, flag.split(":")[0], ha="center", va="center", fontsize=7, color="#a04000", fontweight="bold",
+            transform=ax.transAxes, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "#a04000"})
+
+
+def scale_note(fig: Figure, scales: list[scale.PanelScale], width_in: float, *, shared: bool = False) -> None:
+    """The figure's footnote: whether its panels share a colour scale, where their ranges are, and the
+    reason for every constant map (once per method and reason)."""
+    first = ("All panels share one colour scale" if shared else "Each panel has its own colour scale") + \
+        "; the numbers under a panel are its map's min … max."
+    lines = [first]
+    seen: dict[str, list[str]] = {}
+    for sc in scales:
+        if sc.flag:
+            seen.setdefault(sc.flag, []).append(sc.panel)
+    for flag, panels in seen.items():
+        names = list(dict.fromkeys(p.split("/")[-1] for p in panels))  # "row 2/grad-cam" -> "grad-cam"
+        where = ", ".join(names) + ("" if len(panels) == 1 else f" ({len(panels)} panels)")
+        lines.append(f"{where}: {flag}.")
+    chars = max(40, int(width_in * 14))
+    text = "\n".join("\n".join(textwrap.wrap(line, chars)) for line in lines)
+    fig.supxlabel(text, fontsize=6.5, x=0.02, ha="left", color="0.25")
+
+
 def is_signed(maps: Any) -> bool:
     """Whether maps carry a sign worth showing (a red/blue scale) rather than a heat scale (NaN ignored)."""
     arr = to_numpy(maps).astype(np.float64)
@@ -57,7 +107,10 @@ def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequ
     maps (integrated gradients with ``reduce="sum"``, occlusion where hiding helps, LIME) are red (+)
     and blue (-) over the image (``signed_alpha``; alone on a centred red/blue scale without images).
     ``signed`` overrides the per-column automatic choice. Each cell is scaled
-    on its own (percentile-clipped), so the grid compares where each method looks, not magnitudes.
+    on its own (percentile-clipped), so the grid compares where each method looks, not magnitudes: the
+    map's min … max is printed under each cell, and a constant map (an all-zero Grad-CAM) is flagged in
+    its cell and, with its likely reason, in the footnote. The ranges are recorded on the figure
+    (:func:`cnnlens.viz.scale.scales_of`) and written into its PNG by ``save_figure``.
     ``images`` may be None (for maps with no single image, e.g. class averages): maps are then drawn
     without an image under them.
 
@@ -80,7 +133,8 @@ def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequ
         raise ValueError(f"row_titles has {len(row_titles)} entries for {n} rows")
     sign = {m: (signed or {}).get(m, is_signed(a)) for m, a in arrays.items()}
     ncols = len(arrays) + (imgs is not None)
-    fig = Figure(figsize=(CELL * ncols + 0.6, CELL * n + 0.6), layout="constrained")
+    fig = Figure(figsize=(CELL * ncols + 0.6, CELL * n + 1.0), layout="constrained")
+    scales: list[scale.PanelScale] = []
     axes = np.asarray(fig.subplots(n, ncols, squeeze=False))
     for i in range(n):  # one cell per (image, method): drawing is per-axes anyway
         col = 0
@@ -101,6 +155,14 @@ def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequ
                 ax.imshow(normalize(a[i]), cmap=HEAT_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
             bare(ax)
             ax.set_aspect("equal")
+            if not np.isnan(a[i]).all():
+                lo, hi = scale.value_range(a[i])
+                vmin, vmax = colour_range(a[i], sign[m])
+                flag = scale.constant_reason(m, a[i]) if scale.is_constant(a[i]) else None
+                if flag:
+                    flag_panel(ax, flag)
+                ax.set_xlabel(scale.range_text(a[i]), fontsize=6.5, labelpad=2)
+                scales.append(scale.PanelScale(m if n == 1 else f"row {i + 1}/{m}", lo, hi, vmin, vmax, flag=flag))
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=8, rotation=0, ha="right", va="center")
     if imgs is not None:
@@ -109,6 +171,8 @@ def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequ
         axes[0, (imgs is not None) + j].set_title(f"{m}\nred +, blue -" if sign[m] else m, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    scale_note(fig, scales, CELL * ncols + 0.6)
+    scale.attach(fig, scales)
     return fig
 
 
@@ -187,8 +251,9 @@ def feature_map_grid(maps: Any, layer: str, *, channels: Sequence[int] | None = 
     sel = arr[ids]
     lo, hi = (float(sel.min()), float(sel.max())) if shared_scale else (None, None)
     rows, cols = _grid_shape(len(ids), ncols)
-    fig = Figure(figsize=(1.2 * cols + 0.4, 1.3 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(1.2 * cols + 0.4, 1.4 * rows + 0.9), layout="constrained")
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
+    scales: list[scale.PanelScale] = []
     for k, ax in enumerate(axes):
         if k >= len(ids):
             ax.set_axis_off()
@@ -196,6 +261,16 @@ def feature_map_grid(maps: Any, layer: str, *, channels: Sequence[int] | None = 
         ax.imshow(sel[k], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         bare(ax)
         ax.set_title(f"ch {ids[k]}", fontsize=7)
+        flag = "constant: this channel does not respond to this image" if scale.is_constant(sel[k]) else None
+        if flag and not shared_scale:
+            flag_panel(ax, flag)
+        ax.set_xlabel(scale.range_text(sel[k]), fontsize=6, labelpad=2)
+        c_lo, c_hi = scale.value_range(sel[k])
+        scales.append(scale.PanelScale(f"ch {ids[k]}", c_lo, c_hi, c_lo if lo is None else lo, c_hi if hi is None else hi,
+                                       shared=shared_scale, flag=flag))
     shown = f"{len(ids)} of {arr.shape[0]} channels" if len(ids) < arr.shape[0] else f"{arr.shape[0]} channels"
-    fig.suptitle(f"{layer}: feature maps ({shown}, {arr.shape[1]}x{arr.shape[2]})", fontsize=10)
+    fig.suptitle(f"{layer}: feature maps ({shown}, {arr.shape[1]}x{arr.shape[2]})"
+                 + (f", one scale {scale.number(lo)} … {scale.number(hi)}" if shared_scale else ""), fontsize=10)
+    scale_note(fig, scales, 1.2 * cols + 0.4, shared=shared_scale)
+    scale.attach(fig, scales)
     return fig

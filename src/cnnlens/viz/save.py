@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from cnnlens._atomic import atomic_path
 from cnnlens._types import PathArg
+from cnnlens.viz import scale
 from cnnlens.viz.render import to_numpy
 
 #: 120 dpi: a 48x48 face in a 1.7-inch cell is drawn ~4x, sharp on a laptop and small on disk.
@@ -23,7 +24,9 @@ def save_figure(fig: Figure, path: PathArg, arrays: Mapping[str, Any], *, dpi: i
 
     ``path`` may end in ``.png`` or be the bare stem. Every file is written atomically, so a crash
     never leaves half a PNG. A figure without its arrays is refused: the arrays are what a reader
-    re-analyses. Returns the written paths, PNG first.
+    re-analyses. The value range of each panel of a cnnlens map figure (:mod:`cnnlens.viz.scale`) is
+    written into the PNG too, as JSON under the text key ``cnnlens:scales``
+    (``PIL.Image.open(png).text["cnnlens:scales"]``). Returns the written paths, PNG first.
 
     >>> fig = method_grid(images, {"saliency": maps})
     >>> save_figure(fig, out / "grid.png", {"images": images, "saliency": maps})
@@ -43,8 +46,9 @@ def save_figure(fig: Figure, path: PathArg, arrays: Mapping[str, Any], *, dpi: i
         if a.dtype == object:  # would need pickle to read back; arrays must be plain numbers
             raise TypeError(f"array {name!r} must be numeric, got dtype=object")
     FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; no global state touched
+    scales = scale.scales_json(fig)
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={scale.PNG_KEY: scales} if scales else None)
     if len(data) == 1:
         raw = stem.with_name(stem.name + ".npy")
         with atomic_path(raw) as tmp, open(tmp, "wb") as fh:  # a file object: np.save adds no suffix
