@@ -154,7 +154,10 @@ def test_user_model_safetensors_per_class_true_target(user: Path, faces: Path, m
                  "--target", "true", "--layer", "conv", "--out", out)
     assert res.exit_code == 0, res.output
     index = json.loads((out / "index.json").read_text())
-    assert index["classes"] == names.split(",") and index["options"] == {"grad-cam": {"layer": "conv"}}
+    assert index["classes"] == names.split(",") and list(index["options"]) == ["grad-cam"]
+    # every option grad-cam ran with, its own defaults included, not only those given
+    assert index["options"]["grad-cam"] == {"layer": "conv", "relu": True, "upsample": True, "fast": True,
+                                            "images_per_call": index["options"]["grad-cam"]["images_per_call"]}
     for e in index["images"]:
         assert e["predicted"] == e["label"] == e["target"]  # per-class picks right images; target = true class
         assert "saliency" not in e["files"]
@@ -296,7 +299,10 @@ def test_run_folder_per_class_with_lime_and_overwrite(tiny_run: Path, tmp_path: 
     assert not (out / "keep.txt").exists()  # replaced as a whole
     index = json.loads((out / "index.json").read_text())
     assert index["source"] == {"run": str(tiny_run), "split": "val"}
-    assert index["options"]["lime"] == {"n_samples": 50}
+    lime, ig = index["options"]["lime"], index["options"]["integrated-gradients"]  # what each ran with, defaults too
+    assert lime["n_samples"] == 50 and ig["n_steps"] == 8 and lime["batch_size"] == ig["batch_size"] == 2
+    assert lime["hide"] == "mean" and lime["generator"] == "torch.Generator seeded with 0" and ig["baseline"] == "zeros"
+    assert index["figure_options"] == {"mask_percentile": 75.0, "lime_top": 5}
     run = load_run(tiny_run)
     val = run.dataset("val")
     with torch.no_grad():

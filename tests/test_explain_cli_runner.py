@@ -226,3 +226,38 @@ def test_skip_unsupported_only_for_a_first_call_refusal(registry: Calls, monkeyp
         run_methods(model, x, None, ["needs-gap", "toy-sum"])
     with pytest.raises(ValueError, match="second chunk broke"):  # not a refusal of the model: a real failure
         run_methods(model, x, None, ["fails-later"], batch_size=2, skip_unsupported=True)
+
+
+def test_options_record_what_each_method_ran_with(registry: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlens.explain.grad_cam import grad_cam
+    from cnnlens.explain.occlusion import occlusion
+
+    monkeypatch.setitem(explain.METHODS, "occlusion", occlusion)
+    monkeypatch.setitem(explain.METHODS, "grad-cam", grad_cam)
+    model, x = _model_and_images(n=3)
+    out = run_methods(model, x, None, ["toy-sum", "toy-noise", "occlusion", "grad-cam"],
+                      options={"toy-sum": {"scale": 2.0}, "occlusion": {"stride": 4, "patch": 4}}, batch_size=2, seed=7)
+    assert out.options["toy-sum"] == {"scale": 2.0, "images_per_call": 2}
+    assert out.options["toy-noise"] == {"batch_size": 2, "generator": "torch.Generator seeded with 7", "images_per_call": 2}
+    occ = out.options["occlusion"]
+    assert (occ["stride"], occ["patch"], occ["fill"], occ["output"], occ["batch_size"]) == (4, 4, "black", "probability", 2)
+    layer = out.options["grad-cam"]["layer"]  # None resolved to the layer Grad-CAM used
+    assert isinstance(layer, str)
+    torch.testing.assert_close(out.maps["grad-cam"], grad_cam(model, x, layer=layer))
+    torch.testing.assert_close(out.maps["occlusion"], occlusion(model, x, **{k: occ[k] for k in ("stride", "patch", "fill")}))
+    assert runner.used_options("occlusion", {})["stride"] == 1  # the function's own default, when nothing is given
+    auto = run_methods(model, x, None, ["toy-noise"]).options["toy-noise"]
+    assert auto["batch_size"] == "auto: the method's default on cpu"
+
+
+def test_explain_and_report_read_one_set_of_defaults() -> None:
+    from cnnlens.report.context import ReportContext, ReportOptions
+    from cnnlens.viz import defaults
+
+    o = ReportOptions()
+    assert (o.occlusion_patch, o.occlusion_stride, o.occlusion_fill) == (5, 2, "mean")
+    assert o.mask_percentile == defaults.MASK_PERCENTILE == 75.0
+    ctx = ReportContext.__new__(ReportContext)
+    ctx.options = o
+    methods = ["saliency", "smoothgrad", "integrated-gradients", "occlusion", "lime"]
+    assert ctx.method_options(methods) == defaults.method_options(methods)

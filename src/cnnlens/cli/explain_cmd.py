@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlens.cli._options import parse_methods, parse_options
+from cnnlens.viz.defaults import LIME_TOP_K, MASK_PERCENTILE, method_options
 from cnnlens.data.imageset import ImageSet
 
 INDEX_VERSION = 1
@@ -274,10 +275,12 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
               help="Explain the predicted class or the true class.")
 @click.option("--layer", default=None, help="Layer for grad-cam and guided-grad-cam (default: the last conv layer).")
 @click.option("--option", "-o", "option_items", multiple=True, metavar="METHOD.NAME=VALUE",
-              help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500.")
-@click.option("--mask-percentile", type=click.FloatRange(0, 100), default=75.0, show_default=True,
+              help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500. Defaults are those of "
+                   "`cnnlens report` (cnnlens.viz.defaults: occlusion 5x5 patches every 2 px, mean fill; LIME 300 "
+                   "samples; SmoothGrad 12; IG 16 steps); index.json records every option each method ran with.")
+@click.option("--mask-percentile", type=click.FloatRange(0, 100), default=MASK_PERCENTILE, show_default=True,
               help="Saliency figure: keep pixels at or above this saliency percentile.")
-@click.option("--lime-top", "lime_top_k", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--lime-top", "lime_top_k", type=click.IntRange(min=1), default=LIME_TOP_K, show_default=True,
               help="LIME figure: regions shown for and against the class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of SmoothGrad's and LIME's noise.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -348,6 +351,8 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
         user_source(model_spec or "", weights, classes, input_shape, data, split, dev)
     model = source.model
     chosen = check_methods(names)
+    for m, kw in method_options(chosen).items():  # the defaults `cnnlens report` uses too, under what was given
+        options[m] = {**kw, **options.get(m, {})}
     if layer is not None:
         try:
             _base.get_layer(model, layer)
@@ -399,7 +404,8 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
                                 lime_top_k=lime_top_k, progress=bar)
         index_doc = {
             "version": INDEX_VERSION, "source": source.description, "classes": list(source.classes),
-            "methods": list(explained.maps), "skipped": explained.skipped, "options": options,
+            "methods": list(explained.maps), "skipped": explained.skipped, "options": explained.options,
+            "figure_options": {"mask_percentile": mask_percentile, "lime_top": lime_top_k},
             "target": target, "selection": selection, "seed": seed,
             "images": written["entries"], "overview": written["overview"],
             "arrays": "maps.npz",

@@ -117,12 +117,51 @@ class Explanations:
         details: method -> the method's richer per-chunk results (``RESULT_FUNCTIONS``: LIME's
             ``LimeResult`` with segments and weights), as ``(first image, result)`` pairs in image order.
         skipped: method -> why it was left out (only with ``skip_unsupported``).
+        options: method -> every keyword option it ran with, its own defaults included (:func:`used_options`),
+            as JSON values: what ``cnnlens explain`` records in ``index.json``.
     """
 
     maps: dict[str, torch.Tensor]
     targets: torch.Tensor
     details: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: Arguments that are not options of the map: how it is computed, not what it is.
+NOT_OPTIONS = ("progress",)
+
+
+def json_value(value: Any) -> Any:
+    """An option value as JSON: numbers, strings, None and lists as they are; a function by its name; a
+    tensor as a list (or its shape when large); a generator as ``"torch.Generator"``; anything else ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else f"tensor of shape {list(value.shape)}"
+    if isinstance(value, torch.Generator):
+        return "torch.Generator"
+    if callable(value) and hasattr(value, "__name__"):
+        return f"{getattr(value, '__module__', '')}.{value.__name__}".lstrip(".")
+    return repr(value)
+
+
+def used_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every keyword option of ``method`` with the value it runs with: ``given`` over its signature's
+    defaults (``progress`` left out), as JSON values.
+
+    >>> used_options("occlusion", {"stride": 2})["stride"], used_options("occlusion", {})["patch"]
+    (2, 5)
+    """
+    params = inspect.signature(_signature_source(method)).parameters.values()
+    out = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           and p.default is not p.empty and p.name not in ("model", "images", "target", *NOT_OPTIONS)}
+    out.update({k: v for k, v in given.items() if k not in NOT_OPTIONS})
+    return {k: json_value(v) for k, v in out.items()}
 
 
 def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, methods: Sequence[str] | None = None, *,
@@ -150,6 +189,7 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     maps: dict[str, torch.Tensor] = {}
     kept: dict[str, list[tuple[int, Any]]] = {}
     skipped: dict[str, str] = {}
+    used: dict[str, dict[str, Any]] = {}
     try:
         for name in names:
             fn, rich = registry[name], (result_function(name) if details else None)
@@ -160,6 +200,18 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
             if "generator" in accepted:
                 # one seeded generator per method: a method's noise does not depend on which others ran
                 kw.setdefault("generator", torch.Generator().manual_seed(seed))
+            used[name] = used_options(name, kw)
+            if "generator" in accepted and "generator" not in opts[name]:
+                used[name]["generator"] = f"torch.Generator seeded with {seed}"
+            if "batch_size" in accepted and used[name].get("batch_size") is None:
+                used[name]["batch_size"] = f"auto: the method's default on {images.device.type}"
+            if used[name].get("layer", "") is None:  # record the layer a CAM method resolves None to
+                try:
+                    with _base.guarded(model), torch.no_grad():  # eval mode: BatchNorm statistics untouched
+                        used[name]["layer"] = _base.default_cam_layer(model, images[:1])
+                except (ValueError, TypeError):
+                    pass
+            used[name]["images_per_call"] = chunk
             parts = []
             for s in starts:
                 if bar is not None:
@@ -191,7 +243,8 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     finally:
         if bar is not None and progress is True:
             bar.stop()
-    return Explanations(maps=maps, targets=target, details=kept, skipped=skipped)
+    return Explanations(maps=maps, targets=target, details=kept, skipped=skipped,
+                        options={m: o for m, o in used.items() if m in maps})
 
 
 def explain_images(model: nn.Module, images: torch.Tensor, targets: Target = None, methods: Sequence[str] | None = None, *,
