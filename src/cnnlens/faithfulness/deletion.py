@@ -5,7 +5,10 @@ Deletion removes pixels in the order of the attribution (most relevant first) an
 probability for the target class: a faithful map makes it fall fast, so a *low* area under the curve is
 good. Insertion starts from a blurred (or zero, or mean) copy and puts the original pixels back in the
 same order: a faithful map makes it rise fast, a *high* area is good. Either is only meaningful beside
-the random-order baseline (:func:`random_maps` as the attribution).
+the random-order baseline (:func:`random_maps` as the attribution), and only where the fully deleted
+image no longer shows the class: :func:`substrate_check` measures that (a blurred digit can stay
+recognisable), and ``substrate="road"`` (noisy linear imputation, :mod:`cnnlens.faithfulness.road`)
+or ``"dataset-mean"`` are the stronger substrates to try when it does.
 
 Every step of every image is one row of a single batched evaluation: the attribution's argsort gives
 each pixel its rank, and the image at step ``k`` keeps/replaces exactly the pixels whose rank is below
@@ -15,6 +18,7 @@ each pixel its rank, and the image at step ``k`` keeps/replaces exactly the pixe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +30,14 @@ from cnnlens.explain import _base
 from cnnlens.explain._base import check_batch_size
 from cnnlens.explain._fast import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
+from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
+from cnnlens.faithfulness.road import noisy_linear_imputation
 
 MODES = ("deletion", "insertion")
-#: What a removed pixel becomes (deletion) or what insertion starts from.
-SUBSTRATES = ("zero", "mean", "blur")
+#: What a removed pixel becomes (deletion) or what insertion starts from: black, each image's own
+#: per-channel mean, a blurred copy, the dataset's per-channel mean, or ROAD's noisy linear imputation
+#: from the pixels still there (Rong et al. 2022; every pixel removed: the dataset mean plus noise).
+SUBSTRATES = ("zero", "mean", "blur", "dataset-mean", "road")
 #: Petsiuk et al. deleted to black; cnnlens deletes into the blurred copy by default too. On small gray
 #: faces black pixels are an out-of-distribution signal of their own: deleted to zero in *random* order
 #: they destroyed a trained small_cnn's prediction about as fast as Grad-CAM's order did (deletion AUC
@@ -47,7 +55,7 @@ class CurveResult:
 
     Attributes:
         mode: ``"deletion"`` or ``"insertion"``.
-        substrate: ``"zero"``, ``"mean"`` or ``"blur"``.
+        substrate: one of :data:`SUBSTRATES`.
         fractions: ``[S+1]`` share of the pixels removed (inserted) at each step, 0 to 1.
         probs: ``[N,S+1]`` target probability at each step (column 0: nothing changed yet).
         auc: ``[N]`` area under each curve over ``fractions`` (trapezoid rule), in ``[0,1]``.
@@ -100,8 +108,24 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return flat.reshape(n, c, h, w)
 
 
-def substrate_images(images: torch.Tensor, substrate: str, blur_sigma: float | None = None) -> torch.Tensor:
-    """What removed pixels become: zeros, each image's per-channel mean, or a blurred copy ``[N,C,H,W]``.
+def channel_means(images: torch.Tensor, channel_mean: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+    """The dataset's per-channel mean ``[C]``: ``channel_mean`` checked, or else the mean of ``images``."""
+    c = images.shape[1]
+    if channel_mean is None:
+        return images.detach().float().mean(dim=(0, 2, 3))
+    mean = torch.as_tensor(channel_mean, dtype=torch.float32).flatten().to(images.device)
+    if mean.numel() != c or not bool(torch.isfinite(mean).all()):
+        raise ValueError(f"channel_mean must hold one finite value per channel ({c}), got {channel_mean!r}")
+    return mean
+
+
+def substrate_images(images: torch.Tensor, substrate: str, blur_sigma: float | None = None, *,
+                     channel_mean: Sequence[float] | torch.Tensor | None = None, road_noise: float = ROAD_NOISE,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The fully deleted images ``[N,C,H,W]``: zeros, each image's per-channel mean, a blurred copy, the
+    dataset's per-channel mean (``channel_mean``, default the mean of ``images``), or for ``"road"`` that
+    mean plus ROAD's noise (``road_noise`` std, drawn with ``generator``): with every pixel removed there
+    is nothing left to impute from.
 
     ``blur_sigma`` in pixels; None = 10% of the shorter image side.
     """
@@ -110,6 +134,11 @@ def substrate_images(images: torch.Tensor, substrate: str, blur_sigma: float | N
         return torch.zeros_like(images)
     if substrate == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    if substrate in ("dataset-mean", "road"):
+        fill = channel_means(images, channel_mean).to(images.dtype).view(1, -1, 1, 1).expand_as(images).clone()
+        if substrate == "road" and road_noise:
+            fill += road_noise * torch.randn(images.shape, generator=check_generator(generator)).to(fill)
+        return fill
     sigma = BLUR_SIGMA_FRACTION * min(images.shape[2:]) if blur_sigma is None else float(blur_sigma)
     if not sigma >= 0:
         raise ValueError(f"blur_sigma must be >= 0 pixels or None, got {blur_sigma}")
@@ -139,8 +168,14 @@ def pixel_ranks(maps: torch.Tensor, generator: torch.Generator | None = None) ->
 def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
                        mode: str = "deletion", step: int | float = 0.05, substrate: str | None = None,
                        blur_sigma: float | None = None, batch_size: int | None = None,
-                       generator: torch.Generator | None = None) -> CurveResult:
-    """Deletion or insertion curve of every image (Petsiuk et al. 2018); see :func:`deletion`, :func:`insertion`."""
+                       generator: torch.Generator | None = None,
+                       channel_mean: Sequence[float] | torch.Tensor | None = None,
+                       road_noise: float = ROAD_NOISE) -> CurveResult:
+    """Deletion or insertion curve of every image (Petsiuk et al. 2018); see :func:`deletion`, :func:`insertion`.
+
+    ``channel_mean``: the dataset's per-channel mean for ``"dataset-mean"`` and ROAD's fully removed image
+    (default: the mean of ``images``); ``road_noise``: the std of ROAD's noise, one fixed draw per image.
+    """
     _base.check_images(images)
     check_choice(mode, MODES, "mode")
     n, c, h, w = images.shape
@@ -150,7 +185,13 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     counts = step_counts(step, h * w).to(images.device)
     ranks = pixel_ranks(maps.to(images.device), generator)
     images = images.detach()
-    fill = substrate_images(images, substrate, blur_sigma)
+    road = substrate == "road"
+    mean = channel_means(images, channel_mean)
+    if road:  # imputed per step from the pixels still there; one noise draw per image, the same at every step
+        noise = torch.randn(images.shape, generator=check_generator(generator)).to(images.device)
+        fill = images
+    else:
+        fill = substrate_images(images, substrate, blur_sigma, channel_mean=mean)
     # deletion shows the fill where a pixel is already removed; insertion shows the image where inserted
     changed_src, unchanged_src = (fill, images) if mode == "deletion" else (images, fill)
     s1 = counts.numel()
@@ -164,6 +205,9 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
             img, k = row // s1, row % s1
             changed = (ranks[img] < counts[k, None]).view(-1, 1, h, w)
             x = torch.where(changed, changed_src[img], unchanged_src[img])
+            if road:
+                x = noisy_linear_imputation(images[img], changed if mode == "insertion" else ~changed,
+                                            fallback=mean, noise=road_noise, noise_values=noise[img])
             probs[start:start + len(row)] = forward(x).float().softmax(dim=1).gather(1, t[img, None])[:, 0]
     probs = probs.reshape(n, s1).clone()  # a normal tensor, not an inference-mode one
     fractions = counts.float() / (h * w)
@@ -173,25 +217,31 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
 
 def deletion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
              step: int | float = 0.05, substrate: str = "blur", blur_sigma: float | None = None,
-             batch_size: int | None = None, generator: torch.Generator | None = None) -> CurveResult:
+             batch_size: int | None = None, generator: torch.Generator | None = None,
+             channel_mean: Sequence[float] | torch.Tensor | None = None, road_noise: float = ROAD_NOISE) -> CurveResult:
     """Deletion curves: target probability as the most relevant pixels are removed first. Lower AUC = better.
 
     Petsiuk et al. 2018. ``probs[i, k] = p_t(x_i with its k*step top-ranked pixels set to the substrate)``,
     ``auc = trapezoid(probs, fractions)``. ``step``: pixels per step (int) or share of the image (float);
-    ``substrate``: ``"blur"`` (default, see :data:`DEFAULT_SUBSTRATE`), ``"zero"`` (the paper's) or
-    ``"mean"``; ``target`` as in ``cnnlens.explain``
-    (None = predicted class). Ties in ``maps`` are broken at random with ``generator`` (default seed 0).
+    ``substrate``: ``"blur"`` (default, see :data:`DEFAULT_SUBSTRATE`), ``"zero"`` (the paper's),
+    ``"mean"`` (each image's), ``"dataset-mean"`` (``channel_mean``, default the mean of ``images``) or
+    ``"road"`` (noisy linear imputation, Rong et al. 2022; ~10x slower than the others on 48x48);
+    check it with :func:`substrate_check`. ``target`` as in ``cnnlens.explain``
+    (None = predicted class). Ties in ``maps`` are broken at random with ``generator`` (default seed 0),
+    which also draws ROAD's noise.
 
     >>> d = deletion(model, images, grad_cam(model, images), step=0.05)
     >>> r = deletion(model, images, random_maps(len(images), 48, 48))  # the baseline: d.auc should be lower
     """
     return perturbation_curve(model, images, maps, target, mode="deletion", step=step, substrate=substrate,
-                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator)
+                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator,
+                              channel_mean=channel_mean, road_noise=road_noise)
 
 
 def insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
               step: int | float = 0.05, substrate: str = "blur", blur_sigma: float | None = None,
-              batch_size: int | None = None, generator: torch.Generator | None = None) -> CurveResult:
+              batch_size: int | None = None, generator: torch.Generator | None = None,
+              channel_mean: Sequence[float] | torch.Tensor | None = None, road_noise: float = ROAD_NOISE) -> CurveResult:
     """Insertion curves: target probability as the most relevant pixels are put back first. Higher AUC = better.
 
     Petsiuk et al. 2018. Starts from the substrate (default a blurred copy, sigma = 10% of the shorter
@@ -200,4 +250,65 @@ def insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target
     >>> insertion(model, images, occlusion(model, images)).auc.mean()
     """
     return perturbation_curve(model, images, maps, target, mode="insertion", step=step, substrate=substrate,
-                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator)
+                              blur_sigma=blur_sigma, batch_size=batch_size, generator=generator,
+                              channel_mean=channel_mean, road_noise=road_noise)
+
+
+@dataclass(frozen=True)
+class SubstrateCheck:
+    """How much of the class a fully deleted image (the substrate itself, fraction 1.0) still shows.
+
+    Attributes:
+        substrate: one of :data:`SUBSTRATES`.
+        mean_probability: the target class's probability on the substrate, mean over images.
+        still_predicted: share of images whose substrate is still predicted as the target class.
+        chance: ``1 / K`` for ``K`` classes.
+        n_images: images checked.
+    """
+
+    substrate: str
+    mean_probability: float
+    still_predicted: float
+    chance: float
+    n_images: int
+
+    @property
+    def above_chance(self) -> bool:
+        """True when the fully deleted image still gets the target class above chance on average: the
+        substrate leaves the class (or the model does not need the pixels), so a deletion AUC over it
+        measures what the substrate keeps rather than the map's order."""
+        return self.mean_probability > self.chance
+
+    def sentence(self) -> str:
+        """``"blur: fully deleted images still get their class with p = 0.62 on average (chance 0.14); 80%
+        are still predicted as it."``"""
+        return (f"{self.substrate}: fully deleted images still get their class with p = {self.mean_probability:.2f} "
+                f"on average (chance {self.chance:.2f}); {100 * self.still_predicted:.0f}% are still predicted as it")
+
+
+def substrate_check(model: nn.Module, images: torch.Tensor, target: Target = None, *, substrate: str = "blur",
+                    blur_sigma: float | None = None, channel_mean: Sequence[float] | torch.Tensor | None = None,
+                    road_noise: float = ROAD_NOISE, batch_size: int | None = None,
+                    generator: torch.Generator | None = None) -> SubstrateCheck:
+    """The model's target probability on the fully deleted images, against chance ``1/K``.
+
+    A deletion curve ends at the substrate itself; if the model still sees the class there (a blurred
+    digit stays a digit), every curve ends high and the AUCs mostly measure the substrate. ``target`` as
+    in ``cnnlens.explain`` (None = the predicted class on ``images``); other arguments as in :func:`deletion`.
+
+    >>> substrate_check(model, images, substrate="blur").above_chance   # True: try substrate="road"
+    """
+    _base.check_images(images)
+    check_choice(substrate, SUBSTRATES, "substrate")
+    n = images.shape[0]
+    images = images.detach()
+    fill = substrate_images(images, substrate, blur_sigma, channel_mean=channel_mean, road_noise=road_noise,
+                            generator=generator)
+    with _base.guarded(model, images), torch.inference_mode():
+        clean = _base.predict_logits(model, images, batch_size)
+        t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
+        probs = _base.predict_logits(model, fill, batch_size).float().softmax(dim=1)
+    p = probs.gather(1, t[:, None])[:, 0]
+    return SubstrateCheck(substrate=substrate, mean_probability=float(p.mean()),
+                          still_predicted=float((probs.argmax(dim=1) == t).float().mean()),
+                          chance=1.0 / probs.shape[1], n_images=n)
