@@ -1,22 +1,28 @@
 """Incremental occlusion: the same map as plain occlusion (1e-5 in float32, 1e-12 in float64) on random
-small_cnn / vgg_fer-like models, gray and RGB, borders and clipped patches included; box geometry by
-hand; a clear fallback for models it cannot decompose; the model left untouched."""
+small_cnn / vgg_fer-like models, gray and RGB, borders and clipped patches included, and on flatten +
+Linear heads written the ways people write them; box geometry and the first dense layer's update by
+hand; a clear fallback (warning or log line) for models it cannot decompose; the model left untouched."""
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
+import math
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain._incremental import LocalPlan, Merge, NotDecomposable, Pointwise, _span, fast_occlusion, local_plan
+from cnnlens.explain._incremental import (FlattenLinear, GlobalAverage, LocalPlan, Merge, NotDecomposable, Pointwise, _span,
+                                          fast_occlusion, local_plan)
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.models import build
 from conftest import assert_model_untouched, make_random_model
 from test_fast import random_bn
+from zoo_models import build_sequential, build_view_tanh
 
 CASES = [  # (patch, stride, fill, output): stride 1, clipped last patches, rectangles, both fills
     (5, 1, "black", "probability"),
@@ -125,11 +131,10 @@ class InPlaceResidual(nn.Module):
 @pytest.mark.parametrize("net", ["residual", "inplace"])
 def test_residual_networks_are_incremental_and_exact_in_float64(net, patch, stride, fill, output):
     model = make_random_model(3, seed=2) if net == "residual" else random_bn(InPlaceResidual(3), seed=4)
-    plan = local_plan(model)
-    assert isinstance(plan, LocalPlan), plan
+    x = torch.rand(2, 3, 13, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    plan = local_plan(model, x.float())
     assert sum(isinstance(step.layer, Merge) for step in plan.steps) >= 1
     model = copy.deepcopy(model).double()
-    x = torch.rand(2, 3, 13, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, fast=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # incremental: no fallback warning
@@ -142,8 +147,8 @@ def test_residual_networks_are_incremental_and_exact_in_float64(net, patch, stri
 def test_resnet18_is_incremental_and_matches_plain_occlusion(side):
     torch.manual_seed(0)
     model = random_bn(build("resnet18", in_channels=3, num_classes=4, input_size=side))
-    assert isinstance(local_plan(model), LocalPlan)
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(2))
+    assert isinstance(local_plan(model, x).head, GlobalAverage)
     patch, stride = (5, 3) if side == 40 else (12, 10)
     ref = occlusion(model, x, patch=patch, stride=stride, output="logit", fast=False)
     got = fast_occlusion(model, x, patch=patch, stride=stride, output="logit")
@@ -156,7 +161,7 @@ def test_boxes_never_outgrow_their_maps():
     # 10x10 boxes that would mostly be padding.
     torch.manual_seed(0)
     model = random_bn(build("vgg_fer", in_channels=1, num_classes=3, input_size=48, channels=(4, 4, 4, 4)))
-    plan = local_plan(model)
+    plan = local_plan(model.eval(), torch.rand(1, 1, 48, 48))
     from cnnlens.explain._incremental import IncrementalOcclusion, _axis, _axis_groups
 
     engine = IncrementalOcclusion(plan, torch.rand(1, 1, 48, 48))
@@ -177,27 +182,205 @@ def test_boxes_never_outgrow_their_maps():
     assert geo.at(first_conv, t, cls).tolist() == expected
 
 
+def _flat_layer_norm() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LayerNorm(2 * 14 * 14),
+                         nn.Linear(2 * 14 * 14, 3)).eval()
+
+
 def test_undecomposable_model_falls_back_with_a_warning_that_says_why():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 14 * 14, 3))
+    model = _flat_layer_norm()
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert "Flatten" in local_plan(model)
-    with pytest.warns(UserWarning, match="incremental occlusion does not apply to this Sequential: .*Flatten"):
+    with pytest.raises(NotDecomposable, match=r"layer 3 \(LayerNorm\) reads the flattened map"):
+        local_plan(model, x)
+    with pytest.warns(UserWarning, match=r"incremental occlusion does not apply to this Sequential: layer 3 "
+                                         r"\(LayerNorm\) reads the flattened map"):
         got = fast_occlusion(model, x, patch=4, stride=2, batch_size=8)
     ref = occlusion(model, x, patch=4, stride=2, fast=False)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+def test_the_default_fallback_is_one_log_line_naming_the_layer(caplog):
+    model, x = _flat_layer_norm(), torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with caplog.at_level(logging.WARNING, logger="cnnlens.explain"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (fast=None) logs instead of warning
+        got = occlusion(model, x, patch=4, stride=4)
+    [line] = [r.getMessage() for r in caplog.records if "incremental occlusion does not apply" in r.getMessage()]
+    assert "layer 3 (LayerNorm) reads the flattened map" in line and "using plain occlusion" in line
+    torch.testing.assert_close(got, occlusion(model, x, patch=4, stride=4, fast=False), rtol=1e-5, atol=1e-7)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlens.explain"):
+        occlusion(build_view_tanh(), torch.rand(1, 1, 48, 48), patch=8, stride=8)  # decomposable: no line
+    assert not [r for r in caplog.records if "does not apply" in r.getMessage()]
+
+
+class ShapeDependent(nn.Module):
+    """A head that keeps the traced batch size: ``x.view(int(x.size(0)), -1)`` after pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)
+        return self.fc(x.view(int(x.size(0)), -1))
+
+
+class HWCFlatten(nn.Module):
+    """A Keras port's flatten: channels last, then flattened (not a flatten of the [N,C,h,w] map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.mean() > 0:  # control flow on values: no graph holds it
+            x = x * 2
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 def test_reasons_for_models_it_cannot_decompose():
     max_head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2, 2))
-    flat_head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
     batch_stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False),
                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    hwc_flatten = HWCFlatten()
+    x = torch.rand(2, 1, 8, 8)
     with pytest.raises(NotDecomposable, match="AdaptiveMaxPool2d.*not known to be local"):
-        LocalPlan.build(max_head)
-    with pytest.raises(NotDecomposable, match="Flatten.*not known to be local"):
-        LocalPlan.build(flat_head)
+        LocalPlan.build(max_head.eval(), x)
     with pytest.raises(NotDecomposable, match="normalises by batch statistics"):
-        LocalPlan.build(batch_stats)
+        LocalPlan.build(batch_stats.eval(), x)
+    with pytest.raises(NotDecomposable, match=r"operation permute \(permute\) is not known to be local"):
+        LocalPlan.build(hwc_flatten.eval(), x)
+    with pytest.raises(NotDecomposable, match="cannot be traced by torch.fx .*control flow"):
+        LocalPlan.build(DataDependent().eval(), x)
+    with pytest.raises(NotDecomposable, match=r"read with the example's shapes .*raised RuntimeError .* batch of 3"):
+        LocalPlan.build(ShapeDependent().eval(), x)
+    with pytest.raises(NotDecomposable, match="carries hooks"):
+        model = _flat_layer_norm()
+        model[0].register_forward_hook(lambda *a: None)
+        local_plan(model, torch.rand(1, 1, 16, 16))
+
+
+class FlatHead(nn.Module):
+    """The FER-era CNN: conv-pool blocks in functional style, a flatten written as ``style``, dropout,
+    two Linear layers with ``F.relu``."""
+
+    STYLES = ("view", "view_size", "reshape_shape", "torch_flatten", "flatten_module", "int_size", "prod")
+
+    def __init__(self, style: str, channels: int = 1, size: tuple[int, int] = (15, 13)) -> None:
+        super().__init__()
+        self.style = style
+        self.conv1, self.bn = nn.Conv2d(channels, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.flatten = nn.Flatten()
+        h, w = (size[0] // 2 - 2) // 2, (size[1] // 2 - 2) // 2
+        self.fc1, self.fc2 = nn.Linear(8 * h * w, 10), nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn(self.conv1(x))), 2)
+        x = F.avg_pool2d(torch.tanh(self.conv2(x)), 2)
+        flatten = {
+            "view": lambda: x.view(-1, self.fc1.in_features),
+            "view_size": lambda: x.view(x.size(0), -1),
+            "reshape_shape": lambda: x.reshape(x.shape[0], -1),
+            "torch_flatten": lambda: torch.flatten(x, 1),
+            "flatten_module": lambda: self.flatten(x),
+            "int_size": lambda: x.view(int(x.size(0)), -1),  # fx cannot trace these two: shapes as numbers
+            "prod": lambda: x.view(-1, math.prod(x.shape[1:])),
+        }[self.style]
+        x = F.dropout(flatten(), 0.5, training=self.training)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize(("patch", "stride", "fill", "output"), [CASES[0], CASES[2], CASES[3]])
+@pytest.mark.parametrize("style", FlatHead.STYLES)
+def test_flatten_heads_are_incremental_and_exact_in_float64(style, patch, stride, fill, output):
+    model = random_bn(FlatHead(style, 3), seed=6)
+    x = torch.rand(2, 3, 15, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert isinstance(local_plan(model.eval(), x.float()).head, FlattenLinear)
+    model = copy.deepcopy(model).double()
+    ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, fast=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # incremental: no fallback warning
+        got = fast_occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=13)
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("patch", "stride", "fill", "output"), CASES[:4])
+@pytest.mark.parametrize("name", ["view_tanh", "sequential"])
+def test_zoo_flatten_models_are_incremental_and_exact_in_float64(name, patch, stride, fill, output):
+    # ViewTanhNet: tanh convs, a max-pool module used twice, x.view(-1, 12*9*9), three Linear with F.relu;
+    # sequential_net: nn.Sequential with nn.Flatten straight into the last Linear
+    model, side = (build_view_tanh(), 48) if name == "view_tanh" else (build_sequential(size=20), 20)
+    x = torch.rand(2, 1, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert isinstance(local_plan(model, x.float()).head, FlattenLinear)
+    model = copy.deepcopy(model).double()
+    if side == 48:  # twice the patch and stride on the larger image: ~400 windows
+        patch, stride = (tuple(2 * v for v in ((p, p) if isinstance(p, int) else p)) for p in (patch, stride))
+    ref = occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, fast=False)
+    got = fast_occlusion(model, x, patch=patch, stride=stride, fill=fill, output=output, batch_size=29)
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_flatten_head_matches_plain_occlusion_in_float32(channels):
+    torch.manual_seed(channels)
+    model = random_bn(FlatHead("view_size", channels, (24, 24)), seed=channels)
+    x = torch.rand(2, channels, 24, 24, generator=torch.Generator().manual_seed(channels))
+    ref = occlusion(model, x, patch=5, stride=1, output="logit", fast=False)
+    got = fast_occlusion(model, x, patch=5, stride=1, output="logit", batch_size=64)
+    assert ref.abs().max() > 1e-3
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_first_dense_layer_moves_by_the_columns_of_the_changed_box():
+    # W[:, box] @ change, by hand: each change pasted into an empty map, times the whole weight
+    g = torch.Generator().manual_seed(0)
+    c, h, w, out = 3, 5, 4, 6
+    linear = nn.Linear(c * h * w, out).double()
+    head = FlattenLinear.of(linear, (c, h, w))
+    change = torch.randn(4, c, 2, 3, dtype=torch.float64, generator=g)
+    rows, cols = torch.tensor([0, 3, -1, 3]), torch.tensor([1, 1, 0, 2])  # the last two hang over the border
+    expected = []
+    for b in range(4):
+        canvas = torch.zeros(c, h + 4, w + 6, dtype=torch.float64)  # 2 rows / 3 columns of margin on each side
+        canvas[:, 2 + rows[b]:4 + rows[b], 3 + cols[b]:6 + cols[b]] = change[b]
+        canvas[:, :2], canvas[:, 2 + h:], canvas[:, :, :3], canvas[:, :, 3 + w:] = 0, 0, 0, 0
+        change[b] = canvas[:, 2 + rows[b]:4 + rows[b], 3 + cols[b]:6 + cols[b]]  # zero outside: as the engine masks
+        expected.append(linear.weight @ canvas[:, 2:2 + h, 3:3 + w].reshape(-1))
+    padded = F.pad(head.weight, (0, 0, 3, 3, 2, 2))
+    got = head.change(change, rows, cols, padded, 2, 3)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=0, atol=1e-12)
+    whole = torch.randn(2, c, h, w, dtype=torch.float64, generator=g)  # a whole map: one product with all of W
+    at_zero = torch.zeros(2, dtype=torch.long)
+    torch.testing.assert_close(head.change(whole, at_zero, at_zero, padded, 2, 3), whole.reshape(2, -1) @ linear.weight.T,
+                               rtol=0, atol=1e-12)
+
+
+def test_the_first_dense_layer_costs_what_the_box_holds(monkeypatch):
+    # ViewTanhNet's last map is 12x9x9; a 5x5 patch changes a 5x5 box of it: W's products are over 12*5*5 columns
+    model = build_view_tanh()
+    seen = []
+    original = FlattenLinear.change
+
+    def spy(self, change, *rest):
+        seen.append(tuple(change.shape[1:]))
+        return original(self, change, *rest)
+
+    monkeypatch.setattr(FlattenLinear, "change", spy)
+    fast_occlusion(model, torch.rand(1, 1, 48, 48), patch=5, stride=4)
+    assert seen and all(c == 12 and h * w < 9 * 9 for c, h, w in seen)
 
 
 def test_bfloat16_is_opt_in_and_close():

@@ -1,21 +1,25 @@
 """LIME's pattern-memoised forward passes: the same logits as the model on every masked image, through
-tables (every layer type), dense passes and the switch between them."""
+tables (every layer type, a flatten + Linear head included), dense passes and the switch between them;
+a fallback says why in the log."""
 
 from __future__ import annotations
 
 import copy
+import logging
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from cnnlens.explain import _patterns, _winograd
-from cnnlens.explain._incremental import Pointwise, local_plan
+from cnnlens.explain._incremental import FlattenLinear, Pointwise, local_plan
 from cnnlens.explain._patterns import masked_logits
 from cnnlens.explain.lime import hide_values, lime_explain, relabel
 from conftest import make_random_model
 from test_fast import random_bn
-from test_fast_incremental import InPlaceResidual, OddNet, small
+from test_fast_incremental import FlatHead, InPlaceResidual, OddNet, _flat_layer_norm, small
+from zoo_models import build_sequential, build_view_tanh
 
 
 def blocks(h: int, w: int, size: int) -> torch.Tensor:
@@ -29,6 +33,8 @@ MODELS = {
     "residual": lambda c: make_random_model(c, seed=3),
     "inplace_residual": lambda c: random_bn(InPlaceResidual(c), seed=4),
     "odd_layers": lambda c: random_bn(OddNet(c), seed=5),  # ceil-mode and padded pooling, dilation, Tanh
+    "flatten_linear": lambda c: random_bn(FlatHead("view_size", c), seed=6),  # functional pools, view, 2 Linear
+    "flatten_module": lambda c: random_bn(FlatHead("int_size", c), seed=7),  # traced with the example's shapes
 }
 
 
@@ -42,6 +48,7 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     if mode == "tables":  # every layer that can be a table is one
         monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)
         monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
+        monkeypatch.setattr(_patterns, "_linear_table_cost", lambda *a: 0)
     elif mode in ("dense", "winograd"):
         monkeypatch.setattr(_patterns, "MAX_SHARE", 0.0)
         monkeypatch.setattr(_patterns, "_table_cost", lambda *a: float("inf"))
@@ -52,7 +59,10 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     k = int(segments.max()) + 1
     masks = torch.rand(37, k, generator=torch.Generator().manual_seed(1)) < 0.5
     fill = hide_values(image[None], segments[None], k, "mean")[0]
-    plan = local_plan(model)
+    plan = local_plan(model, image[None])
+    products = []  # a flatten + Linear head computed from the last table
+    linear_products = _patterns._linear_products
+    monkeypatch.setattr(_patterns, "_linear_products", lambda *a: products.append(1) or linear_products(*a))
     made: list[bool] = []  # per spatial or merge step: did it become a table?
     original = _patterns._step_table
 
@@ -71,6 +81,7 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     if mode == "tables":
         assert sum(made) >= 2  # the comparison really went through tables of spatial layers
+        assert bool(products) == isinstance(plan.head, FlattenLinear)  # and through the head's first Linear
     elif mode in ("dense", "winograd"):
         assert made == [False]  # the first spatial layer already went dense: nothing after it was tried
     if mode != "default":
@@ -81,7 +92,7 @@ def test_patterns_repeat_on_the_first_layers_and_the_switch_is_dense():
     # 16 superpixels of 4x4 on a 16x16 image: a 3x3 convolution's field touches at most 4 of them, so
     # its map holds at most 16 distinct patterns per position however many samples there are.
     model = random_bn(small("small_cnn", 1, seed=3))
-    plan = local_plan(model)
+    plan = local_plan(model.eval(), torch.rand(1, 1, 16, 16))
     segments = blocks(16, 16, 4)
     masks = torch.rand(500, 16, generator=torch.Generator().manual_seed(2)) < 0.5
     keys = _patterns._Keys(segments, masks)
@@ -137,10 +148,11 @@ def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
     segments = blocks(16, 16, 4)
     masks = torch.rand(64, int(segments.max()) + 1, generator=torch.Generator().manual_seed(5)) < 0.5
     fill = torch.zeros_like(image)
+    plan = local_plan(model.eval(), image[None])
     with torch.inference_mode():
-        ref = masked_logits(local_plan(model), image, fill, segments, masks)
+        ref = masked_logits(plan, image, fill, segments, masks)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = masked_logits(local_plan(model), image, fill, segments, masks)
+            low = masked_logits(plan, image, fill, segments, masks)
     assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
@@ -151,3 +163,40 @@ def test_a_convolution_is_a_table_only_where_that_is_cheaper():
     assert _patterns._table_cost(conv, 20_000, 84_000) < dense / 2
     # as many distinct rows as (sample, position) pairs: a table only adds gathers
     assert _patterns._table_cost(conv, 600_000, 576_000) > dense
+
+
+@pytest.mark.parametrize("name", ["view_tanh", "sequential"])
+def test_lime_on_flatten_models_uses_the_tables_and_matches_every_masked_image(name, monkeypatch, caplog):
+    # float64: the fast path (tables, dense, Winograd where timed faster) gives the plain path's scores to 1e-10
+    model, side = (build_view_tanh(), 48) if name == "view_tanh" else (build_sequential(size=24), 24)
+    model = model.double()
+    x = torch.rand(2, 1, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    segments = blocks(side, side, 6).expand(2, side, side)
+    tables = []
+    original = _patterns.masked_logits
+    lime_module = sys.modules["cnnlens.explain.lime"]  # the package's name `lime` is the function
+    monkeypatch.setattr(lime_module, "masked_logits", lambda *a, **k: tables.append(1) or original(*a, **k))
+
+    def run(**kw: object) -> object:
+        return lime_explain(model, x, None, segmentation=segments, n_samples=150,
+                            generator=torch.Generator().manual_seed(0), **kw)
+
+    with caplog.at_level(logging.WARNING, logger="cnnlens.explain"):
+        fast = run()
+    exact = run(fast=False)
+    assert len(tables) == 2 and not [r for r in caplog.records if "do not apply" in r.getMessage()]
+    torch.testing.assert_close(fast.sample_scores, exact.sample_scores, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast.weights, exact.weights, rtol=0, atol=1e-10)
+
+
+def test_lime_fallback_is_one_log_line_naming_the_layer(caplog):
+    model = _flat_layer_norm()
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    segments = blocks(16, 16, 4)[None]
+    with caplog.at_level(logging.WARNING, logger="cnnlens.explain"):
+        fast = lime_explain(model, x, 0, segmentation=segments, n_samples=40, generator=torch.Generator().manual_seed(1))
+    [line] = [r.getMessage() for r in caplog.records if "pattern tables do not apply" in r.getMessage()]
+    assert "Sequential: layer 3 (LayerNorm) reads the flattened map" in line and "scoring every masked image" in line
+    exact = lime_explain(model, x, 0, segmentation=segments, n_samples=40, generator=torch.Generator().manual_seed(1),
+                         fast=False)
+    torch.testing.assert_close(fast.sample_scores, exact.sample_scores, rtol=1e-5, atol=1e-6)

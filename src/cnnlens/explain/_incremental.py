@@ -1,14 +1,19 @@
-"""Incremental occlusion: recompute only what a patch can change, up to global average pooling.
+"""Incremental occlusion: recompute only what a patch can change, up to the head's first linear layer.
 
 A patch changes the input on a small box. A convolution or pooling layer maps a changed box to a
 slightly larger changed box of its output; pointwise layers (BatchNorm in eval mode, ReLU, the fixed
 input normalisation...) keep it; the add of a residual block changes the union of its two inputs'
-boxes. So, for a model whose every feature map up to global average pooling is computed by such
-*local* steps (a chain like the small CNN, or a residual network like ResNet-18), each occluded image
-only needs its changed boxes recomputed, with the clean activations (computed once per image) around
-them as context, and
+boxes. So, for a model whose every feature map up to its head is computed by such *local* steps (a
+chain like the small CNN, or a residual network like ResNet-18), each occluded image only needs its
+changed boxes recomputed, with the clean activations (computed once per image) around them as
+context. The head starts with a map-to-vector layer that is linear in the last map, so it moves by the
+changed box alone:
 
-    GAP(perturbed map) = GAP(clean map) + sum over the changed box of (new - clean) / (h w).
+    global average pooling:   GAP(new map) = GAP(clean map) + sum over the box of (new - clean) / (h w)
+    flatten, then Linear:     y(new map)   = y(clean map) + W[:, box] @ (new - clean)[box]
+
+(``W[:, box]``: the columns of the box's flattened positions, so the first dense layer costs what the
+box holds, not what the map holds); the rest of the head then runs densely on those small vectors.
 
 Everything computed is exact (borders included: zero padding is rebuilt around each box, -inf for
 max-pooling), so the map equals :func:`cnnlens.explain.occlusion.occlusion`'s up to float rounding
@@ -17,9 +22,13 @@ small maps), that map is simply recomputed whole, so no arithmetic is wasted pas
 
 Patches are grouped by their start modulo the product of the strides; inside a group every box has
 the same size, so a group is a few batched convolutions on small boxes. The graph is read from the
-model's ``torch.fx`` trace; a model it cannot decompose (an untraceable forward, a layer not known to
-be local, a head that is not global average pooling) is explained by plain occlusion on a folded,
-channels-last copy instead, with a warning that says why.
+model's ``torch.fx`` trace, with the shapes of an example batch (:mod:`cnnlens.explain._graph`: the
+code people write, ``x.view(-1, n)``, ``x.view(x.size(0), -1)``, ``torch.flatten``, functional
+activations and pooling), and the plan read from it is checked against the model on a few images. A
+model it cannot decompose (an untraceable forward, a layer not known to be local, a head that is
+neither global average pooling nor a flatten into a Linear layer) is explained by plain occlusion on a
+folded, channels-last copy instead, with a warning (or, by default, a ``cnnlens.explain`` log line)
+naming the layer and the reason.
 
 >>> maps = fast_occlusion(model, images, target=3, patch=5, stride=1)   # == occlusion(...) to ~1e-6
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import math
 import operator
 import warnings
@@ -43,6 +53,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from cnnlens._types import Target
 from cnnlens.explain import _base, _fast
 from cnnlens.explain._base import batch_ranges, check_batch_size, class_score, to_channels_last
+from cnnlens.explain._graph import Captured, capture
 from cnnlens.explain.occlusion import assemble_map, check_grid, fill_values, occlusion_scores
 
 #: Modules that act on each pixel on its own (in eval mode).
@@ -53,9 +64,23 @@ POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, 
 POINTWISE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
                        torch.add, torch.sub, torch.mul, torch.div, torch.relu, torch.sigmoid, torch.tanh,
                        torch.clamp, F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardtanh,
-                       F.hardswish, F.mish}
+                       F.hardswish, F.mish, F.tanh, F.sigmoid, F.selu, F.celu, F.softplus, F.hardsigmoid,
+                       torch.relu_, F.relu_}
 POINTWISE_METHODS = {"add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max",
-                     "contiguous"}
+                     "contiguous", "relu_", "sigmoid_", "tanh_", "clamp_", "clamp_min_", "clamp_max_", "add_",
+                     "sub_", "mul_", "div_"}
+#: Dropout as a function: the identity where its ``training`` argument is False (``training=self.training``).
+DROPOUT_FUNCTIONS = {F.dropout: 2, F.dropout2d: 2, F.alpha_dropout: 2}
+#: Functional pooling: the equivalent module and its parameters in order after the input.
+POOL_FUNCTIONS = {
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    torch.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+}
+#: Reshapes that flatten a map ``[N,C,h,w]`` into ``[N,C*h*w]`` where their output has that shape.
+FLATTEN_FUNCTIONS = {torch.flatten, torch.reshape}
+FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 
 #: Occluded images per incremental pass by default. A pass computes only small boxes (~1/6 of an image's
@@ -63,10 +88,14 @@ POINTWISE_METHODS = {"add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "cla
 WINDOW_BATCH_SIZE = 256
 #: Images whose clean activations are kept at once.
 IMAGE_CHUNK = 16
+log = logging.getLogger("cnnlens.explain")
+#: Images the plan is checked on against the model (another batch size than the traced example's two).
+CHECK_IMAGES = 3
 
 
 class NotDecomposable(ValueError):
-    """Some map before global average pooling is not computed by local layers (or there is no such pooling)."""
+    """Some map before the head is not computed by local layers, or the head does not start with global
+    average pooling or a flatten into a Linear layer."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +151,21 @@ def _pool_layer(pool: nn.MaxPool2d | nn.AvgPool2d) -> Spatial:
     return Spatial(pool, lambda x: F.avg_pool2d(x, kernel, stride), kernel, stride, padding, 0.0)
 
 
+def _functional_pool(node: fx.Node, graph: Captured) -> Spatial:
+    """``F.max_pool2d(x, ...)`` / ``F.avg_pool2d(x, ...)`` as the equivalent module's :class:`Spatial`; sizes
+    computed from shapes (``x.size(2) // 2``) take the example's values (the plan is checked afterwards)."""
+    cls, names = POOL_FUNCTIONS[node.target]
+    values = {**dict(zip(names, node.args[1:])), **node.kwargs}
+    for name, value in values.items():
+        if isinstance(value, fx.Node):
+            if value not in graph.constants:
+                raise NotDecomposable(f"{_describe(node)} takes its {name} from a tensor's values")
+            values[name] = graph.constants[value]
+    if values.get("stride") in ((), []):  # torch.max_pool2d's default: the kernel size
+        values["stride"] = None
+    return _pool_layer(cls(**values))
+
+
 def _is_gap(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` averages its input over all pixels (global average pooling)."""
     if node.op == "call_module":
@@ -136,6 +180,26 @@ def _is_gap(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def _is_flatten(node: fx.Node, src: fx.Node, modules: dict[str, nn.Module], graph: Captured) -> bool:
+    """Whether ``node`` turns the map ``src`` ``[N,C,h,w]`` into ``[N,C*h*w]`` (``x.view(-1, n)``,
+    ``x.view(x.size(0), -1)``, ``torch.flatten(x, 1)``, ``nn.Flatten()``...), as the example's shapes show."""
+    kind = ((node.op == "call_method" and node.target in FLATTEN_METHODS)
+            or (node.op == "call_function" and node.target in FLATTEN_FUNCTIONS)
+            or (node.op == "call_module" and isinstance(modules[node.target], nn.Flatten)))
+    before, after = graph.shapes.get(src), graph.shapes.get(node)
+    return bool(kind and before is not None and after is not None and len(before) == 4
+                and tuple(after) == (before[0], before[1] * before[2] * before[3]))
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
+    """A node as a user would recognise it: ``layer fc1 (Linear)``, ``operation view (view)``."""
+    if node.op == "call_module":
+        kind = type(modules[node.target]).__name__ if modules and node.target in modules else "module"
+        return f"layer {node.target} ({kind})"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"operation {node.name} ({target})"
+
+
 def _operand_ok(arg: object, root: nn.Module) -> bool:
     """A pointwise op's other operand: a number, or a tensor constant with no spatial extent."""
     if isinstance(arg, (int, float, bool)) or arg is None:
@@ -147,10 +211,15 @@ def _operand_ok(arg: object, root: nn.Module) -> bool:
 
 
 #: In-place operators a traced forward may use (``out += identity``), replaced by their out-of-place form.
-OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
+OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                torch.relu_: torch.relu, F.relu_: F.relu}
+METHODS_OUT_OF_PLACE = {"relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "clamp_": "clamp",
+                        "clamp_min_": "clamp_min", "clamp_max_": "clamp_max", "add_": "add", "sub_": "sub",
+                        "mul_": "mul", "div_": "div"}
 #: Functions and tensor methods that combine two feature maps of one size pixel by pixel.
-MERGE_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, *OUT_OF_PLACE}
-MERGE_METHODS = {"add", "sub", "mul"}
+MERGE_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul,
+                   operator.iadd, operator.isub, operator.imul}
+MERGE_METHODS = {"add", "sub", "mul", "add_", "sub_", "mul_"}
 
 
 def _node_module(root: nn.Module, node: fx.Node, *maps: fx.Node) -> Callable[..., torch.Tensor]:
@@ -165,7 +234,8 @@ def _node_module(root: nn.Module, node: fx.Node, *maps: fx.Node) -> Callable[...
         return env[n]
 
     copied = graph.node_copy(node, remap)
-    copied.target = OUT_OF_PLACE.get(copied.target, copied.target)
+    table = METHODS_OUT_OF_PLACE if copied.op == "call_method" else OUT_OF_PLACE
+    copied.target = table.get(copied.target, copied.target)
     if copied.kwargs.get("inplace"):
         copied.kwargs = {**copied.kwargs, "inplace": False}
     graph.output(copied)
@@ -188,65 +258,207 @@ class Step:
 
 
 @dataclass(frozen=True)
+class GlobalAverage:
+    """The head's first layer as global average pooling: ``fn`` is the model's own pooling node."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, last: torch.Tensor) -> torch.Tensor:
+        return self.fn(last)
+
+
+@dataclass(frozen=True)
+class FlattenLinear:
+    """The head's first layers as a flatten into ``nn.Linear``: ``y = W flatten(map) + b``.
+
+    ``weight`` ``[out, h, w, C]``: the Linear layer's ``[out, C*h*w]`` weight with its columns in the
+    order of a channels-last map (a view of the model's own weight where that is the same).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @staticmethod
+    def of(linear: nn.Linear, shape: tuple[int, int, int]) -> FlattenLinear:
+        c, h, w = shape
+        weight = linear.weight.detach().reshape(-1, c, h, w).permute(0, 2, 3, 1).contiguous()
+        return FlattenLinear(weight, None if linear.bias is None else linear.bias.detach())
+
+    def __call__(self, last: torch.Tensor) -> torch.Tensor:
+        flat = last.permute(0, 2, 3, 1).reshape(last.shape[0], -1)  # a view for a channels-last map
+        return F.linear(flat, self.weight.reshape(self.weight.shape[0], -1), self.bias)
+
+    def change(self, change: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, padded: torch.Tensor,
+               top: int, left: int) -> torch.Tensor:
+        """``W[:, box] @ change`` for boxes ``change`` ``[B,C,bh,bw]`` starting at ``rows[b]``, ``cols[b]`` of the
+        map (zero where they hang over its border); ``padded``: ``weight`` zero-padded by ``top``/``left``
+        rows / columns (and as many as needed after) so that every box's columns exist."""
+        b, _, bh, bw = change.shape
+        flat = change.permute(0, 2, 3, 1).reshape(b, -1)
+        out_features = padded.shape[0]
+        if bh == self.weight.shape[1] and bw == self.weight.shape[2] and not bool(rows.any() or cols.any()):
+            return flat @ self.weight.reshape(out_features, -1).T.to(flat.dtype)  # the whole map
+        places, which = torch.unique(torch.stack([rows, cols], 1), dim=0, return_inverse=True)
+        out = flat.new_empty(b, out_features)
+        for g, (r, c) in enumerate(places.tolist()):  # boxes at one place share their columns of W
+            sel = torch.nonzero(which == g)[:, 0]
+            w = padded[:, top + r:top + r + bh, left + c:left + c + bw].reshape(out_features, -1)
+            out[sel] = flat.index_select(0, sel) @ w.T.to(flat.dtype)
+        return out
+
+
+@dataclass(frozen=True)
 class LocalPlan:
-    """A model split as ``tail(gap(maps[pooled]))``, every map computed from the image by local steps.
+    """A model split as ``tail(head(maps[last]))``, every map computed from the image by local steps and
+    ``head`` linear in the last map (:class:`GlobalAverage` or :class:`FlattenLinear`).
 
     ``strides[i]``: how many image pixels one pixel of map ``i`` steps over (rows, columns).
     """
 
     steps: tuple[Step, ...]
-    pooled: int
-    gap: Callable[[torch.Tensor], torch.Tensor]
+    last: int
+    head: GlobalAverage | FlattenLinear
     tail: Callable[[torch.Tensor], torch.Tensor]
     strides: tuple[tuple[int, int], ...]
 
+    def maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every map of ``images`` (channels-last), the image first."""
+        maps = [to_channels_last(images)]
+        for step in self.steps:
+            maps.append(full_step(step.layer, [maps[i] for i in step.inputs]))
+        return maps
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's output, computed through the plan."""
+        return self.tail(self.head(self.maps(images)[self.last]))
+
     @staticmethod
-    def build(model: nn.Module, fold_bn: bool = True) -> LocalPlan:
-        """Read the local steps from ``model``'s fx graph (eval mode); raise :class:`NotDecomposable` if it
-        has other layers before global average pooling.
+    def build(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> LocalPlan:
+        """Read the local steps from ``model``'s fx graph and the shapes of ``example`` (images of the shape
+        the plan will be used on; call in eval mode); raise :class:`NotDecomposable`, naming the layer
+        and the reason, if it has other layers before its head, or another head.
 
         Convolutions are copied (BatchNorm right after one folded into it, weights channels-last);
-        pointwise modules are the model's own (copied out-of-place where they work in place).
+        pointwise modules are the model's own (copied out-of-place where they work in place). The plan is
+        run beside the model on :data:`CHECK_IMAGES` images and must give its outputs.
         """
-        try:
-            gm = fx.symbolic_trace(model)
-        except Exception as err:  # fx raises many kinds: any of them means "cannot read the graph"
-            raise NotDecomposable(f"its forward cannot be traced by torch.fx ({type(err).__name__})") from err
-        modules = dict(gm.named_modules())
-        nodes = [n for n in gm.graph.nodes if n.op != "get_attr"]
-        if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
-            raise NotDecomposable("its forward does not take exactly one input")
-        index: dict[fx.Node, int] = {nodes[0]: 0}
-        steps: list[Step] = []
-        strides: list[tuple[int, int]] = [(1, 1)]
-        for i, node in enumerate(nodes[1:], start=1):
-            maps = [a for a in node.all_input_nodes if a.op != "get_attr"]
-            if _is_gap(node, modules):
-                return LocalPlan(tuple(steps), index[maps[0]], _node_module(gm, node, maps[0]), _tail(gm, nodes[i:]),
+        one = example[:1].detach()
+        with torch.no_grad():
+            try:
+                graph = capture(model, torch.cat([one, one.flip(-1)]))
+            except Exception as err:  # the tracers raise many kinds: any of them means "cannot read the graph"
+                raise NotDecomposable(f"its forward cannot be traced by torch.fx ({type(err).__name__}: "
+                                      f"{str(err).splitlines()[0] if str(err) else ''})") from err
+            plan = _read_plan(graph, fold_bn)
+            _check(plan, model, torch.cat([one, one.flip(-2), one.flip(-1).flip(-2)]), graph.specialised)
+        return plan
+
+
+def _read_plan(graph: Captured, fold_bn: bool) -> LocalPlan:
+    """The :class:`LocalPlan` of a captured graph (see :meth:`LocalPlan.build`)."""
+    gm = graph.module
+    modules = dict(gm.named_modules())
+    everything = list(gm.graph.nodes)
+    nodes = [n for n in everything if n.op != "get_attr" and n not in graph.constants]
+    if not nodes or nodes[0].op != "placeholder" or sum(n.op == "placeholder" for n in nodes) != 1:
+        raise NotDecomposable("its forward does not take exactly one input")
+    index: dict[fx.Node, int] = {nodes[0]: 0}
+    flat: dict[fx.Node, tuple[int, int, int]] = {}  # flattened maps: the (C, h, w) they hold
+    steps: list[Step] = []
+    strides: list[tuple[int, int]] = [(1, 1)]
+    for node in nodes[1:]:
+        if node.op == "output":
+            break
+        maps = [a for a in node.all_input_nodes if a.op != "get_attr" and a not in graph.constants]
+        if maps and maps[0] in flat:  # after the flatten: pointwise layers, then the first Linear layer
+            src = maps[0]
+            if node.op == "call_module" and type(modules[node.target]) is nn.Linear and len(maps) == 1:
+                if len(node.args) != 1 or node.kwargs:
+                    raise NotDecomposable(f"{_describe(node, modules)} takes extra arguments")
+                head = FlattenLinear.of(modules[node.target], flat[src])
+                return LocalPlan(tuple(steps), index[src], head, _tail(gm, everything, node, graph),
                                  tuple(strides))
-            if len(maps) == 1:
-                src = maps[0]
-                fold = fold_bn and _is_conv_node(src, modules) and len(src.users) == 1
-                layer = _layer(gm, modules, node, src, fold)
-                if layer is None:  # a BatchNorm folded into the convolution before it (copies, eval mode)
-                    j = index[src] - 1
-                    conv, bn = copy.deepcopy(modules[src.target]).eval(), copy.deepcopy(modules[node.target]).eval()
-                    steps[j] = Step(_conv_layer(fuse_conv_bn_eval(conv, bn)), steps[j].inputs)
-                    index[node] = index[src]
-                    continue
-                steps.append(Step(layer, (index[src],)))
-                stride = layer.stride if isinstance(layer, Spatial) else (1, 1)
-                strides.append((strides[index[src]][0] * stride[0], strides[index[src]][1] * stride[1]))
-            elif len(maps) == 2 and _is_merge(node, maps, gm):
-                a, b = index[maps[0]], index[maps[1]]
-                if strides[a] != strides[b]:
-                    raise NotDecomposable(f"{node.name} combines maps of different resolutions")
-                steps.append(Step(Merge(_node_module(gm, node, *maps)), (a, b)))
-                strides.append(strides[a])
-            else:
-                raise NotDecomposable(f"{node.name} combines {len(maps)} tensors in a way not known to be local")
-            index[node] = len(steps)
-        raise NotDecomposable("it has no global average pooling")
+            if len(maps) == 1 and _flat_pointwise(node, modules, gm):
+                steps.append(Step(Pointwise(_node_module(gm, node, src) if node.op != "call_module"
+                                            else modules[node.target]), (index[src],)))
+                strides.append(strides[index[src]])
+                index[node], flat[node] = len(steps), flat[src]
+                continue
+            raise NotDecomposable(f"{_describe(node, modules)} reads the flattened map, where only pointwise "
+                                  "layers and then a Linear layer are known")
+        if _is_gap(node, modules):
+            return LocalPlan(tuple(steps), index[maps[0]], GlobalAverage(_node_module(gm, node, maps[0])),
+                             _tail(gm, everything, node, graph), tuple(strides))
+        if len(maps) == 1 and _is_flatten(node, maps[0], modules, graph):
+            index[node], flat[node] = index[maps[0]], tuple(graph.shapes[maps[0]][1:])
+            continue
+        if len(maps) == 1:
+            src = maps[0]
+            fold = fold_bn and _is_conv_node(src, modules) and len(src.users) == 1
+            layer = _layer(gm, modules, node, src, fold, graph)
+            if layer is None:  # a BatchNorm folded into the convolution before it (copies, eval mode)
+                j = index[src] - 1
+                conv, bn = copy.deepcopy(modules[src.target]).eval(), copy.deepcopy(modules[node.target]).eval()
+                steps[j] = Step(_conv_layer(fuse_conv_bn_eval(conv, bn)), steps[j].inputs)
+                index[node] = index[src]
+                continue
+            steps.append(Step(layer, (index[src],)))
+            stride = layer.stride if isinstance(layer, Spatial) else (1, 1)
+            strides.append((strides[index[src]][0] * stride[0], strides[index[src]][1] * stride[1]))
+        elif len(maps) == 2 and _is_merge(node, maps, gm):
+            a, b = index[maps[0]], index[maps[1]]
+            if strides[a] != strides[b]:
+                raise NotDecomposable(f"{node.name} combines maps of different resolutions")
+            steps.append(Step(Merge(_node_module(gm, node, *maps)), (a, b)))
+            strides.append(strides[a])
+        else:
+            raise NotDecomposable(f"{_describe(node, modules)} combines {len(maps)} tensors in a way not known "
+                                  "to be local")
+        index[node] = len(steps)
+    raise NotDecomposable("its head is neither global average pooling nor a flatten into a Linear layer")
+
+
+def _flat_pointwise(node: fx.Node, modules: dict[str, nn.Module], gm: fx.GraphModule) -> bool:
+    """Whether ``node`` acts on each value of a flattened map on its own, with numbers as its other operands
+    (so that it may as well run on the map before the flatten): ReLU, dropout in eval mode..."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return (isinstance(m, POINTWISE_MODULES) and not isinstance(m, (nn.BatchNorm2d, nn.PReLU))
+                and len(node.args) == 1 and not node.kwargs)
+    pointwise = _is_identity_dropout(node) or (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS) \
+        or (node.op == "call_method" and node.target in POINTWISE_METHODS)
+    return pointwise and all(isinstance(a, (int, float, bool)) or a is None
+                             for a in (*node.args[1:], *node.kwargs.values()))
+
+
+def _is_identity_dropout(node: fx.Node) -> bool:
+    """``F.dropout(x, p, training=False)`` and its kin: the identity."""
+    if node.op != "call_function" or node.target not in DROPOUT_FUNCTIONS:
+        return False
+    at = DROPOUT_FUNCTIONS[node.target]
+    training = node.kwargs.get("training", node.args[at] if len(node.args) > at else True)
+    return training is False
+
+
+def _check(plan: LocalPlan, model: nn.Module, images: torch.Tensor, specialised: bool) -> None:
+    """Raise :class:`NotDecomposable` unless ``plan`` gives ``model``'s outputs on ``images`` (to
+    :data:`cnnlens.explain._fast.VERIFY_TOLERANCE` of the largest): a safety net under the graph reading,
+    and what catches a graph specialised to the traced batch size."""
+    how = "read with the example's shapes (its forward uses a shape as a number), " if specialised else ""
+    expected = model(images)
+    try:
+        got = plan(images)
+    except Exception as err:  # a shape baked into the graph, say: the plan does not stand in for the model
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise NotDecomposable(f"{how}its plan raised {type(err).__name__} ({first}) on a batch of {len(images)} "
+                              "images") from err
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise NotDecomposable(f"{how}its plan's output is not the model's (one tensor of its shape)")
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    diff = float((got.to(expected.dtype) - expected).abs().max()) if expected.numel() else 0.0
+    if torch.isfinite(expected).all() and not diff <= _fast.VERIFY_TOLERANCE * scale + 1e-12:
+        raise NotDecomposable(f"{how}its plan's outputs differ from the model's by {diff:.3g} "
+                              f"(largest |output| {scale:.3g}); an in-place layer read again, say")
 
 
 def _is_conv_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -262,7 +474,7 @@ def _is_merge(node: fx.Node, maps: list[fx.Node], root: nn.Module) -> bool:
 
 
 def _layer(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, prev: fx.Node,
-           after_conv: bool) -> Spatial | Pointwise | None:
+           after_conv: bool, graph: Captured) -> Spatial | Pointwise | None:
     """``node`` as a local layer reading the one map ``prev``; None for a BatchNorm to fold into the
     convolution before it."""
     if node.op == "call_module":
@@ -283,29 +495,58 @@ def _layer(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, pre
                 m.inplace = False
             return Pointwise(m)
         raise NotDecomposable(f"layer {node.target} ({type(m).__name__}) is not known to be local")
+    if node.op == "call_function" and node.target in POOL_FUNCTIONS:
+        return _functional_pool(node, graph)
+    if _is_identity_dropout(node):
+        return Pointwise(_node_module(gm, node, prev))
     pointwise = (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS) or \
                 (node.op == "call_method" and node.target in POINTWISE_METHODS)
     operands = [a for a in (*node.args, *node.kwargs.values()) if a is not prev]
     if not pointwise or not all(_operand_ok(a, gm) for a in operands):
-        raise NotDecomposable(f"operation {node.name} ({node.target}) is not known to be local")
+        raise NotDecomposable(f"{_describe(node, modules)} is not known to be local")
     return Pointwise(_node_module(gm, node, prev))
 
 
-def _tail(gm: fx.GraphModule, nodes: list[fx.Node]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The graph from the pooling node (its output is the new input) to the logits."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {nodes[0]: graph.placeholder("pooled")}
+def _batch_size_query(node: fx.Node) -> bool:
+    """``x.size(0)`` or ``x.shape[0]``: the same number for every tensor of the forward."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dim == 0
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        src = node.args[0]
+        return (isinstance(src, fx.Node) and src.op == "call_function" and src.target is getattr
+                and src.args[1] == "shape")
+    return False
+
+
+def _tail(gm: fx.GraphModule, everything: list[fx.Node], start: fx.Node,
+          graph: Captured) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The graph from the head's first node ``start`` (its output is the new input) to the output.
+
+    A batch-size query of an earlier map (``x.size(0)`` in ``gap(x).view(x.size(0), -1)``) reads the new
+    input instead; any other reading of what came before ``start`` is not possible."""
+    out = fx.Graph()
+    first = out.placeholder("head")
+    env: dict[fx.Node, fx.Node] = {start: first}
+
+    after = set(everything[everything.index(start) + 1:])
 
     def remap(n: fx.Node) -> fx.Node:
         if n not in env:
-            if n.op != "get_attr":
-                raise NotDecomposable(f"the head reads {n.name}, computed before global average pooling")
-            env[n] = graph.get_attr(n.target)
+            if n.op == "get_attr":
+                env[n] = out.get_attr(n.target)
+            elif n in graph.constants and _batch_size_query(n):
+                env[n] = out.call_method("size", (first, 0))
+            elif n in graph.constants and n in after:  # shape arithmetic on the head's own tensors
+                env[n] = out.node_copy(n, remap)
+            else:
+                raise NotDecomposable(f"the head reads {n.name}, computed before {_describe(start)}")
         return env[n]
 
-    for node in nodes[1:]:
-        env[node] = graph.node_copy(node, remap)
-    return fx.GraphModule(gm, graph)
+    for node in everything[everything.index(start) + 1:]:
+        if node.op != "get_attr" and node not in graph.constants:  # those are copied where they are read
+            env[node] = out.node_copy(node, remap)
+    return fx.GraphModule(gm, out)
 
 
 def _span(start: int, length: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
@@ -427,15 +668,13 @@ class IncrementalOcclusion:
     def __init__(self, plan: LocalPlan, images: torch.Tensor, precision: str = "float32") -> None:
         self.plan, self.precision = plan, precision
         with torch.inference_mode(), _fast.autocast(images.device, precision):
-            maps = [to_channels_last(images.clone())]
-            for step in plan.steps:
-                maps.append(full_step(step.layer, [maps[i] for i in step.inputs]))
-            pooled = plan.gap(maps[plan.pooled])
-            self.logits = plan.tail(pooled).to(images.dtype)
+            maps = plan.maps(images.clone())
+            head = plan.head(maps[plan.last])
+            self.logits = plan.tail(head).to(images.dtype)
         self.maps = maps
         self.sizes = [tuple(m.shape[2:]) for m in maps]
-        self.pooled_shape = pooled.shape[1:]
-        self.pooled = pooled.reshape(images.shape[0], -1)
+        self.head_shape = head.shape[1:]
+        self.head = head.reshape(images.shape[0], -1)  # the clean output of the head's first layer
         self.period = (math.lcm(*(s[0] for s in plan.strides)), math.lcm(*(s[1] for s in plan.strides)))
 
     def _windows(self, geo: tuple[list[_Axis], list[_Axis]], t_range: tuple[tuple[int, int], ...]
@@ -460,7 +699,7 @@ class IncrementalOcclusion:
                     for i in step.inputs:
                         (h0, h1), (w0, w1) = spans
                         reads.append((i, value, -h0, h1 - self.sizes[i][0], -w0, w1 - self.sizes[i][1]))
-                p = self.plan.pooled
+                p = self.plan.last
                 (h0, h1), (w0, w1) = gh.extent(p, t_range[0]), gw.extent(p, t_range[1])
                 reads.append((p, 0.0, -h0, h1 - self.sizes[p][0], -w0, w1 - self.sizes[p][1]))
         return reads
@@ -497,6 +736,11 @@ class IncrementalOcclusion:
         t_range = ((int(starts_h.min()) // period[0], int(starts_h.max()) // period[0]),
                    (int(starts_w.min()) // period[1], int(starts_w.max()) // period[1]))
         padded = self._padded(([g for g, _ in groups[0]], [g for g, _ in groups[1]]), t_range)
+        weight = None
+        if isinstance(self.plan.head, FlattenLinear):  # W zero-padded like the last map: every box's columns
+            nhwc, top, left = padded[(self.plan.last, 0.0)]
+            (h, w), wt = self.sizes[self.plan.last], self.plan.head.weight
+            weight = (F.pad(wt, (0, 0, left, nhwc.shape[2] - left - w, top, nhwc.shape[1] - top - h)), top, left)
         scores = torch.empty(n, nf, len(starts_h), len(starts_w), dtype=self.logits.dtype, device=device)
 
         def members(starts: torch.Tensor, axis: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -520,17 +764,19 @@ class IncrementalOcclusion:
             ih, iw = kh[pos // len(kw)], kw[pos % len(kw)]
             th, tw = starts_h[ih] // period[0], starts_w[iw] // period[1]
             with torch.inference_mode(), _fast.autocast(device, self.precision):
-                logits = self._logits(padded, gh, gw, img, fills[img, f], (th, ch[pos // len(kw)]),
+                logits = self._logits(padded, weight, gh, gw, img, fills[img, f], (th, ch[pos // len(kw)]),
                                       (tw, cw[pos % len(kw)]), patch)
             scores[img, f, ih, iw] = class_score(logits.to(scores.dtype), target[img], output)
             if advance is not None:
                 advance(e - s)
         return scores
 
-    def _logits(self, padded: dict[tuple[int, float], tuple[torch.Tensor, int, int]], gh: _Axis, gw: _Axis,
-                img: torch.Tensor, fill: torch.Tensor, th: tuple[torch.Tensor, torch.Tensor],
-                tw: tuple[torch.Tensor, torch.Tensor], patch: tuple[int, int]) -> torch.Tensor:
-        """Logits of a batch of occluded images of one group; ``th``/``tw``: each patch's (t, class)."""
+    def _logits(self, padded: dict[tuple[int, float], tuple[torch.Tensor, int, int]],
+                weight: tuple[torch.Tensor, int, int] | None, gh: _Axis, gw: _Axis, img: torch.Tensor,
+                fill: torch.Tensor, th: tuple[torch.Tensor, torch.Tensor], tw: tuple[torch.Tensor, torch.Tensor],
+                patch: tuple[int, int]) -> torch.Tensor:
+        """Logits of a batch of occluded images of one group; ``th``/``tw``: each patch's (t, class);
+        ``weight``: a :class:`FlattenLinear` head's padded weight and its margins (None for GAP)."""
 
         def window(i: int, value: float, rows: torch.Tensor, cols: torch.Tensor, length: tuple[int, int]) -> torch.Tensor:
             nhwc, top, left = padded[(i, value)]
@@ -558,7 +804,7 @@ class IncrementalOcclusion:
                 a, b = (_paste(window(i, 0.0, *starts[k], length), *starts[k], boxes[i], *starts[i], self.sizes[i])
                         for i in step.inputs)
                 boxes.append(layer.fn(a, b))
-        p = self.plan.pooled
+        p = self.plan.last
         box, (rh, rw), size = boxes[p], starts[p], self.sizes[p]
         change = box - window(p, 0.0, rh, rw, tuple(box.shape[2:]))
         rows = rh[:, None] + torch.arange(box.shape[2], device=img.device)
@@ -566,9 +812,12 @@ class IncrementalOcclusion:
         inside = ((rows >= 0) & (rows < size[0]))[:, :, None] & ((cols >= 0) & (cols < size[1]))[:, None, :]
         if not bool(inside.all()):  # a box hanging over the border: only its part inside the map counts
             change = torch.where(inside[:, None], change, 0.0)
-        change = change.sum(dim=(2, 3)) / (size[0] * size[1])
-        pooled = (self.pooled[img] + change.to(self.pooled.dtype)).reshape(-1, *self.pooled_shape)
-        return self.plan.tail(pooled)
+        if weight is None:  # global average pooling
+            change = change.sum(dim=(2, 3)) / (size[0] * size[1])
+        else:  # flatten + Linear: W[:, box] @ change
+            change = self.plan.head.change(change, rh, rw, *weight)
+        head = (self.head[img] + change.to(self.head.dtype)).reshape(-1, *self.head_shape)
+        return self.plan.tail(head)
 
 
 def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -578,14 +827,12 @@ def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) ->
     return layer.fn(*inputs)
 
 
-def local_plan(model: nn.Module) -> LocalPlan | str:
-    """``model`` as a :class:`LocalPlan`, or the reason incremental occlusion does not apply to it."""
+def local_plan(model: nn.Module, example: torch.Tensor) -> LocalPlan:
+    """``model`` as a :class:`LocalPlan` for images shaped like ``example``; raises :class:`NotDecomposable`
+    saying which layer stops it and why (call in eval mode, as the methods do inside ``_base.guarded``)."""
     if _fast._has_hooks(model):  # the user's hooks must see (and may change) every pass
-        return "the model carries hooks, which its decomposition would not run"
-    try:
-        return LocalPlan.build(model)
-    except NotDecomposable as why:
-        return str(why)
+        raise NotDecomposable("the model carries hooks, which its decomposition would not run")
+    return LocalPlan.build(model, example)
 
 
 def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
@@ -599,7 +846,7 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
     ``precision="bfloat16"`` runs the convolutions under bfloat16 autocast (opt-in; see
     :func:`cnnlens.explain._fast.precision_agreement`). A model that is not decomposable (see
     :class:`LocalPlan`) gets plain occlusion on a folded, channels-last copy, with a warning naming the
-    reason (``warn=False``: silently).
+    layer and the reason (``warn=False``: a ``cnnlens.explain`` log line instead).
 
     >>> fast_occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")
     """
@@ -613,11 +860,17 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
     x = images.detach()
     fills = fill_values(x, fill)
     with _base.guarded(model, images):
-        plan = local_plan(model)
-        if isinstance(plan, str):
+        try:
+            plan = local_plan(model, x)
+        except NotDecomposable as why:
+            plan = None
+            note = (f"incremental occlusion does not apply to this {type(model).__name__}: {why}; "
+                    "using plain occlusion on a folded, channels-last copy")
             if warn:
-                warnings.warn(f"incremental occlusion does not apply to this {type(model).__name__}: {plan}; "
-                              "using plain occlusion on a folded, channels-last copy", stacklevel=2)
+                warnings.warn(note, stacklevel=2)
+            else:
+                log.warning("cnnlens: %s", note)
+        if plan is None:
             forward, bs = _fast.fast_scorer(model, x, batch_size, precision=precision)
             logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
             t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)

@@ -9,9 +9,14 @@ pattern) pair: a *table* of rows, each (sample, position) pointing at its row. O
 fields are wide enough that the patterns stop repeating, the maps are materialised per sample and the
 rest of the model runs as usual, a batch of samples at a time.
 
+A head that flattens the last map into a Linear layer reads a table too, where that is cheaper: its
+output is ``b + sum over positions p of W_p @ map[p]``, so each row is multiplied by its position's
+columns of ``W`` once, and each sample sums its positions' products (``embedding_bag``).
+
 The arithmetic is the model's own (each row of a table is the layer run on that row's input window),
 so the logits equal those of the masked images to float rounding. The model must decompose into local
-steps up to global average pooling (:class:`cnnlens.explain._incremental.LocalPlan`).
+steps up to its head, global average pooling or a flatten into a Linear layer
+(:class:`cnnlens.explain._incremental.LocalPlan`).
 
 >>> logits = masked_logits(plan, image, fill, segments, masks)   # == model(masked images), [S, classes]
 """
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.explain._base import batch_ranges, to_channels_last
-from cnnlens.explain._incremental import LocalPlan, Pointwise, Spatial, Step, _two, full_step as _full
+from cnnlens.explain._incremental import FlattenLinear, LocalPlan, Pointwise, Spatial, Step, _two, full_step as _full
 from cnnlens.explain._winograd import faster
 
 #: A pooling or add is computed per pattern while its distinct (position, pattern) pairs are at most
@@ -44,14 +49,16 @@ ROW_CHUNK = 4096
 @dataclass
 class _Table:
     """A map of all samples stored per pattern: ``rows`` ``[U,C,1,1]``, ``index`` ``[S,h*w]`` (each
-    (sample, position)'s row), ``size`` (h, w), and each position's receptive field in image pixels
-    (``field_h``/``field_w``: first and last row / column, ``[h]`` / ``[w]`` each)."""
+    (sample, position)'s row), ``size`` (h, w), each position's receptive field in image pixels
+    (``field_h``/``field_w``: first and last row / column, ``[h]`` / ``[w]`` each), and each row's
+    position (``position`` ``[U]``, ``row * w + column``)."""
 
     rows: torch.Tensor
     index: torch.Tensor
     size: tuple[int, int]
     field_h: tuple[torch.Tensor, torch.Tensor]
     field_w: tuple[torch.Tensor, torch.Tensor]
+    position: torch.Tensor
 
     def dense(self, samples: slice) -> torch.Tensor:
         """The map of ``samples`` as a channels-last ``[s,C,h,w]`` tensor."""
@@ -223,13 +230,19 @@ def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segm
     pixels = torch.arange(h * w, device=device)
     rows0 = torch.cat([fill.reshape(fill.shape[0], -1).T, image.reshape(image.shape[0], -1).T])
     pixel_field = (torch.arange(h, device=device),) * 2, (torch.arange(w, device=device),) * 2
-    maps: list[_Table | None] = [_Table(rows0[:, :, None, None], shown * (h * w) + pixels, (h, w), *pixel_field)]
+    maps: list[_Table | None] = [_Table(rows0[:, :, None, None], shown * (h * w) + pixels, (h, w), *pixel_field,
+                                        pixels.repeat(2))]
     for step in plan.steps:
         ready = all(maps[i] is not None for i in step.inputs)
         maps.append(_step_table(step, maps, keys, s_count, sizes[len(maps)]) if ready else None)
     layers = [step.layer if maps[i] is not None or not isinstance(step.layer, Spatial)
               else faster(step.layer, (batch_size, *clean[step.inputs[0]].shape[1:]), mode=winograd)
               for i, step in enumerate(plan.steps, start=1)]
+    head = plan.head
+    products = None  # a FlattenLinear head on a table: each row times its position's columns of W
+    if isinstance(head, FlattenLinear) and maps[plan.last] is not None and \
+            _linear_table_cost(head, maps[plan.last]) < _linear_dense_cost(head, maps[plan.last]):
+        products = _linear_products(head, maps[plan.last])
     logits = []
     for start, end in batch_ranges(s_count, batch_size):
         dense: dict[int, torch.Tensor] = {}
@@ -242,8 +255,44 @@ def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segm
         def _dense_step(i: int) -> torch.Tensor:
             return _full(layers[i - 1], [value(j) for j in plan.steps[i - 1].inputs])
 
-        logits.append(plan.tail(plan.gap(value(plan.pooled))))
+        if products is not None:
+            out = F.embedding_bag(maps[plan.last].index[start:end], products, mode="sum")
+            logits.append(plan.tail(out if head.bias is None else out + head.bias.to(out.dtype)))
+        else:
+            logits.append(plan.tail(head(value(plan.last))))
     return torch.cat(logits)
+
+
+def _linear_dense_cost(head: FlattenLinear, table: _Table) -> int:
+    """Multiply-adds (gathers counted as :data:`GATHER_MACS`) of the Linear layer on the materialised map."""
+    s_count, p_count = table.index.shape
+    c = table.rows.shape[1]
+    return s_count * p_count * c * (GATHER_MACS + head.weight.shape[0])
+
+
+def _linear_table_cost(head: FlattenLinear, table: _Table) -> int:
+    """The same through the table: each row times its position's columns, then each sample's sums."""
+    s_count, p_count = table.index.shape
+    out = head.weight.shape[0]
+    return len(table.rows) * table.rows.shape[1] * out + s_count * p_count * out * GATHER_MACS
+
+
+def _linear_products(head: FlattenLinear, table: _Table) -> torch.Tensor:
+    """``W_p @ row`` for every row of ``table`` (``p`` its position), ``[U, out]``: rows sorted by position,
+    one matrix product per position."""
+    out = head.weight.shape[0]
+    weight = head.weight.reshape(out, -1, head.weight.shape[3])  # [out, P, C]
+    flat = table.rows[:, :, 0, 0]
+    order = torch.argsort(table.position, stable=True)
+    counts = torch.bincount(table.position, minlength=weight.shape[1]).tolist()
+    products = flat.new_empty(len(flat), out)
+    a = 0
+    for p, count in enumerate(counts):
+        if count:
+            rows = order[a:a + count]
+            products[rows] = flat.index_select(0, rows) @ weight[:, p].T.to(flat.dtype)
+            a += count
+    return products
 
 
 def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int,
@@ -253,7 +302,7 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
     layer = step.layer
     first = maps[step.inputs[0]]
     if isinstance(layer, Pointwise):
-        return _Table(layer.fn(first.rows), first.index, first.size, first.field_h, first.field_w)
+        return _Table(layer.fn(first.rows), first.index, first.size, first.field_h, first.field_w, first.position)
     if isinstance(layer, Spatial):
         h_in, w_in = first.size
         field_h = _field(first.field_h, h_in, size[0], layer.kernel[0], layer.stride[0], layer.padding[0])
@@ -282,4 +331,4 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
 
         rows = torch.cat([layer.fn(*(rows_of(i, a, b) for i in step.inputs))
                           for a, b in batch_ranges(len(position), ROW_CHUNK)])
-    return _Table(rows, index, size, field_h, field_w)
+    return _Table(rows, index, size, field_h, field_w, position)

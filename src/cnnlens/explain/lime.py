@@ -10,6 +10,7 @@ softmax probability; the ridge is solved in closed form for all images at once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +21,10 @@ from cnnlens._types import Target
 from cnnlens.explain import _base
 from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score
 from cnnlens.explain._fast import autocast, fast_scorer
-from cnnlens.explain._incremental import local_plan
+from cnnlens.explain._incremental import NotDecomposable, local_plan
 from cnnlens.explain._patterns import masked_logits
 
+log = logging.getLogger("cnnlens.explain")
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 HIDES = ("mean", "black")
 
@@ -226,10 +228,11 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     ``"probability"`` (lime's) or ``"logit"``. Every sample of every image goes through the model in
     chunks of ``batch_size``; the same ``generator`` seed gives the same result. ``fast`` (default) scores them
     with a folded-BatchNorm, channels-last copy at a measured batch size and, where the model decomposes
-    into local layers up to global average pooling, computes its first layers once per local mask pattern
-    instead of once per sample (:mod:`cnnlens.explain._patterns`) and its late 3x3 convolutions as
-    Winograd F(4x4,3x3) where timed faster (:mod:`cnnlens.explain._winograd`): the same scores to float
-    rounding (~1e-6 relative);
+    into local layers up to its head (global average pooling, or a flatten into a Linear layer), computes
+    its first layers once per local mask pattern instead of once per sample (:mod:`cnnlens.explain._patterns`)
+    and its late 3x3 convolutions as Winograd F(4x4,3x3) where timed faster (:mod:`cnnlens.explain._winograd`):
+    the same scores to float rounding (~1e-6 relative); where it does not, a ``cnnlens.explain`` log line
+    names the layer that stops it;
     ``precision="bfloat16"``: in bfloat16, opt-in; ``fast=False`` runs the model itself on every masked image.
 
     >>> res = lime_explain(model, images, generator=torch.Generator().manual_seed(0))
@@ -260,10 +263,16 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
         t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
-        plan = local_plan(model) if fast else "fast=False"
+        plan = None
+        if fast:
+            try:
+                plan = local_plan(model, images)
+            except NotDecomposable as why:  # never silently: say which layer stops the pattern tables
+                log.warning("cnnlens: LIME's pattern tables do not apply to this %s: %s; scoring every masked "
+                            "image", type(model).__name__, why)
         with torch.inference_mode():
             scores = torch.empty(n * n_samples, dtype=images.dtype, device=images.device)
-            if not isinstance(plan, str):
+            if plan is not None:
                 # Early layers once per local mask pattern (cnnlens.explain._patterns): one image's samples
                 # at a time; the rest of the model in batches of 2 bs samples (its late, small maps ran
                 # fastest at about twice a whole forward's best batch: measured on small_cnn, vgg_fer, resnet18).
