@@ -393,3 +393,28 @@ def test_float_images_are_float32_whatever_the_index():
     with pytest.raises(TypeError, match=r"ImageSet\.images must be uint8 \[N,C,H,W\], got torch\.float64"):
         ImageSet(images=torch.zeros(1, 1, 2, 2, dtype=torch.float64), labels=torch.zeros(1, dtype=torch.long),
                  classes=("a",), names=("0",))
+
+
+def test_crop_policy_works_on_each_photo_of_a_mixed_size_folder(tmp_path):
+    # Each photo: a white centre square of its own short side, black elsewhere. Cropped to 16x16, every
+    # photo is all white; squashed, the wide and tall ones keep black bands (and mixed sizes are never
+    # squashed to a common square first).
+    from cnnlens.data import load_dataset
+    from cnnlens.data.preprocess import Preprocess
+
+    for name, (h, w) in {"a/wide.png": (30, 90), "a/tall.png": (90, 30), "b/square.png": (50, 50)}.items():
+        px = np.zeros((h, w), dtype=np.uint8)
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        px[top:top + s, left:left + s] = 255
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(px, "L").save(tmp_path / name)
+    spec = f"folder:{tmp_path}"
+    cropped = load_dataset(spec, image_size=16, resize="crop")
+    assert cropped.images.shape == (3, 1, 16, 16) and int(cropped.images.min()) >= 200  # edges blend a little
+    squashed = load_dataset(spec, image_size=16)
+    assert int(squashed.images.amin(dim=(1, 2, 3)).min()) == 0  # the bands are still there
+    via_preprocess = Preprocess(resize="crop", size=(16, 16)).load(spec)
+    assert torch.equal(via_preprocess.images, cropped.images)
+    with pytest.raises(ValueError, match="resize must be one of squash, crop"):
+        load_dataset(spec, image_size=16, resize="stretch")

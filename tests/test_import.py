@@ -286,11 +286,13 @@ def test_import_non_square_rgb_model_and_crop_other_photos(tmp_path: Path, photo
     data = run.dataset(data=f"folder:{photos}")
     assert data.input_shape == (3, 20, 32) and data.classes == ("a", "b", "c", "d", "e")
     assert sorted(set(data.labels.tolist())) == [1, 3]  # B/ is b, 03_d/ is d
-    # 40x60 photos: scaled to 22x32 (the width fits), then rows 1..20 of the middle
+    # 40x60 photos: scaled to 22x32 (the width fits), then rows 1..20 of the middle (decoded by Pillow, each
+    # photo from its full resolution: within 2 levels of torch's antialiased resize of the same photo)
     from cnnlens.data import load_dataset
 
     raw = load_dataset(f"folder:{photos}", "all", classes=run.classes)
-    assert torch.equal(data.images, raw.resized((22, 32)).images[:, :, 1:21])
+    expected = raw.resized((22, 32)).images[:, :, 1:21]
+    assert (data.images.int() - expected.int()).abs().max() <= 2
 
 
 def test_import_torchscript_archive(tmp_path: Path, faces: Path) -> None:

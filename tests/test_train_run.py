@@ -181,3 +181,32 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             runfiles.resolve_device("cuda")
+
+
+def test_a_crop_run_loads_its_images_the_way_it_trained(tmp_path: Path) -> None:
+    # Photos of two shapes, trained with --resize crop: the run records the policy and every later load
+    # (run.dataset) crops the same way, from each photo's own resolution.
+    import numpy as np
+    from PIL import Image
+
+    from cnnlens.data import load_dataset
+    from cnnlens.train import train
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(6):
+            shape = (20, 40) if i % 2 else (40, 20)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), "L").save(tmp_path / "pets" / cls / f"{i}.png")
+    spec = f"folder:{tmp_path / 'pets'}"
+    config = TrainConfig(data=spec, image_size=16, resize="crop", epochs=1, batch_size=4, val_fraction=0.5,
+                         model="small_cnn", device="cpu")
+    run = train(config, tmp_path / "run", progress=False)
+    manifest = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert manifest["preprocess"]["resize"] == "crop" and manifest["train"]["resize"] == "crop"
+    assert run.preprocess.resize == "crop"
+    cropped = load_dataset(spec, "train", image_size=16, resize="crop")
+    both = torch.cat([run.dataset("train").images, run.dataset("val").images])
+    assert sorted(map(bytes, both.numpy())) == sorted(map(bytes, cropped.images.numpy()))
+    squashed = load_dataset(spec, "train", image_size=16)
+    assert not torch.equal(cropped.images, squashed.images)

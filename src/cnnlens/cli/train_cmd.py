@@ -26,6 +26,9 @@ def _default(name: str) -> Any:
 @click.option("--model", default=_default("model"), show_default=True, help="small_cnn, vgg_fer or resnet18.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Resize images to SIZE x SIZE when loading (default: the dataset's own size).")
+@click.option("--resize", type=click.Choice(["squash", "crop"]), default=_default("resize"), show_default=True,
+              help="How photos of another shape get to --image-size: resized whole, or the shorter side resized "
+                   "and the centre cut out. Stored with the run; every later command loads images the same way.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=_default("val_fraction"), show_default=True, help="Stratified validation share of the train split.")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True,

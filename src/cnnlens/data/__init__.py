@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlens.data._images import check_size
+from cnnlens.data._images import check_hw
 from cnnlens.data.errors import DataError
 from cnnlens.data.fer import FER_CLASSES, load_fer
 from cnnlens.data.folder import load_folder
@@ -49,9 +49,9 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(rest)
 
 
-def load_dataset(spec: str, split: str | None = None, *, image_size: int | None = None, skip_bad_rows: bool = False,
-                 channels: int | None = None, skipped: list[DataError] | None = None,
-                 classes: Sequence[str] | None = None) -> ImageSet:
+def load_dataset(spec: str, split: str | None = None, *, image_size: int | tuple[int, int] | None = None,
+                 skip_bad_rows: bool = False, channels: int | None = None, skipped: list[DataError] | None = None,
+                 classes: Sequence[str] | None = None, resize: str = "squash") -> ImageSet:
     """Load ``split`` (``train``, ``val``, ``test`` or ``all``) of the dataset named by ``spec``.
 
     ``split=None``: the dataset's own default, ``train``, except for a file that holds only a test split
@@ -63,8 +63,10 @@ def load_dataset(spec: str, split: str | None = None, *, image_size: int | None 
     them its labels are the folders' sorted positions, and the log says so. Other kinds have fixed class
     names and ignore it (the caller compares them with its own).
 
-    ``image_size``: side of the square images are resized to (None = the dataset's own: 48 for FER and
-    synth, 128 for Food-11, a folder's common size). ``channels``: 1 or 3 to convert (None = the dataset's own:
+    ``image_size``: side of the square (or ``(height, width)``) images are brought to (None = the dataset's
+    own: 48 for FER and synth, 128 for Food-11, a folder's common size); photos (``food11:``, ``folder:``)
+    get there by ``resize``: ``"squash"`` (resized whole) or ``"crop"`` (shorter side resized, centre cut
+    out), each from its own full resolution. ``channels``: 1 or 3 to convert (None = the dataset's own:
     gray for FER and synth, RGB for Food-11, automatic for a folder).
 
     Bad rows and unreadable files raise :class:`DataError` naming the file, the line (or file name) and
@@ -84,13 +86,13 @@ def load_dataset(spec: str, split: str | None = None, *, image_size: int | None 
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if image_size is not None:
-        image_size = check_size(image_size)
+        image_size = check_hw(image_size)
     if kind == "food11":
-        return _convert(load_food11(path, split, image_size=image_size, skip_bad_rows=skip_bad_rows, skipped=skipped),
-                        None, channels)
+        return _convert(load_food11(path, split, image_size=image_size, skip_bad_rows=skip_bad_rows, skipped=skipped,
+                                    resize=resize), None, channels)
     if kind == "folder":
         return load_folder(path, split, image_size=image_size, channels=channels, classes=classes,
-                           skip_bad_rows=skip_bad_rows, skipped=skipped)
+                           skip_bad_rows=skip_bad_rows, skipped=skipped, resize=resize)
     if kind == "synth":
         csv = path if path.is_file() else path / FACES_CSV
         if not csv.is_file():
@@ -99,7 +101,7 @@ def load_dataset(spec: str, split: str | None = None, *, image_size: int | None 
     return _convert(load_fer(path, split, skip_bad_rows=skip_bad_rows, skipped=skipped), image_size, channels)
 
 
-def _convert(images: ImageSet, image_size: int | None, channels: int | None) -> ImageSet:
+def _convert(images: ImageSet, image_size: tuple[int, int] | None, channels: int | None) -> ImageSet:
     if channels is not None:
         images = images.with_channels(channels)
     return images if image_size is None else images.resized(image_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -91,10 +92,29 @@ def header(path: Path) -> tuple[str, tuple[int, int]]:
         raise _unreadable(path, exc) from None
 
 
+#: How an image of another shape is brought to the requested size: ``squash`` resizes it whole (the aspect
+#: ratio may change); ``crop`` resizes the shorter side to fit and cuts out the centre.
+RESIZE_POLICIES = ("squash", "crop")
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it names a policy of :data:`RESIZE_POLICIES`, else a ValueError naming them."""
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}; got {resize!r}")
+    return resize
+
+
+def covering_size(h: int, w: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The smallest ``(H, W)`` with ``h x w``'s aspect ratio that covers ``target``: what ``crop`` resizes to."""
+    scale = max(target[0] / h, target[1] / w)
+    return max(target[0], math.ceil(h * scale - 1e-9)), max(target[1], math.ceil(w * scale - 1e-9))
+
+
 def decode_all(paths: Sequence[Path], size: tuple[int, int] | None, channels: int,
-               workers: int | None = None) -> tuple[np.ndarray | None, dict[int, DataError]]:
+               workers: int | None = None, resize: str = "squash") -> tuple[np.ndarray | None, dict[int, DataError]]:
     """Decode ``paths`` to uint8 ``[N,C,H,W]`` (``size`` = (height, width), None = each file's own size, which
-    must then be the same for all). Returns the array (unreadable files left as zeros) and ``{index: error}``.
+    must then be the same for all; ``resize``: how a file of another shape gets there, see
+    :data:`RESIZE_POLICIES`). Returns the array (unreadable files left as zeros) and ``{index: error}``.
 
     Pillow releases the GIL while decoding, so a few threads decode in parallel.
     """
@@ -102,7 +122,7 @@ def decode_all(paths: Sequence[Path], size: tuple[int, int] | None, channels: in
         return None, {}
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda p: _decode(p, size, channels), paths))
+        results = list(pool.map(lambda p: _decode(p, size, channels, check_resize(resize)), paths))
     errors = {i: r for i, r in enumerate(results) if isinstance(r, DataError)}
     good = [r for r in results if not isinstance(r, DataError)]
     if not good:
@@ -119,17 +139,22 @@ def decode_all(paths: Sequence[Path], size: tuple[int, int] | None, channels: in
     return out, errors
 
 
-def _decode(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray | DataError:
+def _decode(path: Path, size: tuple[int, int] | None, channels: int, resize: str = "squash") -> np.ndarray | DataError:
     try:
         with Image.open(path) as im:
-            if size is not None and im.format == "JPEG":
+            # crop: resize to the size that covers the target with the file's aspect ratio, then cut the centre
+            scaled = size if size is None or resize == "squash" else covering_size(im.size[1], im.size[0], size)
+            if scaled is not None and im.format == "JPEG":
                 # let the JPEG decoder scale down by a power of two first: much faster for large photos
-                im.draft("RGB" if channels == 3 else "L", (size[1], size[0]))
+                im.draft("RGB" if channels == 3 else "L", (scaled[1], scaled[0]))
             if im.mode in WIDE_MODES or im.mode.startswith("I;"):
                 im = Image.fromarray(to_uint8(np.asarray(im)), "L")
             im = im.convert("RGB" if channels == 3 else "L")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            if scaled is not None and im.size != (scaled[1], scaled[0]):
+                im = im.resize((scaled[1], scaled[0]), Image.Resampling.BILINEAR)
+            if size is not None and scaled != size:
+                top, left = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
+                im = im.crop((left, top, left + size[1], top + size[0]))
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # any decoding failure is this file's problem, reported with its name
         return _unreadable(path, exc)
@@ -195,3 +220,13 @@ def check_size(image_size: int) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
     return int(image_size)
+
+
+def check_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``image_size`` (a side, or ``(height, width)``) as ``(height, width)``, or a ValueError."""
+    if isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+        return check_size(image_size[0]), check_size(image_size[1])
+    side = check_size(image_size)
+    return side, side

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from cnnlens._types import PathArg
-from cnnlens.data._images import GRAY_MODES, IMAGE_SUFFIXES, check_size, decode_all, header, log_not_loaded, scan_folder
+from cnnlens.data._images import (GRAY_MODES, IMAGE_SUFFIXES, check_hw, check_resize, decode_all, header,
+                                  log_not_loaded, scan_folder)
 from cnnlens.data.errors import DataError, log, raise_or_skip
 from cnnlens.data.imageset import ImageSet
 
@@ -49,13 +50,15 @@ def class_key(name: str) -> str:
     return re.sub(r"[\s_-]+", " ", _PREFIX.sub("", name.strip())).strip().casefold()
 
 
-def load_folder(root: PathArg, split: str = "train", *, image_size: int | None = None, channels: int | None = None,
-                classes: Sequence[str] | None = None, skip_bad_rows: bool = False,
-                skipped: list[DataError] | None = None) -> ImageSet:
+def load_folder(root: PathArg, split: str = "train", *, image_size: int | tuple[int, int] | None = None,
+                channels: int | None = None, classes: Sequence[str] | None = None, skip_bad_rows: bool = False,
+                skipped: list[DataError] | None = None, resize: str = "squash") -> ImageSet:
     """Load an ImageFolder-style directory as an :class:`ImageSet`.
 
-    ``image_size``: side of the square every image is resized to; None keeps the images' own size when they
-    all share one and otherwise resizes to 128. ``channels``: 1 (gray) or 3 (RGB); None = gray when every
+    ``image_size``: side of the square (or ``(height, width)``) every image is brought to, by ``resize``:
+    ``"squash"`` resizes it whole, ``"crop"`` resizes its shorter side to fit and cuts out the centre (each
+    file from its own full resolution); None keeps the images' own size when they all share one and
+    otherwise squashes them to 128. ``channels``: 1 (gray) or 3 (RGB); None = gray when every
     image is single-channel, else RGB. Names are paths relative to ``root`` ("cat/001.jpg").
 
     ``classes``: the model's class names, index = label. Each class folder is matched to one of them by
@@ -82,7 +85,8 @@ def load_folder(root: PathArg, split: str = "train", *, image_size: int | None =
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (gray), 3 (RGB) or None (automatic), got {channels!r}")
     given = None if classes is None else _check_classes(classes)
-    size = None if image_size is None else check_size(image_size)
+    size = None if image_size is None else check_hw(image_size)
+    check_resize(resize)
     if not root.is_dir():
         raise DataError(root, "no such folder; expected a folder with one sub-folder of images per class")
     split_roots = _split_roots(root)
@@ -143,14 +147,14 @@ def load_folder(root: PathArg, split: str = "train", *, image_size: int | None =
     if channels is None:
         channels = 1 if modes and all(m in GRAY_MODES for m in modes) else 3
     if size is not None:
-        hw: tuple[int, int] | None = (size, size)
+        hw: tuple[int, int] | None = size
     elif len(sizes) == 1:
         w, h = next(iter(sizes))
         hw = (h, w)
     else:
         hw = (DEFAULT_SIZE, DEFAULT_SIZE)
     todo = [i for i in range(len(paths)) if i not in errors]
-    images, decode_errors = decode_all([paths[i] for i in todo], hw, channels)
+    images, decode_errors = decode_all([paths[i] for i in todo], hw, channels, resize=resize if size else "squash")
     errors.update({todo[j]: e for j, e in decode_errors.items()})
     raise_or_skip(root, split, [errors[i] for i in sorted(errors)], skip_bad_rows, skipped, what="files")
     keep = [j for j, i in enumerate(todo) if i not in errors]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnnlens._types import PathArg
-from cnnlens.data._images import IMAGE_SUFFIXES, check_size, decode_all, log_not_loaded, scan_folder
+from cnnlens.data._images import IMAGE_SUFFIXES, check_hw, check_resize, decode_all, log_not_loaded, scan_folder
 from cnnlens.data.errors import DataError, raise_or_skip
 from cnnlens.data.imageset import ImageSet
 
@@ -32,9 +32,12 @@ _LABELLED = re.compile(r"([0-9]+)_([0-9]+)")
 _UNLABELLED = re.compile(r"[0-9]+")
 
 
-def load_food11(root: PathArg, split: str = "train", *, image_size: int | None = None, skip_bad_rows: bool = False,
-                skipped: list[DataError] | None = None) -> ImageSet:
-    """Load one split of Food-11 as an RGB :class:`ImageSet` of ``image_size`` x ``image_size`` images.
+def load_food11(root: PathArg, split: str = "train", *, image_size: int | tuple[int, int] | None = None,
+                skip_bad_rows: bool = False, skipped: list[DataError] | None = None,
+                resize: str = "squash") -> ImageSet:
+    """Load one split of Food-11 as an RGB :class:`ImageSet` of ``image_size`` x ``image_size`` images
+    (or ``(height, width)``), each photo brought there by ``resize`` (``"squash"`` or ``"crop"``, see
+    :func:`cnnlens.data.folder.load_folder`).
 
     Splits: ``train`` = ``training/``, ``val`` = ``validation/``, ``test`` = ``evaluation/``, ``all`` = the three.
     Names are ``"training/3_41.jpg"``. A misnamed or unreadable file raises :class:`DataError` naming it;
@@ -45,7 +48,8 @@ def load_food11(root: PathArg, split: str = "train", *, image_size: int | None =
     torch.Size([3, 64, 64])
     """
     root = Path(root)
-    size = FOOD11_SIZE if image_size is None else check_size(image_size)
+    size = check_hw(FOOD11_SIZE if image_size is None else image_size)
+    check_resize(resize)
     if split not in (*FOOD11_FOLDERS, "all"):
         raise ValueError(f"split must be one of {', '.join((*FOOD11_FOLDERS, 'all'))}; got {split!r}")
     if not root.is_dir():
@@ -87,7 +91,7 @@ def load_food11(root: PathArg, split: str = "train", *, image_size: int | None =
                                          f"({', '.join(f'{k}={c}' for k, c in enumerate(FOOD11_CLASSES))})")
     log_not_loaded(root, split, not_loaded)
     todo = [i for i in range(len(paths)) if i not in errors]
-    images, decode_errors = decode_all([paths[i] for i in todo], (size, size), 3)
+    images, decode_errors = decode_all([paths[i] for i in todo], size, 3, resize=resize)
     errors.update({todo[j]: e for j, e in decode_errors.items()})
     keep = [i for i in range(len(paths)) if i not in errors]
     raise_or_skip(root, split, [errors[i] for i in sorted(errors)], skip_bad_rows, skipped, what="files")

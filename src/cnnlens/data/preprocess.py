@@ -121,15 +121,15 @@ class Preprocess:
         """Load ``split`` of the dataset ``spec`` (None: the dataset's default split) as the model takes it.
 
         ``classes``: the model's class names; the dataset's labels are matched to them by name (see
-        :func:`align_classes`). A folder of photos of one size is read at that size and then resized by
-        the policy; the loaders resize folders of mixed sizes to a common square first.
+        :func:`align_classes`). Photos are brought to ``size`` by the policy as they are decoded; FER and
+        synthetic faces (one size) are resized after loading, by the same policy.
         """
         from cnnlens.data import load_dataset
 
-        square = self.size is not None and self.size[0] == self.size[1]
-        # squashing to a square is what the loaders do themselves, while decoding (faster for big photos)
-        image_size = self.size[0] if square and self.resize == "squash" else None
-        kwargs: dict[str, Any] = {"image_size": image_size, "channels": self.channels, "skip_bad_rows": skip_bad_rows}
+        # photos are brought to the size by the policy while decoding, each from its own full resolution
+        # (faster for big photos, and a folder of mixed sizes is never squashed to a common square first)
+        kwargs: dict[str, Any] = {"image_size": self.size, "resize": self.resize, "channels": self.channels,
+                                  "skip_bad_rows": skip_bad_rows}
         if classes is not None and spec.partition(":")[0] == "folder":
             kwargs["classes"] = list(classes)
         images = self.fit(load_dataset(spec, split, **kwargs))

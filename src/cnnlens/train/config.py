@@ -36,6 +36,9 @@ class TrainConfig:
         data: dataset spec (``synth:DIR``, ``fer:FILE.csv``, ``food11:DIR``, ``folder:DIR``).
         model: model name in :data:`cnnlens.models.MODELS`.
         image_size: resize images to ``image_size x image_size`` when loading; None keeps the dataset's size.
+        resize: how photos of another shape get to ``image_size``: ``squash`` (resized whole) or ``crop``
+            (shorter side resized, centre cut out); stored in the run's preprocessing, so every later
+            command loads images the way training did.
         val_fraction: fraction of the training split held out (stratified) for validation, in (0, 1).
         seed: seeds the split, the model's initial weights, the shuffling, the augmentation and dropout.
         epochs: number of passes over the training images.
@@ -60,6 +63,7 @@ class TrainConfig:
     data: str
     model: str = "small_cnn"
     image_size: int | None = None
+    resize: str = "squash"
     val_fraction: float = 0.2
     seed: int = 0
     epochs: int = 30
@@ -102,6 +106,8 @@ class TrainConfig:
         for name in ("shift", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.resize not in ("squash", "crop"):
+            raise ValueError(f"resize must be 'squash' or 'crop', got {self.resize!r}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels or None, got {self.image_size}")
         if self.num_threads is not None and self.num_threads < 1:

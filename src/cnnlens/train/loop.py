@@ -197,7 +197,8 @@ def _load_training_data(config: TrainConfig, spec: str) -> ImageSet:
     from cnnlens.data import load_dataset
 
     skipped: list[Any] = []
-    kwargs: dict[str, Any] = {"image_size": config.image_size, "skip_bad_rows": config.skip_bad_rows}
+    kwargs: dict[str, Any] = {"image_size": config.image_size, "resize": config.resize,
+                              "skip_bad_rows": config.skip_bad_rows}
     if config.skip_bad_rows:
         kwargs["skipped"] = skipped
     data = load_dataset(spec, "train", **kwargs)

@@ -64,10 +64,11 @@ def run_manifest(config: TrainConfig, model_kwargs: dict[str, Any], input_shape:
         "model": {"name": config.model, "kwargs": model_kwargs},
         "input_shape": list(input_shape),
         "classes": list(classes),
-        # cnnlens models normalise inside and take [0,1] images; the loaders squash to image_size
-        "preprocess": Preprocess(channels=input_shape[0], size=(input_shape[1], input_shape[2])).to_dict(),
+        # cnnlens models normalise inside and take [0,1] images; the loaders bring photos to image_size
+        "preprocess": Preprocess(resize=config.resize, channels=input_shape[0],
+                                 size=(input_shape[1], input_shape[2])).to_dict(),
         "data": {"spec": config.data, "resolved_spec": absolute_spec(config.data), "image_size": config.image_size,
-                 "skip_bad_rows": config.skip_bad_rows, "n_images": n_images},
+                 "resize": config.resize, "skip_bad_rows": config.skip_bad_rows, "n_images": n_images},
         "train": config.to_dict(),
     }
 
@@ -423,7 +424,8 @@ class Run:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         data = self.manifest["data"]
         spec = data_spec(self.manifest)
-        kwargs = {"image_size": data.get("image_size"), "skip_bad_rows": bool(data.get("skip_bad_rows", False))}
+        kwargs = {"image_size": data.get("image_size"), "resize": self.preprocess.resize,
+                  "skip_bad_rows": bool(data.get("skip_bad_rows", False))}
         if split == "test":
             images = load_dataset(spec, "test", **kwargs)
         else:
