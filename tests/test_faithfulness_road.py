@@ -141,7 +141,10 @@ def test_substrate_check_flags_a_model_that_ignores_its_input() -> None:
     p = float(np.exp(2) / (np.exp(2) + 2))
     assert c.mean_probability == pytest.approx(p, abs=1e-6) and c.chance == pytest.approx(1 / 3)
     assert c.still_predicted == 1.0 and c.above_chance and c.n_images == 5
-    assert c.sentence().startswith("blur: fully deleted images still get their class with p = 0.79 on average")
+    assert (c.ci_low, c.ci_high) == (pytest.approx(p), pytest.approx(p)) and not c.keeps_class
+    assert c.sentence().startswith("blur: fully deleted images still get their class with p = 0.79 (95% CI 0.79-0.79; "
+                                   "chance 0.33); 100% are still predicted as it")
+    assert c.why() == "the model gives the class that probability whatever is left of the image"
 
 
 def test_substrate_check_passes_a_substrate_that_leaves_the_class() -> None:
@@ -149,3 +152,25 @@ def test_substrate_check_passes_a_substrate_that_leaves_the_class() -> None:
     c = substrate_check(Brightness(), x, target=0, substrate="zero")  # black: p(class 0) = sigmoid(-4) ~ 0.02
     assert c.mean_probability < 0.05 and not c.above_chance and c.still_predicted == 0.0
     assert substrate_check(Brightness(), x, target=0, substrate="blur").above_chance  # a blurred bright image is bright
+
+
+def _bright_and_dark(n: int = 20) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.3
+    x[: n // 2] += 0.65  # half bright (class 0), half dark (class 1)
+    return x
+
+
+def test_a_substrate_that_keeps_the_class_apart_is_above_chance() -> None:
+    c = substrate_check(Brightness(), _bright_and_dark(), substrate="blur")  # blurred, bright stays bright
+    assert c.mean_probability > 0.9 and c.ci_low > 0.5 and c.above_chance
+    assert c.keeps_class and c.class_blind == pytest.approx(0.5, abs=0.01)
+    assert c.why() == "the substrate still shows which class an image is"
+
+
+def test_one_class_for_every_blank_image_is_chance_not_a_warning() -> None:
+    """Black images are all 'dark' (class 1): the dark half keeps its class, the bright half loses it, so
+    the class gets p = 0.5 on average, chance for 2 classes: the substrate says nothing of the class."""
+    c = substrate_check(Brightness(), _bright_and_dark(), substrate="zero")
+    assert c.still_predicted == 0.5 and c.mean_probability == pytest.approx(0.5, abs=0.01)
+    assert not c.above_chance and not c.keeps_class

@@ -17,8 +17,8 @@ from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import smoothgrad
-from cnnlens.faithfulness import evaluate_faithfulness, mean_ci
-from cnnlens.faithfulness.runner import FaithfulnessResult
+from cnnlens.faithfulness import evaluate_faithfulness, evaluate_run_faithfulness, mean_ci
+from cnnlens.faithfulness.runner import FaithfulnessResult, stratified_order
 
 N, SIZE = 6, 16
 
@@ -236,3 +236,142 @@ def test_mean_ci_bootstrap() -> None:
         mean_ci([1.0, float("nan")])
     with pytest.raises(ValueError, match="confidence must be in"):
         mean_ci([1.0, 2.0], confidence=95)
+
+
+# ------------------------------------------------------------------- honest samples (issue 11, item 6)
+
+
+def _class_counts(labels: list[int], k: int) -> list[int]:
+    return [labels[:k].count(c) for c in sorted(set(labels))]
+
+
+@pytest.mark.parametrize("sizes", [(30, 30, 30), (50, 7, 20, 3)], ids=["balanced", "unbalanced"])
+def test_stratified_order_every_prefix_is_balanced_and_the_seed_decides(sizes) -> None:
+    labels = [c for c, n in enumerate(sizes) for _ in range(n)]  # in class order, as a folder lists them
+    order = stratified_order(labels, seed=0)
+    assert sorted(order) == list(range(len(labels)))  # every image once
+    drawn = [labels[i] for i in order]
+    for k in range(1, len(labels) + 1):
+        counts = _class_counts(drawn, k)
+        left = [c for c, n in enumerate(sizes) if counts[c] < n]  # classes with images still to draw
+        # classes not yet exhausted differ by at most one, and none is behind an exhausted one's share
+        assert not left or max(counts[c] for c in left) - min(counts[c] for c in left) <= 1
+    assert stratified_order(labels, seed=0) == order
+    assert stratified_order(labels, seed=1) != order
+    assert order[:len(sizes)] != list(range(len(sizes)))  # not the first images of the split
+    assert sorted(drawn[:len(sizes)]) == list(range(len(sizes)))  # the first K: one of each class
+
+
+class _Run:
+    """What evaluate_run_faithfulness reads from a cnnlens Run: its model, device and split."""
+
+    def __init__(self, model: torch.nn.Module, data) -> None:
+        self.model, self.device, self._data = model, torch.device("cpu"), data
+
+    def dataset(self, split: str = "val"):
+        return self._data
+
+
+@pytest.fixture(scope="module")
+def class_ordered_run():
+    from cnnlens.data.imageset import ImageSet
+
+    k, per = 5, 8
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (k * per, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    labels = torch.arange(k).repeat_interleave(per)  # class 0 first, then class 1, ...
+    masks = torch.zeros(k * per, SIZE, SIZE, dtype=torch.bool)
+    masks[:, 3:9, 3:9] = True
+    data = ImageSet(images, labels, tuple("abcde"), tuple(f"img{i}" for i in range(k * per)), masks)
+    return _Run(make_random_model(1, k, seed=2), data)
+
+
+def test_a_run_is_sampled_stratified_at_random_recorded_and_scored_on_the_same_images(class_ordered_run) -> None:
+    run = class_ordered_run
+    kw = {"n_images": 10, "n_perturbation_images": 5, "n_randomization_images": 0, "seed": 4}
+    r = evaluate_run_faithfulness(run, methods=METHODS, **kw)
+    s = r.settings["sampling"]
+    order = stratified_order(run.dataset().labels, seed=4)[:10]
+    assert s["indices"] == order and s["seed"] == 4 and s["n_available"] == 40 and s["n_images"] == 10
+    assert s["class_counts"] == {c: 2 for c in "abcde"}  # 10 of 5 classes: 2 each, not 8 of a and 2 of b
+    assert list(r.names) == [f"img{i}" for i in order]
+    assert sorted(run.dataset().labels[order[:5]].tolist()) == [0, 1, 2, 3, 4]  # occlusion's 5: one per class
+    # every method and baseline scored on the occlusion subset too: the same first 5 images
+    for metric in ("deletion_auc", "insertion_auc", "pointing_game"):
+        for m in (*METHODS, "random-order" if "auc" in metric else "centre-prior"):
+            row = r.row(m, metric, n_images=5)
+            assert row.mean == pytest.approx(float(np.mean(r.per_image[(m, metric)][:5])))
+    assert r.row("saliency", "deletion_auc").n_images == 10  # and on all of them
+    again = evaluate_run_faithfulness(run, methods=METHODS, **kw)
+    assert again.names == r.names and again.rows == r.rows  # same seed, same images, same numbers
+    other = evaluate_run_faithfulness(run, methods={"saliency": saliency}, **{**kw, "seed": 5})
+    assert other.names != r.names
+    assert r.manifest()["settings"]["sampling"]["class_counts"] == {c: 2 for c in "abcde"}
+
+
+def test_a_runs_masks_follow_the_images_drawn(class_ordered_run, tmp_path) -> None:
+    from PIL import Image
+
+    run = class_ordered_run
+    masks = torch.zeros(40, SIZE, SIZE, dtype=torch.bool)
+    for i in range(40):  # a different mask per image: a square whose row is the image's index
+        masks[i, i % 12:(i % 12) + 4, 2:6] = True
+        Image.fromarray(masks[i].numpy().astype(np.uint8) * 255).save(tmp_path / f"img{i}.png")
+    kw = {"methods": {"mask": lambda m, x, target=None: torch.zeros(len(x), SIZE, SIZE)}, "n_images": 6,
+          "n_randomization_images": 0, "seed": 1}
+    given = evaluate_run_faithfulness(run, masks=masks, **kw)
+    folder = evaluate_run_faithfulness(run, mask_dir=tmp_path, **kw)
+    assert given.rows == folder.rows
+    order = given.settings["sampling"]["indices"]
+    prior = [float(v) for v in given.per_image[("centre-prior", "relevance_mass")]]
+    from cnnlens.faithfulness.localization import centre_prior, localization_scores
+
+    expected = localization_scores(centre_prior(SIZE, SIZE).expand(6, SIZE, SIZE), masks[order])["relevance_mass"]
+    assert prior == pytest.approx(expected.tolist())
+    with pytest.raises(ValueError, match=r"masks must hold one mask per image of the split \(40\)"):
+        evaluate_run_faithfulness(run, masks=masks[:6], **kw)
+
+
+class _Ignores(torch.nn.Module):
+    """Always class 0, whatever the image: every substrate leaves it there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([2.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0], 4) + 0 * x.flatten(1)[:, :1]
+
+
+def test_a_substrate_that_leaves_the_class_is_warned_about(setup, caplog) -> None:
+    _, images, _ = setup
+    with caplog.at_level("WARNING", logger="cnnlens.faithfulness"):
+        r = evaluate_faithfulness(_Ignores(), images, None, None, {"saliency": saliency}, n_randomization_images=0)
+    check = r.substrate_checks["deletion"]
+    assert check.substrate == "blur" and check.above_chance and check.chance == 0.25
+    assert len(r.warnings) == 1 and r.warnings[0].startswith("deletion substrate blur: fully deleted images still get")
+    # the model ignores its input: no substrate would help, and the warning says why the class survives
+    assert "the model gives the class that probability whatever is left of the image" in r.warnings[0]
+    assert "no other substrate brings it to chance either (road p = 0.71, dataset-mean p = 0.71" in r.warnings[0]
+    assert set(r.substrate_checks["alternatives"]) == {"road", "dataset-mean", "zero", "mean"}
+    assert [rec.getMessage() for rec in caplog.records] == list(r.warnings)
+    m = r.manifest()
+    assert m["warnings"] == list(r.warnings)
+    assert m["substrate_check"]["deletion"]["above_chance"] is True
+    assert m["substrate_check"]["alternatives"]["road"]["substrate"] == "road"
+
+
+def test_a_substrate_that_removes_the_class_passes_and_a_stronger_one_is_offered(caplog) -> None:
+    class Bright(torch.nn.Module):  # class 0 for bright images: a blurred bright image stays bright
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = 8.0 * (x.mean(dim=(1, 2, 3)) - 0.5)
+            return torch.stack([v, torch.zeros_like(v)], dim=1)
+
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.65
+    with caplog.at_level("WARNING", logger="cnnlens.faithfulness"):
+        blur = evaluate_faithfulness(Bright(), images, 0, None, {"saliency": saliency}, n_randomization_images=0)
+        zero = evaluate_faithfulness(Bright(), images, 0, None, {"saliency": saliency}, n_randomization_images=0,
+                                     deletion_substrate="zero", insertion_substrate="zero")
+    assert blur.warnings and "try --deletion-substrate zero (road p = " in blur.warnings[0]
+    assert not zero.warnings and not zero.substrate_checks["deletion"].above_chance
+    assert "alternatives" not in zero.substrate_checks

@@ -135,6 +135,7 @@ def test_pointing_game_beats_the_centre_prior(trained_result, method) -> None:
 
 def test_cli_writes_the_table_and_refuses_to_overwrite(faces_run, tmp_path) -> None:
     from cnnlens.cli import main
+    from cnnlens.faithfulness.runner import stratified_order
 
     out = tmp_path / "faith"
     args = ["faithfulness", str(faces_run.path), "--methods", "saliency,grad-cam,occlusion", "--n-images", "24",
@@ -146,7 +147,10 @@ def test_cli_writes_the_table_and_refuses_to_overwrite(faces_run, tmp_path) -> N
     assert "randomisation check: left out occlusion" in res.output
     manifest = json.loads((out / "faithfulness.json").read_text())
     assert manifest["settings"]["methods"] == ["saliency", "grad-cam", "occlusion"]
-    assert manifest["images"][0] == faces_run.val.names[0]
+    drawn = stratified_order(faces_run.val.labels, seed=0)[:24]  # not the first 24 of the split: a stratified draw
+    assert manifest["images"] == [faces_run.val.names[i] for i in drawn]
+    assert manifest["settings"]["sampling"]["indices"] == drawn and manifest["settings"]["sampling"]["seed"] == 0
+    assert "substrate_check" in manifest and manifest["substrate_check"]["deletion"]["substrate"] == "blur"
     assert {r["method"] for r in manifest["rows"]} == {"saliency", "grad-cam", "occlusion", "random-order",
                                                        "centre-prior", "random-map"}
     again = CliRunner().invoke(main, args)

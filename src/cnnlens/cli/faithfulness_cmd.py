@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cnnlens.cli._options import parse_methods, parse_options
+from cnnlens.faithfulness.deletion import SUBSTRATES
 
 
 def _step(text: str) -> int | float:
@@ -25,9 +26,11 @@ def _step(text: str) -> int | float:
               help="Comma-separated methods (saliency,smoothgrad,guided-backprop,integrated-gradients,grad-cam,cam,"
                    "guided-grad-cam,occlusion,lime) or 'all' (methods the model cannot support are skipped and listed).")
 @click.option("--n-images", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Evaluate on the first N images of the split.")
+              help="Evaluate on N images of the split drawn at random, stratified by class (seeded by --seed; "
+                   "the draw is recorded in faithfulness.json).")
 @click.option("--n-perturbation-images", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Occlusion and LIME (hundreds of forward passes per image) use only the first N of those.")
+              help="Occlusion and LIME (hundreds of forward passes per image) use only the first N of those (a "
+                   "stratified subset); every method and baseline is also scored on them, for a like-for-like table.")
 @click.option("--n-randomization-images", type=click.IntRange(min=0), default=16, show_default=True,
               help="The randomisation sanity check re-explains these first N images once per layer (0: skip it).")
 @click.option("--randomization-methods", default="auto", show_default=True, metavar="NAMES",
@@ -40,9 +43,11 @@ def _step(text: str) -> int | float:
                    "e.g. synthetic faces; without masks localisation is skipped).")
 @click.option("--step", default="0.05", show_default=True,
               help="Deletion/insertion step: a share of the pixels (0.05) or pixels per step (48).")
-@click.option("--deletion-substrate", type=click.Choice(["zero", "mean", "blur"]), default="blur", show_default=True,
-              help="What deleted pixels become (blur: a blurred copy, sigma = 10% of the image side).")
-@click.option("--insertion-substrate", type=click.Choice(["zero", "mean", "blur"]), default="blur", show_default=True,
+@click.option("--deletion-substrate", type=click.Choice(list(SUBSTRATES)), default="blur", show_default=True,
+              help="What deleted pixels become (blur: a blurred copy, sigma = 10% of the image side; dataset-mean; "
+                   "road: noisy linear imputation from the pixels left, Rong et al. 2022, slower). A warning says "
+                   "when the fully deleted image still shows the class.")
+@click.option("--insertion-substrate", type=click.Choice(list(SUBSTRATES)), default="blur", show_default=True,
               help="What insertion starts from.")
 @click.option("--option", "-o", "option_items", multiple=True, metavar="METHOD.NAME=VALUE",
               help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500.")
@@ -75,7 +80,6 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
     """
     from cnnlens._atomic import check_output
     from cnnlens.explain.runner import check_methods, check_options
-    from cnnlens.faithfulness.masks import load_mask_folder
     from cnnlens.faithfulness.runner import evaluate_run_faithfulness
     from cnnlens.train import load_run
     from cnnlens.train.run import run_inputs
@@ -101,13 +105,8 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
                                      param_hint="--randomization-methods")
     try:
         run = load_run(run_dir, device=device)
-        masks = None
-        if mask_dir is not None:
-            data = run.dataset(split)
-            names_in_split = data.names[:n_images]
-            masks = load_mask_folder(mask_dir, names_in_split, tuple(data.images.shape[2:]))
-        result = evaluate_run_faithfulness(
-            run, split=split, n_images=n_images, masks=masks, methods=chosen,
+        result = evaluate_run_faithfulness(  # masks are read for the images it draws
+            run, split=split, n_images=n_images, mask_dir=mask_dir, methods=chosen,
             n_perturbation_images=n_perturbation_images, n_randomization_images=n_randomization_images,
             randomization_methods=randomized, step=step_value, deletion_substrate=deletion_substrate,
             insertion_substrate=insertion_substrate, method_kwargs=options, seed=seed, batch_size=batch_size,

@@ -32,6 +32,7 @@ from cnnlens.explain._fast import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
 from cnnlens.faithfulness.road import noisy_linear_imputation
+from cnnlens.faithfulness.stats import mean_ci
 
 MODES = ("deletion", "insertion")
 #: What a removed pixel becomes (deletion) or what insertion starts from: black, each image's own
@@ -260,7 +261,12 @@ class SubstrateCheck:
 
     Attributes:
         substrate: one of :data:`SUBSTRATES`.
-        mean_probability: the target class's probability on the substrate, mean over images.
+        mean_probability / ci_low / ci_high: the target class's probability on the substrate, mean over
+            images and its 95% bootstrap interval.
+        class_blind: the mean probability the substrate gives the images' classes when the class is not
+            known: ``mean_i sum_c share_c p_i(c)``, ``share_c`` the share of images explained toward ``c``.
+            Well below ``mean_probability``: the substrate still tells the classes apart.
+        keeps_class: whether ``mean_probability`` is above ``class_blind`` beyond the bootstrap noise.
         still_predicted: share of images whose substrate is still predicted as the target class.
         chance: ``1 / K`` for ``K`` classes.
         n_images: images checked.
@@ -268,33 +274,46 @@ class SubstrateCheck:
 
     substrate: str
     mean_probability: float
+    ci_low: float
+    ci_high: float
+    class_blind: float
+    keeps_class: bool
     still_predicted: float
     chance: float
     n_images: int
 
     @property
     def above_chance(self) -> bool:
-        """True when the fully deleted image still gets the target class above chance on average: the
-        substrate leaves the class (or the model does not need the pixels), so a deletion AUC over it
-        measures what the substrate keeps rather than the map's order."""
-        return self.mean_probability > self.chance
+        """True when the fully deleted image still gets the target class above chance (``1/K``) on average,
+        beyond the bootstrap noise (the interval's lower end above chance): a deletion AUC over this
+        substrate then measures what the substrate keeps, or a model that does not need the pixels,
+        rather than the map's order."""
+        return self.ci_low > self.chance
+
+    def why(self) -> str:
+        """Why the class survives: the substrate keeps it, or the model gives it that score anyway."""
+        if self.keeps_class:
+            return "the substrate still shows which class an image is"
+        return "the model gives the class that probability whatever is left of the image"
 
     def sentence(self) -> str:
-        """``"blur: fully deleted images still get their class with p = 0.62 on average (chance 0.14); 80%
-        are still predicted as it."``"""
+        """``"blur: fully deleted images still get their class with p = 0.62 (95% CI 0.55-0.69; chance 0.14);
+        80% are still predicted as it"``."""
         return (f"{self.substrate}: fully deleted images still get their class with p = {self.mean_probability:.2f} "
-                f"on average (chance {self.chance:.2f}); {100 * self.still_predicted:.0f}% are still predicted as it")
+                f"(95% CI {self.ci_low:.2f}-{self.ci_high:.2f}; chance {self.chance:.2f}); "
+                f"{100 * self.still_predicted:.0f}% are still predicted as it")
 
 
 def substrate_check(model: nn.Module, images: torch.Tensor, target: Target = None, *, substrate: str = "blur",
                     blur_sigma: float | None = None, channel_mean: Sequence[float] | torch.Tensor | None = None,
                     road_noise: float = ROAD_NOISE, batch_size: int | None = None,
-                    generator: torch.Generator | None = None) -> SubstrateCheck:
+                    generator: torch.Generator | None = None, seed: int = 0) -> SubstrateCheck:
     """The model's target probability on the fully deleted images, against chance ``1/K``.
 
     A deletion curve ends at the substrate itself; if the model still sees the class there (a blurred
     digit stays a digit), every curve ends high and the AUCs mostly measure the substrate. ``target`` as
-    in ``cnnlens.explain`` (None = the predicted class on ``images``); other arguments as in :func:`deletion`.
+    in ``cnnlens.explain`` (None = the predicted class on ``images``); ``seed`` seeds the bootstrap;
+    other arguments as in :func:`deletion`.
 
     >>> substrate_check(model, images, substrate="blur").above_chance   # True: try substrate="road"
     """
@@ -308,7 +327,12 @@ def substrate_check(model: nn.Module, images: torch.Tensor, target: Target = Non
         clean = _base.predict_logits(model, images, batch_size)
         t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         probs = _base.predict_logits(model, fill, batch_size).float().softmax(dim=1)
-    p = probs.gather(1, t[:, None])[:, 0]
-    return SubstrateCheck(substrate=substrate, mean_probability=float(p.mean()),
-                          still_predicted=float((probs.argmax(dim=1) == t).float().mean()),
-                          chance=1.0 / probs.shape[1], n_images=n)
+    k = probs.shape[1]
+    p = probs.gather(1, t[:, None])[:, 0].double().cpu().numpy()
+    share = torch.bincount(t.cpu(), minlength=k).double() / n  # the targets' class shares
+    blind = (probs.double().cpu() @ share).numpy()  # what each substrate gives a class drawn like the targets
+    mean, low, high = mean_ci(p, seed=seed)
+    keeps = n > 1 and mean_ci(p - blind, seed=seed)[1] > 0
+    return SubstrateCheck(substrate=substrate, mean_probability=mean, ci_low=low, ci_high=high,
+                          class_blind=float(blind.mean()), keeps_class=bool(keeps),
+                          still_predicted=float((probs.argmax(dim=1) == t).float().mean()), chance=1.0 / k, n_images=n)

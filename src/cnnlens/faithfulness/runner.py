@@ -11,6 +11,7 @@ import csv
 import inspect
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,12 +29,15 @@ from cnnlens._types import PathArg, Target
 from cnnlens.explain import _base
 from cnnlens.faithfulness import figures
 from cnnlens.faithfulness._checks import check_choice, check_masks
-from cnnlens.faithfulness.deletion import SUBSTRATES, CurveResult, deletion, insertion, random_maps, step_counts
+from cnnlens.faithfulness.deletion import (SUBSTRATES, CurveResult, SubstrateCheck, channel_means, deletion, insertion,
+                                           random_maps, step_counts, substrate_check)
 from cnnlens.faithfulness.localization import METRICS as LOCALIZATION_METRICS
 from cnnlens.faithfulness.localization import centre_prior, localization_scores
 from cnnlens.faithfulness.randomization import MODES as RANDOMIZATION_MODES
 from cnnlens.faithfulness.randomization import Explainer, RandomizationResult, model_randomization
 from cnnlens.faithfulness.stats import N_BOOT, mean_ci
+
+log = logging.getLogger("cnnlens.faithfulness")
 
 VERSION = 1
 #: Methods that evaluate the model hundreds of times per image: run on ``n_perturbation_images`` only.
@@ -56,6 +60,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "independent_ssim": ("SSIM of |map| to the original, mean over single-layer randomisations", "lower"),
 }
 CI_METHOD = "95% percentile bootstrap over images ({n_boot} resamples, seed {seed})"
+#: Substrates tried, in this order, when the chosen one leaves the class above chance: the stronger first.
+STRONGER_SUBSTRATES = ("road", "dataset-mean", "zero", "mean", "blur")
 
 Explanation = Callable[..., torch.Tensor]
 
@@ -83,8 +89,12 @@ class FaithfulnessResult:
         curves: method (and ``"random-order"``) -> {"deletion", "insertion"} -> :class:`CurveResult`.
         randomization: mode -> :class:`RandomizationResult`.
         names: the images' names; ``targets``: the explained class per image.
-        settings: every option used; ``notes``: what was limited or skipped, and why.
+        settings: every option used (``settings["sampling"]``: how the images were drawn);
+        ``notes``: what was limited or skipped, and why.
         timings: seconds per stage.
+        substrate_checks: ``"deletion"``/``"insertion"`` -> :class:`SubstrateCheck` of its substrate on all
+            the images, and ``"alternatives"`` -> the other substrates' checks when one was above chance.
+        warnings: what makes a number unreliable (a substrate that leaves the class); also logged.
     """
 
     rows: tuple[Row, ...]
@@ -97,6 +107,8 @@ class FaithfulnessResult:
     notes: tuple[str, ...]
     timings: dict[str, float] = field(default_factory=dict)
     example_image: torch.Tensor | None = None
+    substrate_checks: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def row(self, method: str, metric: str, n_images: int | None = None) -> Row:
         """The row of ``method`` x ``metric`` (the one over ``n_images`` images, default the largest)."""
@@ -142,10 +154,18 @@ class FaithfulnessResult:
                                    for sim, v in (("spearman", r.spearman[m]), ("ssim", r.ssim[m]))}
                                for m in r.spearman}}
             for mode, r in self.randomization.items()}
+        checks: dict[str, Any] = {}
+        for key, value in self.substrate_checks.items():
+            if isinstance(value, SubstrateCheck):
+                checks[key] = _check_dict(value)
+            else:
+                checks[key] = {name: _check_dict(c) for name, c in value.items()}
         return {
             "version": VERSION,
             "settings": self.settings,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            "substrate_check": checks,
             "confidence_interval": CI_METHOD.format(n_boot=self.settings.get("n_boot", N_BOOT), seed=seed),
             "metrics": {k: {"description": d, "better": b} for k, (d, b) in METRICS.items()},
             "rows": [r.__dict__ for r in self.rows],
@@ -191,6 +211,34 @@ class FaithfulnessResult:
                         mean, low, high = mean_ci(v[k].numpy(), seed=seed)
                         rows.append([mode, method, sim, k + 1, layer, v.shape[1], mean, low, high])
         return _csv(["mode", "method", "similarity", "stage", "layer", "n_images", "mean", "ci_low", "ci_high"], rows)
+
+
+def _check_dict(c: SubstrateCheck) -> dict[str, Any]:
+    return {"substrate": c.substrate, "mean_probability": round(c.mean_probability, 6), "ci_low": round(c.ci_low, 6),
+            "ci_high": round(c.ci_high, 6), "class_blind": round(c.class_blind, 6), "keeps_class": c.keeps_class,
+            "still_predicted": round(c.still_predicted, 6), "chance": round(c.chance, 6), "n_images": c.n_images,
+            "above_chance": c.above_chance}
+
+
+def stratified_order(labels: Sequence[int] | torch.Tensor | np.ndarray, seed: int = 0) -> list[int]:
+    """Every index of ``labels`` once, in a seeded random order in which each prefix is stratified by class.
+
+    Each class's images are shuffled, then dealt round by round, one per class per round, the classes in
+    a fresh random order each round; so the first ``k`` hold ``k / K`` of each class, give or take one,
+    as long as a class has images left. Unknown labels (-1) are one more stratum. A run's faithfulness
+    uses the first ``n_images`` of this order, and its perturbation and randomisation subsets are the
+    first few of those: every subset is a stratified random sample of the split.
+
+    >>> stratified_order([0, 0, 0, 1, 1, 1], seed=0)[:2]   # one of each class first
+    """
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    strata = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    order: list[int] = []
+    for r in range(max((len(s) for s in strata), default=0)):
+        left = [s for s in strata if len(s) > r]
+        order += [int(left[j][r]) for j in rng.permutation(len(left))]
+    return order
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
@@ -277,6 +325,7 @@ def evaluate_faithfulness(
     explain_batch_size: int = 50,
     skip_unsupported: bool = False,
     progress: bool = False,
+    sampling: Mapping[str, Any] | None = None,
 ) -> FaithfulnessResult:
     """Deletion/insertion, randomisation sanity checks and localisation for each method, with baselines.
 
@@ -290,6 +339,12 @@ def evaluate_faithfulness(
     comes with a 95% percentile-bootstrap interval over images (``n_boot`` resamples, ``seed``).
     ``skip_unsupported``: leave out (with a note) a method that refuses the model with a ValueError or
     TypeError (CAM without a global-average-pooling head), instead of failing; for "all methods" runs.
+    Subsets are always the first images, so pass them in a stratified random order
+    (:func:`stratified_order`, as :func:`evaluate_run_faithfulness` does) and say how in ``sampling``
+    (recorded in ``settings``). Every method and baseline is also scored on each smaller subset, so that
+    any two can be compared on the same images. The substrates are checked on all images
+    (:func:`~cnnlens.faithfulness.deletion.substrate_check`): one whose fully deleted image still gets the
+    target class above chance gives a warning, with the stronger substrates that do not.
 
     >>> r = evaluate_faithfulness(model, x, None, masks, ["saliency", "grad-cam", "occlusion"])
     >>> r.row("grad-cam", "deletion_auc").mean < r.row("random-order", "deletion_auc").mean
@@ -338,7 +393,8 @@ def evaluate_faithfulness(
             notes.append(f"{m}: skipped, n_perturbation_images is 0")
         elif k < n:
             notes.append(f"{m}: a perturbation method, evaluated on the first {k} of {n} images "
-                         "(n_perturbation_images / --n-perturbation-images)")
+                         "(n_perturbation_images / --n-perturbation-images); every other method and baseline "
+                         f"is also scored on those {k}, for a comparison on the same images")
     registered = not isinstance(methods, Mapping)
     explainers = {m: _explainer(fn, method_kwargs.get(m, {}), seed, explain_batch_size, _takes_generator(m, fn, registered))
                   for m, fn in fns.items()}
@@ -360,9 +416,14 @@ def evaluate_faithfulness(
             maps[m] = out.to(device)
 
     per_image: dict[tuple[str, str], np.ndarray] = {}
+    mean = channel_means(images)  # the dataset mean of every image, for "dataset-mean" and ROAD on any subset
+    with _stage("substrate check", timings, "substrate_check", progress):
+        checks, warnings = _check_substrates(model, images, t, (deletion_substrate, insertion_substrate), mean,
+                                             batch_size=batch_size, seed=seed)
     baseline = random_maps(n, h, w, torch.Generator().manual_seed(seed + 1)).to(device)
     curves = _curves(model, images, t, {**maps, RANDOM_ORDER: baseline}, step=step, batch_size=batch_size, seed=seed,
-                     substrates=(deletion_substrate, insertion_substrate), timings=timings, progress=progress)
+                     substrates=(deletion_substrate, insertion_substrate), channel_mean=mean, timings=timings,
+                     progress=progress)
     for m, by_mode in curves.items():
         for mode, c in by_mode.items():
             per_image[(m, f"{mode}_auc")] = c.auc.double().cpu().numpy()
@@ -409,34 +470,60 @@ def evaluate_faithfulness(
         "method_kwargs": {m: {k: repr(v) for k, v in kw.items()} for m, kw in method_kwargs.items()},
         "targets": "given" if targets is not None else "predicted class", "seed": seed, "n_boot": n_boot,
         "device": str(device),
+        "sampling": dict(sampling) if sampling is not None else
+        {"method": "as given: the images passed in, in their order", "n_images": n},
     }
     return FaithfulnessResult(rows=rows, per_image=per_image, curves=curves, randomization=randomization,
                               names=names, targets=tuple(t.tolist()), settings=settings, notes=tuple(notes),
-                              timings=timings, example_image=images[0].cpu())
+                              timings=timings, example_image=images[0].cpu(), substrate_checks=checks,
+                              warnings=tuple(warnings))
 
 
 def evaluate_run_faithfulness(run: Any, *, split: str = "val", n_images: int = 200,
                               masks: torch.Tensor | None = None, methods: Sequence[str] = ("saliency", "grad-cam"),
-                              **options: Any) -> FaithfulnessResult:
-    """:func:`evaluate_faithfulness` on the first ``n_images`` of a run's ``split``
-    (a :class:`cnnlens.train.Run`), against ``masks`` or else the dataset's own (the synthetic faces'),
-    explaining the predicted class. ``options`` go to :func:`evaluate_faithfulness`.
+                              mask_dir: PathArg | None = None, **options: Any) -> FaithfulnessResult:
+    """:func:`evaluate_faithfulness` on ``n_images`` of a run's ``split`` (a :class:`cnnlens.train.Run`)
+    drawn at random, stratified by class (:func:`stratified_order`, seeded with ``options["seed"]``, default
+    0), against ground-truth masks: ``masks`` (bool ``[N,H,W]``, one per image of the whole split), else
+    PNG files in ``mask_dir`` matched by image name, else the dataset's own (the synthetic faces'),
+    explaining the predicted class. The draw (seed, class counts, indices) is recorded in
+    ``settings["sampling"]``. ``options`` go to :func:`evaluate_faithfulness`.
 
     >>> evaluate_run_faithfulness(load_run("runs/faces"), methods=["grad-cam"]).save("runs/faces/faithfulness")
     """
     data = run.dataset(split)
     if len(data) == 0:
         raise ValueError(f"the run's {split} split has no images")
-    data = data.subset(range(min(n_images, len(data))))
-    masks = data.masks if masks is None else masks
+    if masks is not None and (not isinstance(masks, torch.Tensor) or masks.shape[:1] != (len(data),)):
+        got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must hold one mask per image of the split ({len(data)}), got {got}; "
+                         "or give mask_dir, a folder of PNG masks named after the images")
+    seed = int(options.get("seed", 0))
+    index = stratified_order(data.labels, seed)[:n_images]
+    source = data
+    data = data.subset(index)
+    if masks is not None:
+        masks = masks[torch.as_tensor(index, dtype=torch.long)]
+    elif mask_dir is not None:
+        from cnnlens.faithfulness.masks import load_mask_folder
+
+        masks = load_mask_folder(mask_dir, data.names, tuple(data.images.shape[2:]))
+    else:
+        masks = data.masks
+    labels = data.labels.tolist()
+    classes = list(source.classes)
+    counts = {(classes[c] if 0 <= c < len(classes) else "unlabelled"): labels.count(c) for c in sorted(set(labels))}
+    sampling = {"method": "stratified by class, at random; each first-k subset is stratified too",
+                "seed": seed, "split": split, "n_available": len(source), "n_images": len(index),
+                "class_counts": counts, "indices": [int(i) for i in index]}
     images = data.float_images().to(run.device)
     return evaluate_faithfulness(run.model, images, None, None if masks is None else masks.to(run.device), methods,
-                                 names=data.names, **options)
+                                 names=data.names, sampling=sampling, **options)
 
 
 def _curves(model: nn.Module, images: torch.Tensor, t: torch.Tensor, maps: Mapping[str, torch.Tensor], *,
             step: int | float, substrates: tuple[str, str], batch_size: int | None, seed: int,
-            timings: dict[str, float], progress: bool) -> dict[str, dict[str, CurveResult]]:
+            channel_mean: torch.Tensor, timings: dict[str, float], progress: bool) -> dict[str, dict[str, CurveResult]]:
     """Deletion and insertion curves of each map set (on its first ``len(map)`` images)."""
     curves: dict[str, dict[str, CurveResult]] = {}
     for m, mp in maps.items():
@@ -444,9 +531,41 @@ def _curves(model: nn.Module, images: torch.Tensor, t: torch.Tensor, maps: Mappi
         with _stage(f"{m}: deletion and insertion", timings, f"curves/{m}", progress):
             # the same seed for every method: ties are broken the same way for all of them
             curves[m] = {mode: fn(model, images[:k], mp, t[:k], substrate=sub, step=step, batch_size=batch_size,
-                                  generator=torch.Generator().manual_seed(seed))
+                                  generator=torch.Generator().manual_seed(seed), channel_mean=channel_mean)
                          for mode, fn, sub in (("deletion", deletion, substrates[0]), ("insertion", insertion, substrates[1]))}
     return curves
+
+
+def _check_substrates(model: nn.Module, images: torch.Tensor, t: torch.Tensor, substrates: tuple[str, str],
+                      mean: torch.Tensor, *, batch_size: int | None, seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Each substrate in use checked on every image; for one above chance, the others too, and a warning
+    (logged, and returned for the manifest and the report) naming those that bring the class to chance."""
+    cache: dict[str, SubstrateCheck] = {}
+
+    def check(sub: str) -> SubstrateCheck:
+        if sub not in cache:
+            cache[sub] = substrate_check(model, images, t, substrate=sub, channel_mean=mean, batch_size=batch_size,
+                                         generator=torch.Generator().manual_seed(seed), seed=seed)
+        return cache[sub]
+
+    checks: dict[str, Any] = {mode: check(sub) for mode, sub in zip(("deletion", "insertion"), substrates)}
+    warnings = []
+    for mode in ("deletion", "insertion"):
+        c = checks[mode]
+        if not c.above_chance or (mode == "insertion" and substrates[1] == substrates[0]):
+            continue
+        others = {s: check(s) for s in STRONGER_SUBSTRATES if s != c.substrate}
+        checks["alternatives"] = {**checks.get("alternatives", {}), **others}
+        better = [s for s, o in others.items() if not o.above_chance]
+        what = "deletion AUCs measure what the substrate leaves as much as the maps' order" if mode == "deletion" \
+            else "insertion starts from an image that already shows the class, so its AUCs start high"
+        scores = ", ".join(f"{s} p = {o.mean_probability:.2f}" for s, o in others.items())
+        offer = (f"try --{mode}-substrate {better[0]}" + (f" (or {', '.join(better[1:])})" if better[1:] else "")
+                 + f" ({scores})") if better else f"no other substrate brings it to chance either ({scores})"
+        warnings.append(f"{mode} substrate {c.sentence()}: {c.why()}, so {what}; {offer}.")
+    for w in warnings:
+        log.warning(w)
+    return checks, warnings
 
 
 def _randomize(model: nn.Module, images: torch.Tensor, t: torch.Tensor, maps: Mapping[str, torch.Tensor],
@@ -467,17 +586,16 @@ def _randomize(model: nn.Module, images: torch.Tensor, t: torch.Tensor, maps: Ma
 
 
 def _rows(per_image: Mapping[tuple[str, str], np.ndarray], methods: list[str], *, seed: int, n_boot: int) -> tuple[Row, ...]:
-    """Mean and CI for every (method, metric), methods first; each baseline also over the smaller image
-    counts the perturbation methods were evaluated on, so that they are compared on the same images."""
+    """Mean and CI for every (method, metric), methods first; each method and baseline also over every
+    smaller image count another method of that metric was evaluated on (the perturbation methods'), so
+    that all of them are compared on the same (first) images."""
     baselines = (RANDOM_ORDER, CENTRE_PRIOR, RANDOM_MAP)
     order = [*methods, *baselines]
     metric_order = list(METRICS)
     rows: list[Row] = []
     for (method, metric), v in sorted(per_image.items(), key=lambda kv: (order.index(kv[0][0]), metric_order.index(kv[0][1]))):
         kind = "baseline" if method in baselines else "method"
-        sizes = {len(v)}
-        if kind == "baseline":
-            sizes |= {len(u) for (m, mt), u in per_image.items() if mt == metric and m in methods and len(u) < len(v)}
+        sizes = {len(v)} | {len(u) for (m, mt), u in per_image.items() if mt == metric and m in methods and len(u) < len(v)}
         for k in sorted(sizes, reverse=True):
             mean, low, high = mean_ci(v[:k], seed=seed, n_boot=n_boot)
             rows.append(Row(method, metric, kind, k, mean, low, high))
