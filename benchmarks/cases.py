@@ -99,6 +99,20 @@ def _supports(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
+def plan_reason(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why incremental occlusion and LIME's tables do not apply to ``model`` on images like ``x`` (None: they do)."""
+    was = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        _incremental.local_plan(model, x)
+    except _incremental.NotDecomposable as why:
+        return str(why)
+    finally:
+        for m, mode in zip(model.modules(), was):
+            m.training = mode
+    return None
+
+
 def captum():
     """Captum's attribution module, or None when it is not installed."""
     try:
@@ -275,8 +289,8 @@ def occlusion_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor
     windows = (-(-(h - p) // stride) + 1) * (-(-(w - p) // stride) + 1)
     fast_call = (functools.partial(occlusion, fast=True) if _supports(occlusion, "fast")
                  else _incremental.fast_occlusion)
-    plan = _incremental.local_plan(model)
-    incremental = not isinstance(plan, str)
+    plan = plan_reason(model, x)
+    incremental = plan is None
     cs = [Contestant("cnnlens", "cnnlens", lambda: occlusion(model, x, t, patch=p, stride=stride), "default (batch 16)",
                      default=True, warmup=lambda: occlusion(model, x, t, patch=p, stride=p)),
           Contestant("cnnlens fast", "cnnlens", _quiet(lambda: fast_call(model, x, t, patch=p, stride=stride)),

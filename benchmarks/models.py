@@ -1,4 +1,5 @@
-"""The benchmark's models and images: cnnlens's architectures with calibrated BatchNorm, synthetic faces."""
+"""The benchmark's models and images: cnnlens's architectures (and one written the way FER2013-era code
+was) with calibrated BatchNorm, synthetic faces."""
 
 from __future__ import annotations
 
@@ -31,6 +32,33 @@ def faces_uint8(n: int, channels: int, side: int, seed: int = 0) -> np.ndarray:
     return (faces(n, channels, side, seed) * 255).round().to(torch.uint8).numpy()
 
 
+class FerMLP(nn.Module):
+    """A FER2013-era CNN written the way its code was: conv-conv-pool blocks with ``F.relu`` and
+    ``F.max_pool2d``, ``x.view(x.size(0), -1)``, then a dense head (Linear 256, ReLU, dropout, Linear).
+    Not a cnnlens architecture: what the speed layer must read in the models users bring."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES, side: int = 48) -> None:
+        super().__init__()
+        widths = [(in_channels, 32), (32, 32), (32, 64), (64, 64), (64, 128)]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in widths)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for _, b in widths)
+        self.fc1 = nn.Linear(128 * (side // 8) ** 2, 256)
+        self.dropout = nn.Dropout(0.5)
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            x = F.relu(bn(conv(x)))
+            if i in (1, 3, 4):
+                x = F.max_pool2d(x, 2)
+        x = x.view(x.size(0), -1)
+        return self.fc(self.dropout(F.relu(self.fc1(x))))
+
+
+#: Benchmark models that are not cnnlens architectures: name -> builder(in_channels, num_classes, side).
+FOREIGN = {"fer_mlp": FerMLP}
+
+
 def calibrate(model: nn.Module, images: torch.Tensor, passes: int = 4) -> nn.Module:
     """Set BatchNorm running statistics from a few train-mode passes over ``images``, then eval mode.
 
@@ -52,8 +80,11 @@ def make_model(name: str, channels: int, side: int, *, small: bool = False, seed
                device: str | torch.device = "cpu") -> nn.Module:
     """A benchmark model: ``small`` is the smoke run's narrow small_cnn."""
     torch.manual_seed(seed)
-    kwargs = {"channels": (8, 16, 32)} if small else {}
-    model = build(name, in_channels=channels, num_classes=NUM_CLASSES, input_size=side, **kwargs)
+    if name in FOREIGN:
+        model = FOREIGN[name](channels, NUM_CLASSES, side)
+    else:
+        kwargs = {"channels": (8, 16, 32)} if small else {}
+        model = build(name, in_channels=channels, num_classes=NUM_CLASSES, input_size=side, **kwargs)
     # Random heads give near-uniform outputs: scale the last layer so the classes are told apart.
     with torch.no_grad():
         model.fc.weight.mul_(4.0)
