@@ -306,13 +306,23 @@ def write_run_files(run: Path) -> None:
     folder.mkdir(exist_ok=True)
     rows = [{"method": m, "metric": metric, "kind": kind, "n_images": n, "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
             for m, metric, kind, n, mean in [("grad-cam", "deletion_auc", "method", 10, 0.2),
+                                            ("grad-cam", "deletion_auc", "method", 5, 0.25),
                                             ("saliency", "deletion_auc", "method", 10, 0.3),
+                                            ("saliency", "deletion_auc", "method", 5, 0.35),
+                                            ("occlusion", "deletion_auc", "method", 5, 0.1),
                                             ("random-order", "deletion_auc", "baseline", 10, 0.4),
+                                            ("random-order", "deletion_auc", "baseline", 5, 0.45),
                                             ("grad-cam", "pointing_game", "method", 10, 0.9)]]
+    check = {"substrate": "blur", "mean_probability": 0.62, "ci_low": 0.55, "ci_high": 0.69, "class_blind": 0.15,
+             "keeps_class": True, "still_predicted": 0.8, "chance": 1 / 7, "n_images": 10, "above_chance": True}
     (folder / "faithfulness.json").write_text(json.dumps({
         "version": 1, "notes": ["occlusion: evaluated on the first 5 of 10 images"], "rows": rows,
         "metrics": {"deletion_auc": {"description": "d", "better": "lower"}, "insertion_auc": {"description": "i", "better": "higher"},
                     "pointing_game": {"description": "p", "better": "higher"}},
+        "settings": {"n_images": 10, "sampling": {"method": "stratified by class, at random", "seed": 3, "split": "val",
+                                                  "n_available": 40, "n_images": 10, "class_counts": {"a": 5, "b": 5}}},
+        "substrate_check": {"deletion": check, "insertion": check},
+        "warnings": ["deletion substrate blur: fully deleted images still get their class"],
         "confidence_interval": "95% percentile bootstrap"}))
     (folder / "faithfulness.csv").write_text("method,metric\n")
     Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(folder / "deletion_insertion.png")
@@ -327,10 +337,24 @@ def test_training_and_faithfulness_sections_from_run_files(tmp_path: Path) -> No
     assert t["tensorboard"] == str((tmp_path / "run/tensorboard").resolve())
     assert decode_png(t["figure"]["src"]).shape == (20, 30, 3)
     f = faithfulness_section(ctx)
-    assert [h["name"] for h in f["header"]] == ["deletion auc", "pointing game"]  # insertion has no rows
-    table = {r["name"]: [c and c["mean"] for c in r["cells"]] for r in f["rows"]}
+    # one table per image set, every row in it over the same images; the 5-image one has occlusion too
+    assert [b["n"] for b in f["blocks"]] == [10, 5]
+    big, small = f["blocks"]
+    assert [h["name"] for h in big["header"]] == ["deletion auc", "pointing game"]  # insertion has no rows
+    table = {r["name"]: [c and c["mean"] for c in r["cells"]] for r in big["rows"]}
     assert table == {"Grad-CAM": ["0.200", "0.900"], "Saliency": ["0.300", None], "random order": ["0.400", None]}
-    assert f["text"][0] == "deletion auc (lower is better): best Grad-CAM 0.200; random order 0.400."
+    assert {r["name"]: r["cells"][0]["mean"] for r in small["rows"]} == {
+        "Grad-CAM": "0.250", "Saliency": "0.350", "Occlusion": "0.100", "random order": "0.450"}
+    assert all(c["n"] == 5 for r in small["rows"] for c in r["cells"] if c)
+    assert small["title"] == ("Scored on the same 5 images (the first 5 of the 10, where Occlusion ran: every method "
+                              "and baseline is scored on them)")
+    assert big["text"][0] == "deletion auc (lower is better): best Grad-CAM 0.200; random order 0.400."
+    assert small["text"][0] == "deletion auc (lower is better): best Occlusion 0.100; random order 0.450."
+    assert f["text"][0] == ("Images: 10 of the val split's 40, drawn at random stratified by class (seed 3): a 5, b 5.")
+    assert f["text"][1] == ("Substrate check (deletion and insertion, blur): on the fully deleted images the class "
+                            "keeps p = 0.62 on average (95% CI 0.55-0.69), above chance (1/7 = 0.14); 80% of them are "
+                            "still predicted as it.")
+    assert f["warnings"] == ["deletion substrate blur: fully deleted images still get their class"]
     assert f["text"][-1] == "occlusion: evaluated on the first 5 of 10 images"
     assert [fig["caption"] for fig in f["figures"]][0].startswith("Deletion and insertion curves")
     (tmp_path / "run/faithfulness/faithfulness.json").write_text(json.dumps({"version": 99, "rows": [], "metrics": {}}))
@@ -517,3 +541,68 @@ def test_cli_errors_are_clear(trained_run: Path, methods: dict, tmp_path: Path) 
     result = CliRunner().invoke(main, ["report", str(trained_run), "--out", str(tmp_path / "r"), "--feature-map-layers", "fc9"])
     assert result.exit_code != 0 and "unknown layer 'fc9'; valid layer names:" in result.output
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ scales and small things (issue 11)
+
+
+def test_balanced_data_plural_and_a_dataset_given_with_data() -> None:
+    assert text.data_sentences([129] * 7, list("abcdefg"), "val") == [
+        "The val split holds 903 images in 7 classes.", "Balanced: 129 images per class."]
+    assert text.data_sentences([1, 0], ["a", "b"], "val", data="folder:photos") == [
+        "folder:photos holds 1 image in 2 classes.", "Largest class: a (1, 100%); smallest: b (0, 0%).",
+        "b has no images in folder:photos, so it cannot be evaluated here."]
+    assert text.data_sentences([1], ["a"], "val")[0] == "The val split holds 1 image in 1 class."
+    assert text.count(1, "image") == "1 image" and text.count(2400, "image") == "2,400 images"
+    assert text.explanation_sentence("Sad", 0, 0, None, None, None, where="folder:photos") == (
+        "Sad: no images of this class in folder:photos.")
+
+
+def test_a_dataset_given_with_data_is_named_not_called_the_val_split(tmp_path: Path, methods: dict) -> None:
+    inputs = dataclasses.replace(tiny_inputs(), data="folder:photos")
+    ctx = context(tmp_path, inputs, options=dataclasses.replace(TINY, split="all"))
+    assert ctx.split_name == "folder:photos"
+    assert data_section(ctx)["text"][0] == "folder:photos holds 18 images in 3 classes."
+    assert context(tmp_path / "own").split_name == "the val split"
+
+
+def test_an_empty_class_is_said_once_and_maps_show_their_range(tmp_path: Path, methods: dict) -> None:
+    data = tiny_set()
+    keep = [i for i in range(len(data)) if int(data.labels[i]) != 2]  # no images of the third class
+    inputs = ReportInputs(model=make_random_model(in_channels=1, num_classes=3, seed=3), dataset=data.subset(keep), name="r")
+    page = write_report(inputs, tmp_path / "report", options=dataclasses.replace(TINY, methods=("saliency", "grad-cam")))
+    out = html.unescape(page.read_text(encoding="utf-8"))
+    explanations = out[out.index('<section id="explanations"'):out.index('<section id="class_average"')]
+    assert explanations.lower().count("no images of this class") == 1
+    assert "has no images in this split" in out
+    ranges = re.findall(r'<small class="range">([^<]*)</small>', explanations)
+    assert ranges and all(re.fullmatch(r"-?[0-9.e+-]+ … -?[0-9.e+-]+|constant -?[0-9.e+-]+", r) for r in ranges)
+    assert "Each map is drawn on its own scale" in explanations
+
+
+def test_a_constant_map_is_flagged_with_its_likely_reason(tmp_path: Path, methods: dict,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def dead_cam(model: nn.Module, images: torch.Tensor, target: object = None, **_: object) -> torch.Tensor:
+        return torch.zeros(images.shape[0], *images.shape[2:])  # a Grad-CAM whose layer has no gradient
+
+    monkeypatch.setitem(explain.METHODS, "grad-cam", dead_cam)
+    ctx = context(tmp_path, options=dataclasses.replace(TINY, methods=("saliency", "grad-cam")))
+    s = explanations_section(ctx)
+    n = sum(len(b["images"]) for b in s["classes"])
+    assert f"Grad-CAM is all zero on {n} of {n} maps (flagged; drawn blank): likely the class score has no gradient " \
+           "at the chosen layer" in " ".join(s["text"])
+    cells = [f for b in s["classes"] for r in b["images"] for f in r["cells"]]
+    cam = [f for f in cells if f["method"] == "grad-cam"]
+    assert all(f["flag"] == "all zero" and f["range"] == "constant 0" and "All zero: the class score" in f["title"]
+               for f in cam)
+    assert all(f["flag"] is None and " … " in f["range"] for f in cells if f["method"] == "saliency" and f["layer"])
+
+
+def test_feature_map_text_does_not_assume_a_relu() -> None:
+    from cnnlens.report.sections.filters import value_sentence
+
+    tanh = torch.tanh(torch.linspace(-2, 2, 9)).view(1, 3, 3)
+    assert value_sentence(tanh) == "values from -0.96 to 0.96; 44% negative, 11% exactly zero"
+    relu = torch.relu(torch.linspace(-1, 3, 5)).view(1, 1, 5)
+    assert value_sentence(relu) == "values from 0 to 3; 40% exactly zero"
+    assert "zero or below" not in value_sentence(tanh)

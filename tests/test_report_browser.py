@@ -125,3 +125,34 @@ def test_clicking_an_image_opens_a_larger_view(browser_page: tuple) -> None:
     page.keyboard.press("Escape")
     assert not page.is_visible("#lightbox")
     assert errors == []
+
+
+#: Rows of the layer table (in its scroll box, clear of the page's sticky bar and the table's sticky
+#: header) on which something else is drawn.
+COVERED_ROWS = """() => {
+  const box = document.querySelector('#model .scroll').getBoundingClientRect();
+  const head = document.querySelector('#model thead th').getBoundingClientRect();  // sticky: the cell moves
+  const bar = document.querySelector('.toolbar').getBoundingClientRect();
+  const out = [];
+  for (const r of document.querySelectorAll('#model tbody tr, #model tfoot tr')) {
+    const b = r.getBoundingClientRect();
+    if (b.top < Math.max(box.top, head.bottom, bar.bottom) || b.bottom > box.bottom) continue;  // not wholly in view
+    const el = document.elementFromPoint(b.left + 8, b.top + b.height / 2);
+    if (!r.contains(el)) out.push(r.innerText.split('\\t')[0]);
+  }
+  return out;
+}"""
+
+
+def test_the_layer_table_hides_no_row_under_its_totals(browser_page: tuple) -> None:
+    page, errors, _ = browser_page
+    page.add_style_tag(content="#model .scroll { max-height: 9rem !important; }")  # shorter than the table
+    page.eval_on_selector("#model .scroll", "el => el.scrollIntoView({block: 'center'})")
+    assert page.eval_on_selector("#model .scroll", "el => el.scrollHeight > el.clientHeight")
+    for where in ("0", "el.scrollHeight / 2", "el.scrollHeight"):
+        page.eval_on_selector("#model .scroll", f"el => {{ el.scrollTop = {where}; }}")
+        assert page.evaluate(COVERED_ROWS) == [], where
+    last = page.eval_on_selector("#model tbody tr:last-child", "r => r.getBoundingClientRect().bottom")
+    total = page.eval_on_selector("#model tfoot tr:first-child", "r => r.getBoundingClientRect().top")
+    assert last <= total + 0.5  # at the end the last layer sits above the totals, not under them
+    assert errors == []

@@ -89,7 +89,7 @@ def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: R
     name = "/".join(run_path.resolve().parts[-2:])  # "demo-run/run", "runs/fer": the folder and its parent
     dataset = run.dataset(options.split) if data is None else run.dataset(options.split, data=data)
     inputs = ReportInputs(model=run.model, dataset=dataset, name=name, run_dir=run_path,
-                          config=run.manifest)
+                          config=run.manifest, data=data)
     return write_report(inputs, out, options=options, overwrite=overwrite)
 
 
@@ -144,10 +144,13 @@ def _meta(inputs: ReportInputs, ctx: ReportContext) -> list[tuple[str, str]]:
     model = cfg.get("model", {}).get("name") if isinstance(cfg.get("model"), dict) else None
     meta.append(("Model", str(model or type(inputs.model).__name__)))
     spec = cfg.get("data", {}).get("spec") if isinstance(cfg.get("data"), dict) else None
-    if spec:
+    if inputs.data is not None:  # another dataset than the run's own (--data)
+        meta.append(("Data", f"{inputs.data} (given with --data)"))
+    elif spec:
         meta.append(("Data", str(spec)))
     c, h, w = ctx.dataset.input_shape
-    meta.append(("Split", f"{ctx.options.split}: {len(ctx.dataset):,} images, {c}x{h}x{w}, {len(ctx.classes)} classes"))
+    shown = f"{len(ctx.dataset):,} image{'s' * (len(ctx.dataset) != 1)}, {c}x{h}x{w}, {len(ctx.classes)} classes"
+    meta.append(("Split", f"{ctx.options.split}: {shown}") if inputs.data is None else ("Images", shown))
     known = ctx.labels >= 0
     if known.any():
         acc = float((ctx.predictions[known] == ctx.labels[known]).mean())

@@ -16,6 +16,7 @@ from torch import nn
 from cnnlens.data.imageset import ImageSet
 from cnnlens.report.assets import Assets
 from cnnlens.train.run import resolve_device
+from cnnlens.viz.defaults import MASK_PERCENTILE, METHOD_OPTIONS
 
 #: Method ids shown side by side, in the issue's order; "masked" is the saliency's third panel.
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -40,7 +41,8 @@ def method_label(method: str) -> str:
 @dataclass(frozen=True)
 class ReportOptions:
     """How much a report computes. The defaults make the demo's report (small_cnn, 48x48 faces, 2 CPU
-    cores) take well under a minute; raise them for a closer look.
+    cores) take well under a minute; raise them for a closer look. The method options and the mask
+    percentile default to :mod:`cnnlens.viz.defaults`, the table ``cnnlens explain`` reads too.
 
     Attributes:
         split: the run's split whose images are shown and scored.
@@ -70,12 +72,12 @@ class ReportOptions:
     images_per_class: int = 1
     examples_per_class: int = 6
     methods: tuple[str, ...] = DEFAULT_METHODS
-    occlusion_stride: int = 2
-    occlusion_patch: int = 5
-    occlusion_fill: str = "mean"
-    lime_samples: int = 300
-    smoothgrad_samples: int = 12
-    ig_steps: int = 16
+    occlusion_stride: int = METHOD_OPTIONS["occlusion"]["stride"]
+    occlusion_patch: int = METHOD_OPTIONS["occlusion"]["patch"]
+    occlusion_fill: str = METHOD_OPTIONS["occlusion"]["fill"]
+    lime_samples: int = METHOD_OPTIONS["lime"]["n_samples"]
+    smoothgrad_samples: int = METHOD_OPTIONS["smoothgrad"]["n_samples"]
+    ig_steps: int = METHOD_OPTIONS["integrated-gradients"]["n_steps"]
     average_methods: tuple[str, ...] = DEFAULT_AVERAGE_METHODS
     average_images: int = 16
     filter_layers: tuple[str, ...] | None = None
@@ -84,7 +86,7 @@ class ReportOptions:
     am_lr: float = 0.1
     feature_map_layers: tuple[str, ...] | None = None
     feature_maps: int = 12
-    mask_percentile: float = 50.0
+    mask_percentile: float = MASK_PERCENTILE
     seed: int = 0
     device: str = "cpu"
     batch_size: int | None = None
@@ -128,6 +130,8 @@ class ReportInputs:
         name: the run's name as shown in the page.
         run_dir: the run folder (history.csv, curves.png, tensorboard/, eval/, faithfulness/), or None.
         config: the run's config.json as a dict (empty when there is none).
+        data: the dataset's spec when it is not the run's own split (``cnnlens report --data SPEC``), so the
+            page names it instead of "the val split"; None for the run's own.
     """
 
     model: nn.Module
@@ -135,6 +139,7 @@ class ReportInputs:
     name: str
     run_dir: Path | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    data: str | None = None
 
 
 class ReportContext:
@@ -161,6 +166,15 @@ class ReportContext:
     def classes(self) -> tuple[str, ...]:
         """Class names, index = label."""
         return tuple(self.inputs.dataset.classes)
+
+    @property
+    def split_name(self) -> str:
+        """How the page names the images it shows: ``"the val split"``, or ``"folder:photos (all)"`` for a
+        dataset given with ``--data``."""
+        split = self.options.split
+        if self.inputs.data is None:
+            return f"the {split} split"
+        return f"{self.inputs.data}" + ("" if split in (None, "", "all") else f" ({split} split)")
 
     @property
     def run_dir(self) -> Path | None:

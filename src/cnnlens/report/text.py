@@ -21,24 +21,39 @@ def num(n: float) -> str:
     return f"{int(n):,}"
 
 
-def data_sentences(counts: Sequence[int], classes: Sequence[str], split: str) -> list[str]:
-    """Size of the split, largest and smallest class with their shares, and the imbalance ratio.
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``count(1, "image") -> "1 image"``, ``count(2400, "image") -> "2,400 images"``."""
+    return f"{num(n)} {word if int(n) == 1 else (plural or word + 's')}"
+
+
+def data_sentences(counts: Sequence[int], classes: Sequence[str], split: str, *, data: str | None = None) -> list[str]:
+    """Size of the split, largest and smallest class with their shares (or that it is balanced), and the
+    imbalance ratio. ``data``: the spec of a dataset given with ``--data``, named instead of the split.
 
     >>> data_sentences([30, 10], ["a", "b"], "val")[0]
     'The val split holds 40 images in 2 classes.'
+    >>> data_sentences([5, 5], ["a", "b"], "val", data="folder:photos")
+    ['folder:photos holds 10 images in 2 classes.', 'Balanced: 5 images per class.']
     """
     c = np.asarray(counts, dtype=np.int64)
     total = int(c.sum())
-    out = [f"The {split} split holds {num(total)} images in {len(classes)} classes."]
+    where, here = (f"The {split} split", "this split") if data is None else (data, data)
+    out = [f"{where} holds {count(total, 'image')} in {count(len(classes), 'class', 'classes')}."]
     if total == 0:
         return out
     hi, lo = int(c.argmax()), int(c.argmin())
+    if c[hi] == c[lo]:
+        out.append(f"Balanced: {count(int(c[hi]), 'image')} per class.")
+        return out
     out.append(f"Largest class: {classes[hi]} ({num(c[hi])}, {pct(c[hi] / total)}); "
                f"smallest: {classes[lo]} ({num(c[lo])}, {pct(c[lo] / total)}).")
     if c[lo] > 0 and c[hi] / c[lo] >= 2:
         out.append(f"The largest class has {c[hi] / c[lo]:.1f}x the images of the smallest.")
     elif c[lo] == 0:
-        out.append(f"{classes[lo]} has no images in this split, so it cannot be evaluated here.")
+        empty = [classes[i] for i in np.flatnonzero(c == 0)]
+        names = empty[0] if len(empty) == 1 else ", ".join(empty[:-1]) + " and " + empty[-1]
+        out.append(f"{names} {'has' if len(empty) == 1 else 'have'} no images in {here}, so "
+                   f"{'it cannot' if len(empty) == 1 else 'they cannot'} be evaluated here.")
     return out
 
 
@@ -94,10 +109,11 @@ def class_sentences(confusion: np.ndarray, classes: Sequence[str]) -> list[str]:
 
 
 def explanation_sentence(name: str, n_right: int, n_total: int, right_conf: float | None,
-                         wrong_conf: float | None, wrong_pred: str | None) -> str:
-    """One class in the explanations section: its score and the confidence of the images shown."""
+                         wrong_conf: float | None, wrong_pred: str | None, where: str = "the split") -> str:
+    """One class in the explanations section: its score and the confidence of the images shown
+    (``where``: how the page names the images, e.g. "the val split")."""
     if n_total == 0:
-        return f"{name}: no images of this class in the split."
+        return f"{name}: no images of this class in {where}."
     s = f"{name}: {num(n_right)} of {num(n_total)} right ({pct(n_right / n_total)})"
     if right_conf is not None:
         s += f"; most confident right image p={right_conf:.2f}"

@@ -12,7 +12,8 @@ from cnnlens.explain.class_average import normalize_maps
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext, method_label
 from cnnlens.report.images import image_hwc
-from cnnlens.report.sections._common import figure, overlay_figure
+from cnnlens.viz import scale
+from cnnlens.report.sections._common import constant_sentences, figure, overlay_figure
 from cnnlens.report.sections.explanations import style_of
 
 
@@ -64,6 +65,8 @@ def class_average_section(ctx: ReportContext) -> dict[str, Any] | None:
     sentences: list[Any] = []  # per-class sentences carry their class, for the page's class chooser
     summary: dict[str, Any] = {}
     lead = next((m for m in ("grad-cam", *methods) if m in maps), None)
+    flags: dict[str, list[str]] = {m: [] for m in maps}
+    drawn: dict[str, int] = {m: 0 for m in maps}
     start = 0
     for c, name in enumerate(ctx.classes):
         n = len(picks[c])
@@ -80,6 +83,9 @@ def class_average_section(ctx: ReportContext) -> dict[str, Any] | None:
                 continue
             avg = average_maps(maps[m][sl])
             a.npy(f"average-c{c}-{m}", avg)
+            drawn[m] += 1
+            if scale.is_constant(avg):
+                flags[m].append(scale.constant_reason(m, avg))
             inside = cover = None
             if masks is not None:
                 inside, cover = mass_inside(maps[m][sl], masks[picks[c]]), float(masks[picks[c]].mean())
@@ -92,7 +98,10 @@ def class_average_section(ctx: ReportContext) -> dict[str, Any] | None:
                 sentences.append({"text": sentence, "cls": c})
         summary[name] = {"images": n, **per_method}
         rows.append({"cls": c, "name": name, "n": n, "figures": figs,
-                     "mean": figure(base_src, "mean image", title=f"{name}: mean of {n} images")})
+                     "mean": figure(base_src, "mean image", title=f"{name}: mean of {text.count(n, 'image')}")})
+    sentences.append("Each image's map is divided by its largest |value| before averaging, so the averages are shares of "
+                     "that peak (their min … max under each), each drawn on its own scale.")
+    sentences += constant_sentences(flags, {m: method_label(m) for m in maps}, drawn)
     sentences += [f"{method_label(m)} is left out: {reason}" for m, reason in skipped.items()]
     files = [a.json("class_average", {"methods": list(maps), "classes": summary})]
     return {"id": "class_average", "title": "Class-average maps", "text": sentences,

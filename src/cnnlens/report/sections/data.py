@@ -31,7 +31,8 @@ def data_section(ctx: ReportContext) -> dict[str, Any] | None:
                 for j, idx in enumerate(pick)]
         examples.append({"cls": i, "name": name, "count": int(counts[i]), "figures": figs})
     unlabelled = int((labels < 0).sum())
-    sentences = text.data_sentences(counts.tolist(), classes, ctx.options.split)
+    sentences = text.data_sentences(counts.tolist(), classes, ctx.options.split, data=ctx.inputs.data)
     if unlabelled:
         sentences.append(f"{text.num(unlabelled)} images have no label and are left out of the scores.")
-    return {"id": "data", "title": "Data", "text": sentences, "bars": bars, "examples": examples, "files": [csv]}
+    return {"id": "data", "title": "Data", "text": sentences, "bars": bars, "examples": examples, "files": [csv],
+            "where": ctx.split_name}

@@ -14,7 +14,8 @@ from cnnlens.explain.saliency import masked_image
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext, method_label
 from cnnlens.report.images import image_hwc
-from cnnlens.report.sections._common import figure, overlay_figure
+from cnnlens.viz import scale
+from cnnlens.report.sections._common import constant_sentences, figure, overlay_figure
 
 #: Method whose maps toward the true and the predicted class make the contrastive view of a mistake.
 CONTRASTIVE_METHODS = ("grad-cam", "saliency")
@@ -116,10 +117,15 @@ def explanations_section(ctx: ReportContext) -> dict[str, Any] | None:
         sentence = text.explanation_sentence(
             name, int((members & (ctx.predictions == c)).sum()), int(members.sum()),
             float(conf[right[0]]) if right else None, float(conf[mistakes[0]]) if mistakes else None,
-            classes[int(ctx.predictions[mistakes[0]])] if mistakes else None)
+            classes[int(ctx.predictions[mistakes[0]])] if mistakes else None, where=ctx.split_name)
         blocks.append({"cls": c, "name": name, "sentence": sentence, "images": rows})
-    sentences = [f"{len(index)} images ({len(index) - len(wrong)} right, {len(wrong)} wrong), each explained toward its "
-                 f"predicted class by {len(maps)} methods: {', '.join(method_label(m) for m in maps)}."]
+    sentences = [f"{text.count(len(index), 'image')} ({len(index) - len(wrong)} right, {len(wrong)} wrong), each "
+                 f"explained toward its predicted class by {text.count(len(maps), 'method')}: "
+                 f"{', '.join(method_label(m) for m in maps)}."]
+    sentences.append("Each map is drawn on its own scale (its min … max under it), so the colours show where a method "
+                     "looks, not how strongly: compare the numbers for that.")
+    flags = {m: [scale.constant_reason(m, a) for a in arr if scale.is_constant(a)] for m, arr in maps.items()}
+    sentences += constant_sentences(flags, {m: method_label(m) for m in maps}, {m: len(arr) for m, arr in maps.items()})
     sentences += [f"{method_label(m)} is left out: {reason}" for m, reason in skipped.items()]
     files = [ctx.assets.json("explanations", {"methods": list(maps), "images": records})]
     return {"id": "explanations", "title": "Explanations per class", "text": sentences, "classes": blocks, "files": files}

@@ -15,6 +15,7 @@ from cnnlens.report import text
 from cnnlens.report.context import ReportContext
 from cnnlens.report.images import image_hwc, tile_normalise
 from cnnlens.report.sections._common import figure
+from cnnlens.viz import scale
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -39,8 +40,26 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
 
 
-def _tile(ctx: ReportContext, name: str, array: torch.Tensor, caption: str, title: str) -> dict[str, Any]:
-    return figure(ctx.assets.png(name, tile_normalise(array)), caption, title=title, kind="filter")
+def _tile(ctx: ReportContext, name: str, array: torch.Tensor, caption: str, title: str, *,
+          with_range: bool = False) -> dict[str, Any]:
+    """One tile, stretched to its own min … max (printed under it with ``with_range``; a constant one flagged)."""
+    flag = "constant: this channel gives one value on this image" if with_range and scale.is_constant(array) else None
+    return figure(ctx.assets.png(name, tile_normalise(array)), caption, title=title, kind="filter",
+                  value_range=scale.range_text(array) if with_range else None, flag=flag)
+
+
+def value_sentence(out: torch.Tensor) -> str:
+    """What a layer's output values are, said without assuming its activation: their range, and the share
+    that is exactly zero (after a ReLU: inactive units) or negative.
+
+    >>> value_sentence(torch.tensor([[-1.0, 0.0], [2.0, 3.0]]))
+    'values from -1 to 3; 25% negative, 25% exactly zero'
+    """
+    lo, hi = float(out.min()), float(out.max())
+    parts = [f"values from {scale.number(lo)} to {scale.number(hi)}"]
+    negative, zero = float((out < 0).float().mean()), float((out == 0).float().mean())
+    shares = ([f"{text.pct(negative)} negative"] if lo < 0 else []) + ([f"{text.pct(zero)} exactly zero"] if zero > 0 else [])
+    return parts[0] + ("; " + ", ".join(shares) if shares else "")
 
 
 def _act_max(ctx: ReportContext, layer: str, channels: int) -> dict[str, Any]:
@@ -92,11 +111,11 @@ def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
         means = out.flatten(1).mean(1)
         top = torch.argsort(means, descending=True, stable=True)[: o.feature_maps].tolist()
         ctx.assets.npy(f"feature-maps-{_safe(layer)}", out.numpy())
-        tiles = [_tile(ctx, f"feature-maps-{_safe(layer)}-{c}", out[c], f"#{c}: {means[c]:.2f}",
-                       f"{layer}, channel {c} for {name}: mean {means[c]:.3f}") for c in top]
+        tiles = [_tile(ctx, f"feature-maps-{_safe(layer)}-{c}", out[c], f"#{c}: mean {means[c]:.2f}",
+                       f"{layer}, channel {c} for {name}: mean {means[c]:.3f}", with_range=True) for c in top]
         c_, h, w = out.shape
         sentences.append(f"{layer} ({c_} channels, {h}x{w}) on {name}: the {len(top)} channels with the highest mean "
-                         f"output are shown; {text.pct(float((out <= 0).float().mean()))} of its values are zero or below.")
+                         f"output are shown, each stretched to its own min … max (under it); {value_sentence(out)}.")
         fm_blocks.append({"layer": layer, "tiles": tiles, "shape": f"{c_} x {h} x {w}"})
     image = None
     if fm_blocks:
