@@ -226,7 +226,8 @@ def deletion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target:
     ``auc = trapezoid(probs, fractions)``. ``step``: pixels per step (int) or share of the image (float);
     ``substrate``: ``"blur"`` (default, see :data:`DEFAULT_SUBSTRATE`), ``"zero"`` (the paper's),
     ``"mean"`` (each image's), ``"dataset-mean"`` (``channel_mean``, default the mean of ``images``) or
-    ``"road"`` (noisy linear imputation, Rong et al. 2022; ~10x slower than the others on 48x48);
+    ``"road"`` (noisy linear imputation, Rong et al. 2022; a solve per step: Grad-CAM deletion curves of
+    40 demo faces took 2.0 s against blur's 1.1 s on 2 CPU cores);
     check it with :func:`substrate_check`. ``target`` as in ``cnnlens.explain``
     (None = predicted class). Ties in ``maps`` are broken at random with ``generator`` (default seed 0),
     which also draws ROAD's noise.
