@@ -36,8 +36,12 @@ def _step(text: str) -> int | float:
 @click.option("--randomization-methods", default="auto", show_default=True, metavar="NAMES",
               help="Methods for the randomisation check; auto = all but occlusion and LIME (they only read the "
                    "model's outputs, and would cost ~2000 passes per image per layer).")
-@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True,
-              help="Which of the run's images.")
+@click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default=None,
+              help="Which of the run's images (default val); with --data, any split the dataset has (default all: "
+                   "every image).")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Another dataset than the run's own (needed for a run made by `cnnlens import`); labels are not "
+                   "needed: the predicted class is explained.")
 @click.option("--masks", "mask_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of PNG ground-truth masks matched by image name (default: the dataset's own masks, "
                    "e.g. synthetic faces; without masks localisation is skipped).")
@@ -60,7 +64,8 @@ def _step(text: str) -> int | float:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Perturbed images per forward pass.")
 def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: int, n_randomization_images: int,
-            randomization_methods: str, split: str, mask_dir: Path | None, step: str, deletion_substrate: str, insertion_substrate: str,
+            randomization_methods: str, split: str | None, data_spec: str | None, mask_dir: Path | None, step: str,
+            deletion_substrate: str, insertion_substrate: str,
             option_items: tuple[str, ...], out_dir: Path | None, overwrite: bool, seed: int, device: str,
             batch_size: int | None) -> None:
     """Measure whether each explanation method tells the truth about the model in RUN_DIR.
@@ -77,15 +82,16 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
       cnnlens faithfulness runs/faces                          # -> runs/faces/faithfulness
       cnnlens faithfulness runs/faces --methods saliency,grad-cam,occlusion --n-images 100
       cnnlens faithfulness runs/food --masks food-masks/ --out runs/food/faith --overwrite
+      cnnlens faithfulness runs/imported --data folder:photos --methods saliency,grad-cam
     """
     from cnnlens._atomic import check_output
     from cnnlens.explain.runner import check_methods, check_options
     from cnnlens.faithfulness.runner import evaluate_run_faithfulness
     from cnnlens.train import load_run
-    from cnnlens.train.run import run_inputs
+    from cnnlens.train.run import run_inputs, spec_path
 
     out = out_dir if out_dir is not None else run_dir / "faithfulness"
-    inputs = [*run_inputs(run_dir), mask_dir]
+    inputs = [*run_inputs(run_dir), mask_dir, spec_path(data_spec)]
     check_output(out, kind="faithfulness", overwrite=overwrite, inputs=inputs)  # before any work
 
     names = parse_methods(methods)
@@ -105,15 +111,17 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
                                      param_hint="--randomization-methods")
     try:
         run = load_run(run_dir, device=device)
+        if data_spec is None:
+            split = split or "val"
         result = evaluate_run_faithfulness(  # masks are read for the images it draws
-            run, split=split, n_images=n_images, mask_dir=mask_dir, methods=chosen,
+            run, split=split, data=data_spec, n_images=n_images, mask_dir=mask_dir, methods=chosen,
             n_perturbation_images=n_perturbation_images, n_randomization_images=n_randomization_images,
             randomization_methods=randomized, step=step_value, deletion_substrate=deletion_substrate,
             insertion_substrate=insertion_substrate, method_kwargs=options, seed=seed, batch_size=batch_size,
             skip_unsupported=names is None, progress=True)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    result.save(out, overwrite=overwrite, inputs=[*run_inputs(run_dir, run.manifest), mask_dir])
+    result.save(out, overwrite=overwrite, inputs=[*run_inputs(run_dir, run.manifest), mask_dir, spec_path(data_spec)])
     click.echo(result.table())
     for note in result.notes:
         click.echo(f"note: {note}")

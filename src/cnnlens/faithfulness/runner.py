@@ -479,21 +479,24 @@ def evaluate_faithfulness(
                               warnings=tuple(warnings))
 
 
-def evaluate_run_faithfulness(run: Any, *, split: str = "val", n_images: int = 200,
+def evaluate_run_faithfulness(run: Any, *, split: str | None = "val", n_images: int = 200,
                               masks: torch.Tensor | None = None, methods: Sequence[str] = ("saliency", "grad-cam"),
-                              mask_dir: PathArg | None = None, **options: Any) -> FaithfulnessResult:
+                              data: str | None = None, mask_dir: PathArg | None = None,
+                              **options: Any) -> FaithfulnessResult:
     """:func:`evaluate_faithfulness` on ``n_images`` of a run's ``split`` (a :class:`cnnlens.train.Run`)
     drawn at random, stratified by class (:func:`stratified_order`, seeded with ``options["seed"]``, default
     0), against ground-truth masks: ``masks`` (bool ``[N,H,W]``, one per image of the whole split), else
     PNG files in ``mask_dir`` matched by image name, else the dataset's own (the synthetic faces'),
-    explaining the predicted class. The draw (seed, class counts, indices) is recorded in
-    ``settings["sampling"]``. ``options`` go to :func:`evaluate_faithfulness`.
+    explaining the predicted class. ``data``: another dataset's spec (see ``Run.dataset``; labels are not
+    needed). The draw (seed, class counts, indices) is recorded in ``settings["sampling"]``. ``options``
+    go to :func:`evaluate_faithfulness`.
 
     >>> evaluate_run_faithfulness(load_run("runs/faces"), methods=["grad-cam"]).save("runs/faces/faithfulness")
     """
-    data = run.dataset(split)
+    spec = data
+    data = run.dataset(split, data=spec) if spec is not None else run.dataset(split)
     if len(data) == 0:
-        raise ValueError(f"the run's {split} split has no images")
+        raise ValueError(f"the run's {split} split has no images" if spec is None else f"{spec} has no images")
     if masks is not None and (not isinstance(masks, torch.Tensor) or masks.shape[:1] != (len(data),)):
         got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
         raise ValueError(f"masks must hold one mask per image of the split ({len(data)}), got {got}; "
@@ -514,7 +517,7 @@ def evaluate_run_faithfulness(run: Any, *, split: str = "val", n_images: int = 2
     classes = list(source.classes)
     counts = {(classes[c] if 0 <= c < len(classes) else "unlabelled"): labels.count(c) for c in sorted(set(labels))}
     sampling = {"method": "stratified by class, at random; each first-k subset is stratified too",
-                "seed": seed, "split": split, "n_available": len(source), "n_images": len(index),
+                "seed": seed, "split": split, "data": spec, "n_available": len(source), "n_images": len(index),
                 "class_counts": counts, "indices": [int(i) for i in index]}
     images = data.float_images().to(run.device)
     return evaluate_faithfulness(run.model, images, None, None if masks is None else masks.to(run.device), methods,
