@@ -425,3 +425,11 @@ def test_every_command_on_an_imported_run(imported: Path, faces: Path, tmp_path:
     assert (imported / "report" / "index.html").is_file()
     res = invoke("summary", imported)
     assert res.exit_code == 0 and "Linear" in res.output
+
+
+def test_the_report_names_the_users_model_not_the_adapter(imported: Path, faces: Path) -> None:
+    res = invoke("report", imported, "--data", f"synth:{faces}", "--methods", "saliency", "--average-methods", "none",
+                 "--filter-layers", "none", "--feature-map-layers", "none", "--no-progress")
+    assert res.exit_code == 0, res.output
+    page = (imported / "report" / "index.html").read_text()
+    assert "zoo_models:build_sequential (Sequential)" in page and "Scored" not in page

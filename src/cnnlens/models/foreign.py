@@ -309,6 +309,20 @@ class Scored(nn.Module):
         return ", ".join(parts)
 
 
+def model_label(model: nn.Module, model_section: Any = None) -> str:
+    """How a model is named for people: a built-in's name, an imported model's builder (``pkg.mod:build``,
+    its class) or "TorchScript archive", else the class of the user's model (never the adapter's)."""
+    section = model_section if isinstance(model_section, dict) else {}
+    inner = getattr(model, MODEL_ATTR, model) if isinstance(model, Scored) else model
+    if section.get("name"):
+        return str(section["name"])
+    if section.get("builder"):
+        return f"{section['builder']} ({type(inner).__name__})"
+    if section.get("torchscript") or isinstance(inner, torch.jit.ScriptModule):
+        return "TorchScript archive"
+    return type(inner).__name__
+
+
 def user_layer_name(model: nn.Module, name: str) -> str:
     """``name`` as the user spells it: without the adapter's ``layer_prefix`` (``"model.conv1"`` -> ``"conv1"``)."""
     prefix = getattr(model, "layer_prefix", "")

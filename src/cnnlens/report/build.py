@@ -19,6 +19,7 @@ from typing import Any
 from cnnlens import __version__
 from cnnlens._atomic import check_output, output_dir
 from cnnlens._types import PathArg
+from cnnlens.models.foreign import model_label
 from cnnlens.report.assets import Assets
 from cnnlens.report.context import ReportContext, ReportInputs, ReportOptions, method_label
 from cnnlens.report.render import render_page
@@ -141,8 +142,7 @@ def _stages(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
 def _meta(inputs: ReportInputs, ctx: ReportContext) -> list[tuple[str, str]]:
     cfg = inputs.config if isinstance(inputs.config, dict) else {}
     meta = [("Run", inputs.name)]
-    model = cfg.get("model", {}).get("name") if isinstance(cfg.get("model"), dict) else None
-    meta.append(("Model", str(model or type(inputs.model).__name__)))
+    meta.append(("Model", model_label(inputs.model, cfg.get("model"))))
     spec = cfg.get("data", {}).get("spec") if isinstance(cfg.get("data"), dict) else None
     if inputs.data is not None:  # another dataset than the run's own (--data)
         meta.append(("Data", f"{inputs.data} (given with --data)"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnlens.models.foreign import model_label
 from cnnlens.models.summary import summary, total_params
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext
@@ -23,7 +24,7 @@ def model_section(ctx: ReportContext) -> dict[str, Any] | None:
     total = total_params(ctx.model)
     trainable = total_params(ctx.model, trainable_only=True)
     model_cfg = ctx.inputs.config.get("model", {}) if isinstance(ctx.inputs.config, dict) else {}
-    name = str(model_cfg.get("name") or type(ctx.model).__name__)
+    name = model_label(ctx.model, model_cfg)
     csv = ctx.assets.csv("layers", ["layer", "type", "output_shape", "params", "trainable_params"],
                          [(r.name, r.type, _shape(r.output_shape), r.params, r.trainable_params) for r in rows])
     sentences = text.model_sentences(name, total, trainable, len(rows), input_shape)
