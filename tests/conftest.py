@@ -66,3 +66,20 @@ def assert_model_untouched(model: nn.Module, modes_before: list[bool]) -> None:
     assert all(p.grad is None for p in model.parameters())
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+
+
+@pytest.fixture
+def method_registry():
+    """``cnnlens.explain.registry``, restored after the test: a test may register, replace or remove methods
+    (``registry.method("toy", "Toy", kind="gradient")(fn)``) without the next test seeing them."""
+    from cnnlens.explain import registry
+
+    with registry.scope():
+        yield registry
+
+
+def replace_method(registry, name: str, fn) -> None:
+    """Swap the function of registered method ``name`` for ``fn``, keeping its other facts (label, layer, ...)."""
+    import dataclasses
+
+    registry.register(dataclasses.replace(registry.get(name), fn=fn), replace=True)

@@ -6,6 +6,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from cnnlens import explain
 from cnnlens._atomic import MARKER
 from cnnlens.cli import main
 
@@ -50,17 +50,9 @@ TINYNET = textwrap.dedent('''
 
 
 @pytest.fixture
-def methods(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The real methods under their CLI names (registered by hand while METHODS is still being filled)."""
-    from cnnlens.explain.grad_cam import grad_cam
-    from cnnlens.explain.integrated_gradients import integrated_gradients
-    from cnnlens.explain.lime import lime
-    from cnnlens.explain.saliency import saliency
-
-    wanted = {"saliency": saliency, "grad-cam": grad_cam, "integrated-gradients": integrated_gradients, "lime": lime}
-    if not set(wanted) <= set(explain.METHODS):
-        monkeypatch.setattr(explain, "METHODS", {**explain.METHODS, **wanted})
-    return explain.METHODS
+def methods(method_registry: ModuleType) -> ModuleType:
+    """The method registry (every built-in method registered), restored after the test."""
+    return method_registry
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +99,7 @@ def user_args(faces: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_user_model_images_end_to_end(user: Path, faces: Path, methods: dict) -> None:
+def test_user_model_images_end_to_end(user: Path, faces: Path, methods: ModuleType) -> None:
     from cnnlens.data import load_dataset
     from cnnlens.explain.saliency import saliency
     from cnnlens.viz import mask_below_percentile
@@ -146,7 +138,7 @@ def test_user_model_images_end_to_end(user: Path, faces: Path, methods: dict) ->
 
 
 @pytest.mark.slow
-def test_user_model_safetensors_per_class_true_target(user: Path, faces: Path, methods: dict) -> None:
+def test_user_model_safetensors_per_class_true_target(user: Path, faces: Path, methods: ModuleType) -> None:
     out = user / "ex"
     names = "an,di,fe,ha,sa,su,ne"
     res = invoke("--model", "tinynet:build", "--weights", "w.safetensors", "--data", f"synth:{faces}", "--split", "train",
@@ -210,7 +202,7 @@ BAD_USER_INPUTS = [
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD_USER_INPUTS, ids=[m[:28] for _, m in BAD_USER_INPUTS])
-def test_bad_user_input_is_clear_and_leaves_output_intact(user: Path, faces: Path, methods: dict, extra: list[str],
+def test_bad_user_input_is_clear_and_leaves_output_intact(user: Path, faces: Path, methods: ModuleType, extra: list[str],
                                                          message: str) -> None:
     class Evil:
         def __reduce__(self) -> tuple:
@@ -259,12 +251,12 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_method_failure_mid_run_leaves_output_intact(user: Path, faces: Path, methods: dict,
+def test_method_failure_mid_run_leaves_output_intact(user: Path, faces: Path, methods: ModuleType,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def exploding(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setitem(explain.METHODS, "exploding", exploding)
+    methods.method("exploding", "Exploding", kind="gradient")(exploding)
     out = user / "ex"
     _sentinel(out)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -287,7 +279,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, faces: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_run_folder_per_class_with_lime_and_overwrite(tiny_run: Path, tmp_path: Path, methods: dict) -> None:
+def test_run_folder_per_class_with_lime_and_overwrite(tiny_run: Path, tmp_path: Path, methods: ModuleType) -> None:
     from cnnlens.train import load_run
 
     out = tmp_path / "ex"
@@ -344,7 +336,7 @@ def test_not_a_run_folder(tmp_path: Path) -> None:
     (["--out", "RUN"], "is the input"),
     (["--out", "RUNPARENT"], "holds the input"),
 ])
-def test_bad_run_input_leaves_output_intact(tiny_run: Path, tmp_path: Path, methods: dict, extra: list[str],
+def test_bad_run_input_leaves_output_intact(tiny_run: Path, tmp_path: Path, methods: ModuleType, extra: list[str],
                                             message: str) -> None:
     out = tmp_path / "ex"
     _sentinel(out)
@@ -357,19 +349,19 @@ def test_bad_run_input_leaves_output_intact(tiny_run: Path, tmp_path: Path, meth
 
 
 @pytest.mark.slow
-def test_all_methods_skips_those_that_do_not_apply(user: Path, faces: Path, methods: dict,
+def test_all_methods_skips_those_that_do_not_apply(user: Path, faces: Path, methods: ModuleType,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     def needs_gap(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
         raise ValueError("CAM needs a global-average-pooling head")
 
-    monkeypatch.setitem(explain.METHODS, "needs-gap", needs_gap)
+    methods.method("needs-gap", "Needs GAP", kind="cam")(needs_gap)
     out = user / "ex"
     res = invoke(*user_args(faces, out, "--images", "0", "-o", "lime.n_samples=20"))  # no --methods: every method
     assert res.exit_code == 0, res.output
     assert "skipped needs-gap: CAM needs a global-average-pooling head" in res.output
     index = json.loads((out / "index.json").read_text())
     assert index["skipped"] == {"needs-gap": "CAM needs a global-average-pooling head"}
-    assert index["methods"] == [m for m in explain.METHODS if m != "needs-gap"]
+    assert index["methods"] == [m for m in methods.names() if m != "needs-gap"]
     with np.load(out / index["images"][0]["files"]["grid_arrays"]) as z:
         assert sorted(z.files) == sorted(["image", *index["methods"]])
     # asked for by name, the same refusal is an error, and nothing is written

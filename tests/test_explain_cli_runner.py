@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -34,8 +35,8 @@ class Calls:
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """METHODS holding toy methods (the real ones are registered by the lead)."""
+def registry() -> Iterator[Calls]:
+    """A registry holding only toy methods (the real ones are back after the test)."""
     calls = Calls([], [])
 
     def toy_noise(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, *,
@@ -47,8 +48,11 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Calls:
     def toy_bad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         return images  # [N,C,H,W]: not a map
 
-    monkeypatch.setattr(explain, "METHODS", {"toy-sum": toy_sum, "toy-noise": toy_noise, "toy-bad": toy_bad})
-    return calls
+    with explain.registry.scope(empty=True):
+        explain.registry.method("toy-sum", "Toy sum", kind="gradient")(toy_sum)
+        explain.registry.method("toy-noise", "Toy noise", kind="perturbation")(toy_noise)
+        explain.registry.method("toy-bad", "Toy bad", kind="gradient")(toy_bad)
+        yield calls
 
 
 def _model_and_images(n: int = 5, c: int = 1) -> tuple[nn.Module, torch.Tensor]:
@@ -131,11 +135,10 @@ def test_model_mode_restored_and_progress(registry: Calls) -> None:
         explain_images(model, x, None, ["toy-sum"], progress="yes")
 
 
-def test_real_methods_match_direct_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_methods_match_direct_calls() -> None:
     from cnnlens.explain.grad_cam import grad_cam
     from cnnlens.explain.saliency import saliency
 
-    monkeypatch.setattr(explain, "METHODS", {"saliency": saliency, "grad-cam": grad_cam})
     model, x = _model_and_images(n=5, c=3)
     maps = explain_images(model, x, None, ["saliency", "grad-cam"], options={"grad-cam": {"layer": "conv_a"}}, batch_size=2)
     torch.testing.assert_close(maps["saliency"], saliency(model, x))
@@ -143,9 +146,7 @@ def test_real_methods_match_direct_calls(monkeypatch: pytest.MonkeyPatch) -> Non
     assert runner.method_accepts("grad-cam", "layer") and not runner.method_accepts("saliency", "layer")
 
 
-def test_lime_details_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    lime_mod = pytest.importorskip("cnnlens.explain.lime")
-    monkeypatch.setattr(explain, "METHODS", {"lime": lime_mod.lime})
+def test_lime_details_kept() -> None:
     model, x = _model_and_images(n=3)
     assert runner.method_accepts("lime", "n_samples")  # read from lime_explain, behind lime(**options)
     res = run_methods(model, x, None, ["lime"], options={"lime": {"n_samples": 40}}, batch_size=2, details=True)
@@ -205,7 +206,7 @@ def test_probabilities_sum_to_one_and_keep_mode() -> None:
     torch.testing.assert_close(p, model.eval()(x).softmax(1))
 
 
-def test_skip_unsupported_only_for_a_first_call_refusal(registry: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skip_unsupported_only_for_a_first_call_refusal(registry: Calls) -> None:
     def needs_gap(model: nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
         raise ValueError("CAM needs a global-average-pooling head")
 
@@ -217,8 +218,8 @@ def test_skip_unsupported_only_for_a_first_call_refusal(registry: Calls, monkeyp
             raise ValueError("second chunk broke")
         return images[:, 0]
 
-    monkeypatch.setitem(explain.METHODS, "needs-gap", needs_gap)
-    monkeypatch.setitem(explain.METHODS, "fails-later", fails_later)
+    explain.registry.method("needs-gap", "Needs GAP", kind="cam")(needs_gap)
+    explain.registry.method("fails-later", "Fails later", kind="gradient")(fails_later)
     model, x = _model_and_images(n=3)
     res = run_methods(model, x, None, ["needs-gap", "toy-sum"], skip_unsupported=True)
     assert list(res.maps) == ["toy-sum"] and res.skipped == {"needs-gap": "CAM needs a global-average-pooling head"}
@@ -228,12 +229,12 @@ def test_skip_unsupported_only_for_a_first_call_refusal(registry: Calls, monkeyp
         run_methods(model, x, None, ["fails-later"], batch_size=2, skip_unsupported=True)
 
 
-def test_options_record_what_each_method_ran_with(registry: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_options_record_what_each_method_ran_with(registry: Calls) -> None:
     from cnnlens.explain.grad_cam import grad_cam
     from cnnlens.explain.occlusion import occlusion
 
-    monkeypatch.setitem(explain.METHODS, "occlusion", occlusion)
-    monkeypatch.setitem(explain.METHODS, "grad-cam", grad_cam)
+    explain.registry.method("occlusion", "Occlusion", kind="perturbation")(occlusion)
+    explain.registry.method("grad-cam", "Grad-CAM", kind="cam", layer=True)(grad_cam)
     model, x = _model_and_images(n=3)
     out = run_methods(model, x, None, ["toy-sum", "toy-noise", "occlusion", "grad-cam"],
                       options={"toy-sum": {"scale": 2.0}, "occlusion": {"stride": 4, "patch": 4}}, batch_size=2, seed=7)
@@ -251,6 +252,7 @@ def test_options_record_what_each_method_ran_with(registry: Calls, monkeypatch: 
 
 
 def test_explain_and_report_read_one_set_of_defaults() -> None:
+    from cnnlens.explain import registry
     from cnnlens.report.context import ReportContext, ReportOptions
     from cnnlens.viz import defaults
 
@@ -260,4 +262,4 @@ def test_explain_and_report_read_one_set_of_defaults() -> None:
     ctx = ReportContext.__new__(ReportContext)
     ctx.options = o
     methods = ["saliency", "smoothgrad", "integrated-gradients", "occlusion", "lime"]
-    assert ctx.method_options(methods) == defaults.method_options(methods)
+    assert ctx.method_options(methods) == registry.default_options(methods)

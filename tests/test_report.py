@@ -10,14 +10,15 @@ import io
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from conftest import replace_method
 from PIL import Image
 from torch import nn
 
-from cnnlens import explain
 from cnnlens.data.imageset import ImageSet
 from cnnlens.report import ReportInputs, ReportOptions, write_report
 from cnnlens.report import build as report_build
@@ -45,22 +46,9 @@ TINY = ReportOptions(examples_per_class=2, lime_samples=16, smoothgrad_samples=2
 
 
 @pytest.fixture
-def methods(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The real methods under their CLI names (registered by hand while METHODS is being filled)."""
-    from cnnlens.explain.grad_cam import grad_cam
-    from cnnlens.explain.guided_backprop import guided_backprop
-    from cnnlens.explain.guided_grad_cam import guided_grad_cam
-    from cnnlens.explain.integrated_gradients import integrated_gradients
-    from cnnlens.explain.lime import lime
-    from cnnlens.explain.occlusion import occlusion
-    from cnnlens.explain.saliency import saliency
-    from cnnlens.explain.smoothgrad import smoothgrad
-
-    wanted = {"saliency": saliency, "smoothgrad": smoothgrad, "guided-backprop": guided_backprop, "grad-cam": grad_cam,
-              "guided-grad-cam": guided_grad_cam, "integrated-gradients": integrated_gradients, "occlusion": occlusion,
-              "lime": lime}
-    monkeypatch.setattr(explain, "METHODS", {**wanted, **explain.METHODS})
-    return explain.METHODS
+def methods(method_registry: ModuleType) -> ModuleType:
+    """The method registry (every built-in method registered), restored after the test."""
+    return method_registry
 
 
 def tiny_set(n_per_class: int = 6, classes: tuple[str, ...] = CLASSES, seed: int = 0, masks: bool = True) -> ImageSet:
@@ -195,7 +183,7 @@ def test_bad_options_say_what_is_accepted(change: dict, match: str) -> None:
         ReportOptions(**change)
 
 
-def test_unknown_method_or_layer_fails_before_any_work(tmp_path: Path, methods: dict) -> None:
+def test_unknown_method_or_layer_fails_before_any_work(tmp_path: Path, methods: ModuleType) -> None:
     with pytest.raises(ValueError, match="ReportOptions.methods: unknown method 'nope'; available methods: saliency"):
         write_report(tiny_inputs(), tmp_path / "r", options=ReportOptions(methods=("saliency", "nope")))
     with pytest.raises(ValueError, match="ReportOptions.filter_layers: unknown layer 'conv9'; valid layer names: stem"):
@@ -244,7 +232,7 @@ def test_evaluation_section_matches_the_predictions(tmp_path: Path) -> None:
     assert s["text"][0].startswith(f"Accuracy {100 * (pred == y).mean():.1f}% on 18 images")
 
 
-def test_explanations_pick_the_most_confident_images_and_show_every_method(tmp_path: Path, methods: dict) -> None:
+def test_explanations_pick_the_most_confident_images_and_show_every_method(tmp_path: Path, methods: ModuleType) -> None:
     ctx = context(tmp_path)
     s = explanations_section(ctx)
     probs = ctx.probabilities
@@ -272,12 +260,12 @@ def test_explanations_pick_the_most_confident_images_and_show_every_method(tmp_p
     torch.testing.assert_close(torch.from_numpy(saved), grad_cam(ctx.model, ctx.float_images(index), torch.from_numpy(pred[index])))
 
 
-def test_a_method_that_refuses_the_model_is_left_out_with_its_reason(tmp_path: Path, methods: dict,
+def test_a_method_that_refuses_the_model_is_left_out_with_its_reason(tmp_path: Path, methods: ModuleType,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def needs_gap(model: nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
         raise ValueError("CAM needs a global-average-pooling head")
 
-    monkeypatch.setitem(explain.METHODS, "cam", needs_gap)
+    replace_method(methods, "cam", needs_gap)
     ctx = context(tmp_path, options=ReportOptions(methods=("saliency", "cam")))
     s = explanations_section(ctx)
     assert "CAM is left out: CAM needs a global-average-pooling head" in s["text"]
@@ -387,7 +375,7 @@ def test_render_escapes_every_user_string_and_hashes_its_script() -> None:
     assert f"script-src 'sha256-{digest}'" in csp and "default-src 'none'" in csp
 
 
-def test_report_end_to_end_is_self_contained_and_leaves_the_model_alone(tmp_path: Path, methods: dict) -> None:
+def test_report_end_to_end_is_self_contained_and_leaves_the_model_alone(tmp_path: Path, methods: ModuleType) -> None:
     write_run_files(tmp_path / "run")
     inputs = tiny_inputs(run_dir=tmp_path / "run")
     model = inputs.model
@@ -414,14 +402,14 @@ def test_report_end_to_end_is_self_contained_and_leaves_the_model_alone(tmp_path
     assert "curves.png" in figures and any(n.startswith("filters-") for n in figures)
 
 
-def test_escaping_end_to_end(tmp_path: Path, methods: dict) -> None:
+def test_escaping_end_to_end(tmp_path: Path, methods: ModuleType) -> None:
     page = write_report(tiny_inputs(), tmp_path / "report", options=dataclasses.replace(TINY, progress=True))
     out = page.read_text(encoding="utf-8")
     assert EVIL not in out and "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "img &lt;3&gt;.png" in out and "run &lt;b&gt;&amp;" in out
 
 
-def test_rgb_images_render_in_colour(tmp_path: Path, methods: dict) -> None:
+def test_rgb_images_render_in_colour(tmp_path: Path, methods: ModuleType) -> None:
     g = torch.Generator().manual_seed(1)
     ds = ImageSet(torch.randint(0, 256, (12, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(12) % 3,
                   ("a", "b", "c"), tuple(f"{i}.jpg" for i in range(12)))
@@ -436,7 +424,7 @@ def test_rgb_images_render_in_colour(tmp_path: Path, methods: dict) -> None:
     np.testing.assert_array_equal(masked[kept], ds.images[row["index"]].permute(1, 2, 0).numpy()[kept])
 
 
-def test_a_failing_section_leaves_the_previous_report_untouched(tmp_path: Path, methods: dict,
+def test_a_failing_section_leaves_the_previous_report_untouched(tmp_path: Path, methods: ModuleType,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     options = ReportOptions(methods=("saliency",), average_methods=(), filter_layers=(), feature_map_layers=())
     page = write_report(tiny_inputs(), tmp_path / "report", options=options)
@@ -485,7 +473,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_report_of_a_real_run(trained_run: Path, methods: dict, tmp_path: Path) -> None:
+def test_report_of_a_real_run(trained_run: Path, methods: ModuleType, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from cnnlens.cli import main
@@ -531,7 +519,7 @@ def test_report_of_a_real_run(trained_run: Path, methods: dict, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_cli_errors_are_clear(trained_run: Path, methods: dict, tmp_path: Path) -> None:
+def test_cli_errors_are_clear(trained_run: Path, methods: ModuleType, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from cnnlens.cli import main
@@ -558,7 +546,7 @@ def test_balanced_data_plural_and_a_dataset_given_with_data() -> None:
         "Sad: no images of this class in folder:photos.")
 
 
-def test_a_dataset_given_with_data_is_named_not_called_the_val_split(tmp_path: Path, methods: dict) -> None:
+def test_a_dataset_given_with_data_is_named_not_called_the_val_split(tmp_path: Path, methods: ModuleType) -> None:
     inputs = dataclasses.replace(tiny_inputs(), data="folder:photos")
     ctx = context(tmp_path, inputs, options=dataclasses.replace(TINY, split="all"))
     assert ctx.split_name == "folder:photos"
@@ -566,7 +554,7 @@ def test_a_dataset_given_with_data_is_named_not_called_the_val_split(tmp_path: P
     assert context(tmp_path / "own").split_name == "the val split"
 
 
-def test_an_empty_class_is_said_once_and_maps_show_their_range(tmp_path: Path, methods: dict) -> None:
+def test_an_empty_class_is_said_once_and_maps_show_their_range(tmp_path: Path, methods: ModuleType) -> None:
     data = tiny_set()
     keep = [i for i in range(len(data)) if int(data.labels[i]) != 2]  # no images of the third class
     inputs = ReportInputs(model=make_random_model(in_channels=1, num_classes=3, seed=3), dataset=data.subset(keep), name="r")
@@ -580,12 +568,12 @@ def test_an_empty_class_is_said_once_and_maps_show_their_range(tmp_path: Path, m
     assert "Each map is drawn on its own scale" in explanations
 
 
-def test_a_constant_map_is_flagged_with_its_likely_reason(tmp_path: Path, methods: dict,
+def test_a_constant_map_is_flagged_with_its_likely_reason(tmp_path: Path, methods: ModuleType,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     def dead_cam(model: nn.Module, images: torch.Tensor, target: object = None, **_: object) -> torch.Tensor:
         return torch.zeros(images.shape[0], *images.shape[2:])  # a Grad-CAM whose layer has no gradient
 
-    monkeypatch.setitem(explain.METHODS, "grad-cam", dead_cam)
+    replace_method(methods, "grad-cam", dead_cam)
     ctx = context(tmp_path, options=dataclasses.replace(TINY, methods=("saliency", "grad-cam")))
     s = explanations_section(ctx)
     n = sum(len(b["images"]) for b in s["classes"])

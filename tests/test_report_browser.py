@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def report(tmp_path: Path, methods: dict) -> Path:  # noqa: F811
+def report(tmp_path: Path, methods: ModuleType) -> Path:  # noqa: F811
     write_run_files(tmp_path / "run")
     return write_report(tiny_inputs(run_dir=tmp_path / "run"), tmp_path / "report", options=TINY)
 

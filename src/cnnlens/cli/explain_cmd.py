@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.cli._options import parse_methods, parse_options
-from cnnlens.viz.defaults import LIME_TOP_K, MASK_PERCENTILE, method_options
+from cnnlens.cli._options import RegistryOption, parse_methods, parse_options
+from cnnlens.viz.defaults import LIME_TOP_K, MASK_PERCENTILE
 from cnnlens.data.imageset import ImageSet
 
 INDEX_VERSION = 1
@@ -259,9 +259,8 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
 
 @click.command(name="explain")
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR]")
-@click.option("--methods", default="all", show_default=True, metavar="NAMES",
-              help="Comma-separated methods (saliency,smoothgrad,guided-backprop,integrated-gradients,grad-cam,cam,"
-                   "guided-grad-cam,occlusion,lime) or 'all'.")
+@click.option("--methods", cls=RegistryOption, default="all", show_default=True, metavar="NAMES",
+              help="Comma-separated methods ({methods}) or 'all'.")
 @click.option("--images", "images", default=None, metavar="I,J,...", help="Explain these images of the split (0-based).")
 @click.option("--per-class", "per_class_k", type=click.IntRange(min=1), default=None, metavar="K",
               help=f"Explain the K most confidently right images of each class (default: {DEFAULT_PER_CLASS}).")
@@ -273,11 +272,11 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
                    "any split it has (train, val, test, all; default: all for a run, the dataset's own with --model).")
 @click.option("--target", type=click.Choice(["predicted", "true"]), default="predicted", show_default=True,
               help="Explain the predicted class or the true class.")
-@click.option("--layer", default=None, help="Layer for grad-cam and guided-grad-cam (default: the last conv layer).")
-@click.option("--option", "-o", "option_items", multiple=True, metavar="METHOD.NAME=VALUE",
+@click.option("--layer", cls=RegistryOption, default=None,
+              help="Layer for {layer_methods} (default: the last conv layer).")
+@click.option("--option", "-o", "option_items", cls=RegistryOption, multiple=True, metavar="METHOD.NAME=VALUE",
               help="A method option, repeatable: -o occlusion.stride=4 -o lime.n_samples=500. Defaults are those of "
-                   "`cnnlens report` (cnnlens.viz.defaults: occlusion 5x5 patches every 2 px, mean fill; LIME 300 "
-                   "samples; SmoothGrad 12; IG 16 steps); index.json records every option each method ran with.")
+                   "`cnnlens report` ({defaults}); index.json records every option each method ran with.")
 @click.option("--mask-percentile", type=click.FloatRange(0, 100), default=MASK_PERCENTILE, show_default=True,
               help="Saliency figure: keep pixels at or above this saliency percentile.")
 @click.option("--lime-top", "lime_top_k", type=click.IntRange(min=1), default=LIME_TOP_K, show_default=True,
@@ -320,7 +319,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cnnlens._atomic import check_output, output_dir
-    from cnnlens.explain import _base
+    from cnnlens.explain import _base, registry
     from cnnlens.explain.runner import check_methods, check_options, method_accepts, probabilities, run_methods
     from cnnlens.train.run import read_manifest, resolve_device, run_inputs, spec_path
 
@@ -351,7 +350,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
         user_source(model_spec or "", weights, classes, input_shape, data, split, dev)
     model = source.model
     chosen = check_methods(names)
-    for m, kw in method_options(chosen).items():  # the defaults `cnnlens report` uses too, under what was given
+    for m, kw in registry.default_options(chosen).items():  # the defaults `cnnlens report` uses too, under what was given
         options[m] = {**kw, **options.get(m, {})}
     if layer is not None:
         try:

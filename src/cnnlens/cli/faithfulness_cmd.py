@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cnnlens.cli._options import parse_methods, parse_options
+from cnnlens.cli._options import RegistryOption, parse_methods, parse_options
 from cnnlens.faithfulness.deletion import SUBSTRATES
 
 
@@ -22,19 +22,19 @@ def _step(text: str) -> int | float:
 
 @click.command(name="faithfulness")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--methods", default="all", show_default=True, metavar="NAMES",
-              help="Comma-separated methods (saliency,smoothgrad,guided-backprop,integrated-gradients,grad-cam,cam,"
-                   "guided-grad-cam,occlusion,lime) or 'all' (methods the model cannot support are skipped and listed).")
+@click.option("--methods", cls=RegistryOption, default="all", show_default=True, metavar="NAMES",
+              help="Comma-separated methods ({methods}) or 'all' (methods the model cannot support are skipped and listed).")
 @click.option("--n-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Evaluate on N images of the split drawn at random, stratified by class (seeded by --seed; "
                    "the draw is recorded in faithfulness.json).")
-@click.option("--n-perturbation-images", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Occlusion and LIME (hundreds of forward passes per image) use only the first N of those (a "
+@click.option("--n-perturbation-images", cls=RegistryOption, type=click.IntRange(min=0), default=20, show_default=True,
+              help="The perturbation methods ({perturbation_methods}: hundreds of forward passes per image) use only "
+                   "the first N of those (a "
                    "stratified subset); every method and baseline is also scored on them, for a like-for-like table.")
 @click.option("--n-randomization-images", type=click.IntRange(min=0), default=16, show_default=True,
               help="The randomisation sanity check re-explains these first N images once per layer (0: skip it).")
-@click.option("--randomization-methods", default="auto", show_default=True, metavar="NAMES",
-              help="Methods for the randomisation check; auto = all but occlusion and LIME (they only read the "
+@click.option("--randomization-methods", cls=RegistryOption, default="auto", show_default=True, metavar="NAMES",
+              help="Methods for the randomisation check; auto = all but {perturbation_methods} (they only read the "
                    "model's outputs, and would cost ~2000 passes per image per layer).")
 @click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default=None,
               help="Which of the run's images (default val); with --data, any split the dataset has (default all: "

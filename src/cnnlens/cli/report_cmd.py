@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from cnnlens.cli._options import RegistryOption
 from cnnlens.explain.occlusion import FILLS
-
-from cnnlens.report.context import DEFAULT_AVERAGE_METHODS, DEFAULT_METHODS, ReportOptions
+from cnnlens.report.context import ReportOptions, default_average_methods, default_methods
 
 _D = ReportOptions()
 
@@ -43,7 +43,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
               help="Most confidently right and most confidently wrong images explained per class (each).")
 @click.option("--examples-per-class", type=click.IntRange(min=1), default=_D.examples_per_class, show_default=True,
               help="Example images per class in the Data section.")
-@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+@click.option("--methods", cls=RegistryOption, registry_default=default_methods, show_default=True,
               help="Explanation methods shown side by side, comma-separated (see `cnnlens explain --help`).")
 @click.option("--occlusion-stride", type=click.IntRange(min=1), default=_D.occlusion_stride, show_default=True,
               help="Occlusion: pixels between patch positions (smaller = finer, slower).")
@@ -57,7 +57,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
               help="SmoothGrad: noisy copies per image.")
 @click.option("--ig-steps", type=click.IntRange(min=1), default=_D.ig_steps, show_default=True,
               help="Integrated gradients: integration steps.")
-@click.option("--average-methods", default=",".join(DEFAULT_AVERAGE_METHODS), show_default=True,
+@click.option("--average-methods", cls=RegistryOption, registry_default=default_average_methods, show_default=True,
               help="Methods averaged per class in the class-average maps ('none' to leave the section out).")
 @click.option("--average-images", type=click.IntRange(min=1), default=_D.average_images, show_default=True,
               help="Images per class in each class-average map.")

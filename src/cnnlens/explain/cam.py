@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base
+from cnnlens.explain.registry import method
 
 _NOT_CAM = ("CAM needs a model whose output is one nn.Linear applied to the global average pooling of a "
             "feature map [N,C,h,w] (like small_cnn and resnet18); {why}. Use grad_cam for other models")
@@ -56,6 +57,7 @@ def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.L
     raise ValueError(_NOT_CAM.format(why="the input of its last nn.Linear is not the spatial mean of any feature map"))
 
 
+@method("cam", "CAM", kind="cam")
 def cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
         relu: bool = False, upsample: bool = True) -> torch.Tensor:
     """Class activation map (Zhou et al. 2016): ``sum_k w[t,k] * F_k`` for a GAP + linear head.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlens.explain import _base
+from cnnlens.explain import _base, registry
 from cnnlens.explain._base import batch_ranges
 
 Method = Callable[..., torch.Tensor]
@@ -22,13 +22,9 @@ NORMALIZE = ("max_abs", "minmax")
 
 
 def _method(method: Method | str) -> Method:
-    """A method function, or one looked up by its CLI name in ``cnnlens.explain.METHODS``."""
+    """A method function, or one looked up by its CLI name in the registry."""
     if isinstance(method, str):
-        from cnnlens.explain import METHODS  # the registry imports this module's package: import late
-
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS)) or '(none registered)'}")
-        return METHODS[method]
+        return registry.get(method).fn
     if not callable(method):
         raise TypeError(f"method must be a callable (model, images, target=...) -> [N,H,W] or a method name, got {type(method).__name__}")
     return method

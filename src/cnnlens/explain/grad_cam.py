@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import _base, _fast
+from cnnlens.explain.registry import method
 
 
 def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Target,
@@ -48,6 +49,8 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
     return kept[0].detach(), grad, t
 
 
+@method("grad-cam", "Grad-CAM", kind="cam", layer=True, streamable=True, in_report=3, class_average=True,
+        contrastive=0)
 def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
              fast: bool = True) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import _base, _fast
 from cnnlens.explain.saliency import saliency
+from cnnlens.explain.registry import method
 
 
 class _ClampGradient(torch.autograd.Function):
@@ -64,6 +65,7 @@ def guiding_relus() -> Iterator[_GuideReLUs]:
         yield mode
 
 
+@method("guided-backprop", "Guided backprop", kind="gradient", in_report=2, class_average=True)
 def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                     reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015) through every ReLU ``model`` computes.

@@ -12,8 +12,10 @@ from cnnlens._types import Reduce, Target
 from cnnlens.explain import _base, _fast
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
+from cnnlens.explain.registry import method
 
 
+@method("guided-grad-cam", "Guided Grad-CAM", kind="cam", layer=True, in_report=4)
 def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                     layer: str | nn.Module | None = None, reduce: Reduce = "max_abs",
                     fast: bool = True) -> torch.Tensor:

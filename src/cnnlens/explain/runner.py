@@ -10,7 +10,6 @@ images toward the same classes with the same options:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,29 +19,23 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
-
-
-def method_registry() -> dict[str, Callable[..., torch.Tensor]]:
-    """``cnnlens.explain.METHODS``, read at call time (so that methods registered later are seen)."""
-    from cnnlens import explain
-
-    return explain.METHODS
+from cnnlens.explain import _base, registry
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
-    """The method names to run (None = all of ``METHODS``, in its order); an unknown name lists the valid ones."""
-    registry = method_registry()
+    """The method names to run (None = every registered method, in the registry's order); an unknown name
+    lists the valid ones."""
+    known = registry.names()
     if methods is None:
-        return list(registry)
+        return known
     if isinstance(methods, str):
         raise TypeError(f"methods must be a list of names such as ['saliency', 'grad-cam'], got the string {methods!r}")
     names = list(methods)
     if not names:
-        raise ValueError(f"methods is empty; choose from: {', '.join(registry) or '(none registered)'}")
-    unknown = [m for m in names if m not in registry]
+        raise ValueError(f"methods is empty; choose from: {', '.join(known) or '(none registered)'}")
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}; available methods: {', '.join(registry) or '(none registered)'}")
+        raise ValueError(f"unknown method {unknown[0]!r}; available methods: {', '.join(known) or '(none registered)'}")
     dupes = sorted({m for m in names if names.count(m) > 1})
     if dupes:
         raise ValueError(f"method {dupes[0]!r} is listed twice")
@@ -56,25 +49,13 @@ def _accepted(fn: Callable[..., Any]) -> tuple[set[str], bool]:
     return names - {"model", "images", "target"}, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-#: Methods with a richer result function (module, name): the runner calls it to keep the details
-#: (LIME's segments and weights) and reads options from its signature, since the ``METHODS`` entry
-#: may just forward ``**options`` to it.
-RESULT_FUNCTIONS: dict[str, tuple[str, str]] = {"lime": ("cnnlens.explain.lime", "lime_explain")}
-
-
 def result_function(method: str) -> Callable[..., Any] | None:
-    """The richer result function of ``method`` (``lime`` -> ``lime_explain``), or None."""
-    if method not in RESULT_FUNCTIONS:
-        return None
-    module, name = RESULT_FUNCTIONS[method]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    """The richer result function of ``method`` (``lime`` -> ``lime_explain``: :attr:`registry.Method.result`), or None."""
+    return registry.get(method).result
 
 
 def _signature_source(method: str) -> Callable[..., Any]:
-    fn = method_registry()[method]
+    fn = registry.get(method).fn
     rich = result_function(method)
     return rich if rich is not None and _accepted(fn)[1] else fn
 
@@ -90,11 +71,11 @@ def check_options(methods: Sequence[str], options: Mapping[str, Mapping[str, Any
     Options for a known method that is not being run are ignored (the CLI's ``--layer`` applies to
     both Grad-CAM variants whether or not both are asked for).
     """
-    registry = method_registry()
+    known = registry.names()
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for name, opts in (options or {}).items():
-        if name not in registry:
-            raise ValueError(f"options given for unknown method {name!r}; available methods: {', '.join(registry)}")
+        if name not in known:
+            raise ValueError(f"options given for unknown method {name!r}; available methods: {', '.join(known)}")
         if not isinstance(opts, Mapping):
             raise TypeError(f"options[{name!r}] must be a dict of keyword arguments, got {type(opts).__name__}")
         if name not in out:
@@ -114,7 +95,7 @@ class Explanations:
     Attributes:
         maps: method -> ``[N,H,W]`` float tensor on the images' device.
         targets: the class each map explains, int64 ``[N]``.
-        details: method -> the method's richer per-chunk results (``RESULT_FUNCTIONS``: LIME's
+        details: method -> the method's richer per-chunk results (``registry.Method.result``: LIME's
             ``LimeResult`` with segments and weights), as ``(first image, result)`` pairs in image order.
         skipped: method -> why it was left out (only with ``skip_unsupported``).
         options: method -> every keyword option it ran with, its own defaults included (:func:`used_options`),
@@ -183,7 +164,6 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     with _base.guarded(model):
         target = _base.resolve_target(targets, n, logits=lambda: _base.predict_logits(model, images, chunk),
                                       device=images.device)
-    registry = method_registry()
     starts = list(range(0, n, chunk))
     bar, task = _progress(progress, total=len(names) * len(starts))
     maps: dict[str, torch.Tensor] = {}
@@ -192,7 +172,7 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     used: dict[str, dict[str, Any]] = {}
     try:
         for name in names:
-            fn, rich = registry[name], (result_function(name) if details else None)
+            fn, rich = registry.get(name).fn, (result_function(name) if details else None)
             accepted, _ = _accepted(_signature_source(name))
             kw = dict(opts[name])
             if "batch_size" in accepted and batch_size is not None:
@@ -253,7 +233,7 @@ def explain_images(model: nn.Module, images: torch.Tensor, targets: Target = Non
     """Maps ``[N,H,W]`` of several methods for the same images and the same target classes.
 
     ``targets``: None (each image's predicted class, computed once for all methods), an int, or one
-    per image. ``methods``: names from ``cnnlens.explain.METHODS`` (None = all); an unknown name is
+    per image. ``methods``: registered method names (``cnnlens.explain.registry.names()``; None = all); an unknown name is
     an error listing the valid ones, raised before any work. ``options``: per-method keyword arguments,
     ``{"grad-cam": {"layer": "features.6"}, "occlusion": {"stride": 2}}``, checked against each
     method's signature. ``batch_size``: images per method call (default: the device's perturbation

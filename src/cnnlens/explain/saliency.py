@@ -11,8 +11,10 @@ from torch import nn
 
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import _base, _fast
+from cnnlens.explain.registry import method
 
 
+@method("saliency", "Saliency", kind="gradient", streamable=True, in_report=0, class_average=True, contrastive=1)
 def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              reduce: Reduce = "max_abs", abs: bool = True, fast: bool = True) -> torch.Tensor:
     """Vanilla gradient of the target logit w.r.t. the input (Simonyan et al. 2014).

@@ -25,12 +25,7 @@ from torch import nn
 from cnnlens._atomic import atomic_path
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
-from cnnlens.explain import _base, _fast
-from cnnlens.explain.grad_cam import grad_cam
-from cnnlens.explain.saliency import saliency
-
-#: Methods streamed by name; any callable ``method(model, images, target=...) -> [B,H,W]`` works too.
-STREAM_METHODS: dict[str, Callable[..., torch.Tensor]] = {"saliency": saliency, "grad-cam": grad_cam}
+from cnnlens.explain import _base, _fast, registry
 
 Source = ImageSet | torch.Tensor | np.ndarray | PathArg
 
@@ -163,7 +158,8 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
                    fast: bool = True, device: torch.device | str | None = None, **options: object) -> StreamResult:
     """Explain every image of ``images`` with ``method``, ``batch_size`` images at a time, into ``out``.
 
-    ``method``: ``"saliency"``, ``"grad-cam"`` or any ``method(model, images, target=...) -> [B,H,W]``;
+    ``method``: the name of a streamable method (``registry.names(streamable=True)``: ``"saliency"``,
+    ``"grad-cam"``) or any ``method(model, images, target=...) -> [B,H,W]``;
     ``options`` go to it (e.g. ``layer="block3"``). ``target``: None (each image's predicted class),
     ``"labels"`` (an ImageSet's labels), an int or one int per image. ``out`` receives float32
     ``[N,H,W]`` maps and ``<stem>.targets.npy`` the explained classes, both atomically. ``fast`` goes
@@ -173,9 +169,11 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     >>> res = stream_explain(model, imageset, "grad-cam", out="maps/grad_cam.npy", batch_size=256)
     >>> res.images_per_second
     """
-    fn = STREAM_METHODS.get(method) if isinstance(method, str) else method
-    if fn is None or not callable(fn):
-        raise ValueError(f"method must be one of {', '.join(map(repr, STREAM_METHODS))} or a callable, got {method!r}")
+    streamable = registry.names(streamable=True)
+    if isinstance(method, str) and method not in streamable or not isinstance(method, str) and not callable(method):
+        raise ValueError(f"method must be one of {', '.join(map(repr, streamable))} or a callable, got {method!r}")
+    known = registry.get(method) if isinstance(method, str) else registry.find(method)  # a built-in passed as itself
+    fn = known.fn if isinstance(method, str) else method
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     n, shape = _count_and_shape(images)
@@ -186,7 +184,8 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    if fn is grad_cam:  # by name: a module of the user's model is not a module of the prepared copy
+    names_layer = known is not None and known.layer
+    if names_layer:  # by name: a module of the user's model is not a module of the prepared copy
         layer = options.get("layer")
         if layer is None:
             with _base.guarded(model):  # the probe pass runs in eval mode: BatchNorm statistics stay as they were
@@ -196,8 +195,8 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     explained = model
     if fast:  # checked against the model on the first batch (see _fast.prepared)
         first = _batch(images, 0, min(batch_size, n)).to(device)
-        explained = _fast.prepared(model, keep=[options["layer"]] if fn is grad_cam else [], example=first)
-    if fn in STREAM_METHODS.values():
+        explained = _fast.prepared(model, keep=[options["layer"]] if names_layer else [], example=first)
+    if known is not None and known.streamable:
         options = {**options, "fast": fast}
     start_time = time.perf_counter()
     name = method if isinstance(method, str) else getattr(method, "__name__", "explaining")

@@ -26,7 +26,7 @@ from torch import nn
 
 from cnnlens._atomic import output_dir
 from cnnlens._types import PathArg, Target
-from cnnlens.explain import _base
+from cnnlens.explain import _base, registry
 from cnnlens.faithfulness import figures
 from cnnlens.faithfulness._checks import check_choice, check_masks
 from cnnlens.faithfulness.deletion import (SUBSTRATES, CurveResult, SubstrateCheck, channel_means, deletion, insertion,
@@ -40,12 +40,11 @@ from cnnlens.faithfulness.stats import N_BOOT, mean_ci
 log = logging.getLogger("cnnlens.faithfulness")
 
 VERSION = 1
-#: Methods that evaluate the model hundreds of times per image: run on ``n_perturbation_images`` only.
-PERTURBATION_METHODS = ("occlusion", "lime")
-#: Left out of the randomisation check unless asked for: they only read the model's outputs, so their maps
-#: follow the weights by construction, and each layer would cost them ~2000 forward passes per image
-#: (occlusion with stride 1 on 48x48, LIME's 1000 samples).
-NOT_RANDOMIZED = PERTURBATION_METHODS
+# Perturbation methods (``registry.names(kind="perturbation")``: occlusion, LIME) evaluate the model hundreds
+# of times per image, so they run on ``n_perturbation_images`` only, and are left out of the randomisation
+# check unless asked for: they only read the model's outputs, so their maps follow the weights by
+# construction, and each layer would cost them ~2000 forward passes per image (occlusion with stride 1 on
+# 48x48, LIME's 1000 samples).
 RANDOM_ORDER, CENTRE_PRIOR, RANDOM_MAP = "random-order", "centre-prior", "random-map"
 #: metric -> (what it measures, which direction is better).
 METRICS: dict[str, tuple[str, str]] = {
@@ -250,7 +249,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def resolve_methods(methods: Sequence[str] | Mapping[str, Explanation]) -> dict[str, Explanation]:
-    """Method names -> functions from ``cnnlens.explain.METHODS`` (a mapping is taken as given)."""
+    """Method names -> their registered functions (a mapping is taken as given)."""
     if isinstance(methods, Mapping):
         bad = [k for k, v in methods.items() if not callable(v)]
         if bad:
@@ -259,13 +258,12 @@ def resolve_methods(methods: Sequence[str] | Mapping[str, Explanation]) -> dict[
     else:
         if isinstance(methods, str):
             methods = [m.strip() for m in methods.split(",") if m.strip()]
-        from cnnlens.explain import METHODS
-
-        unknown = [m for m in methods if m not in METHODS]
+        known = registry.names()
+        unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
-                             f"available methods: {', '.join(METHODS) or '(none registered)'}")
-        resolved = {m: METHODS[m] for m in dict.fromkeys(methods)}
+                             f"available methods: {', '.join(known) or '(none registered)'}")
+        resolved = {m: registry.get(m).fn for m in dict.fromkeys(methods)}
     if not resolved:
         raise ValueError("methods is empty; name at least one explanation method, e.g. ['saliency', 'grad-cam']")
     clash = [m for m in resolved if m in (RANDOM_ORDER, CENTRE_PRIOR, RANDOM_MAP)]
@@ -310,7 +308,7 @@ def evaluate_faithfulness(
     methods: Sequence[str] | Mapping[str, Explanation] = ("saliency", "grad-cam"),
     *,
     n_perturbation_images: int = 20,
-    perturbation_methods: Sequence[str] = PERTURBATION_METHODS,
+    perturbation_methods: Sequence[str] | None = None,
     n_randomization_images: int = 16,
     randomization_methods: Sequence[str] | None = None,
     randomization_modes: Sequence[str] = RANDOMIZATION_MODES,
@@ -331,10 +329,10 @@ def evaluate_faithfulness(
 
     ``images`` float ``[N,C,H,W]`` in [0,1]; ``targets`` as in ``cnnlens.explain`` (None = the predicted
     class, resolved once and used by every method and metric); ``masks`` bool ``[N,H,W]`` ground truth
-    (None: no localisation). ``methods``: names from ``cnnlens.explain.METHODS`` or name -> function.
-    Methods in ``perturbation_methods`` run on the first ``n_perturbation_images`` images only; the
-    randomisation check runs on the first ``n_randomization_images`` with ``randomization_methods``
-    (default: all but occlusion and LIME, see :data:`NOT_RANDOMIZED`). Deletion/insertion: ``step`` pixels (int) or share (float) per
+    (None: no localisation). ``methods``: registered method names or name -> function.
+    Methods in ``perturbation_methods`` (None: the registered perturbation methods, occlusion and LIME)
+    run on the first ``n_perturbation_images`` images only; the randomisation check runs on the first
+    ``n_randomization_images`` with ``randomization_methods`` (default: all but the perturbation methods). Deletion/insertion: ``step`` pixels (int) or share (float) per
     step, random-order baseline. Localisation baselines: a centred Gaussian and a random map. Every mean
     comes with a 95% percentile-bootstrap interval over images (``n_boot`` resamples, ``seed``).
     ``skip_unsupported``: leave out (with a note) a method that refuses the model with a ValueError or
@@ -376,8 +374,11 @@ def evaluate_faithfulness(
     device = images.device
     if masks is not None:
         masks = check_masks(masks, images[:, 0])
+    perturbation = registry.names(kind="perturbation")
+    if perturbation_methods is None:
+        perturbation_methods = perturbation
     rand_set = [m for m in (randomization_methods if randomization_methods is not None
-                            else [m for m in fns if m not in NOT_RANDOMIZED])]
+                            else [m for m in fns if m not in perturbation])]
     unknown_rand = [m for m in rand_set if m not in fns]
     if unknown_rand:
         raise ValueError(f"randomization_methods names {unknown_rand}, which are not in methods {list(fns)}")

@@ -8,7 +8,7 @@ PosixPath('runs/fer/report/index.html')
 from __future__ import annotations
 
 from cnnlens.report.build import SECTIONS, build_report, default_out, write_report
-from cnnlens.report.context import DEFAULT_AVERAGE_METHODS, DEFAULT_METHODS, ReportInputs, ReportOptions
+from cnnlens.report.context import ReportInputs, ReportOptions, default_average_methods, default_methods
 
-__all__ = ["DEFAULT_AVERAGE_METHODS", "DEFAULT_METHODS", "SECTIONS", "ReportInputs", "ReportOptions", "build_report",
+__all__ = ["SECTIONS", "ReportInputs", "ReportOptions", "build_report", "default_average_methods", "default_methods",
            "default_out", "write_report"]

@@ -14,47 +14,47 @@ import torch
 from torch import nn
 
 from cnnlens.data.imageset import ImageSet
+from cnnlens.explain import registry
 from cnnlens.report.assets import Assets
 from cnnlens.train.run import resolve_device
-from cnnlens.viz.defaults import MASK_PERCENTILE, METHOD_OPTIONS
+from cnnlens.viz.defaults import MASK_PERCENTILE
 
-#: Method ids shown side by side, in the issue's order; "masked" is the saliency's third panel.
-DEFAULT_METHODS: tuple[str, ...] = (
-    "saliency", "smoothgrad", "guided-backprop", "grad-cam", "guided-grad-cam",
-    "integrated-gradients", "occlusion", "lime",
-)
-#: Cheap methods averaged over many images per class (perturbation methods cost hundreds of passes each).
-DEFAULT_AVERAGE_METHODS: tuple[str, ...] = ("saliency", "guided-backprop", "grad-cam")
+def default_methods() -> tuple[str, ...]:
+    """The methods a report shows side by side unless told otherwise: those registered with ``in_report``,
+    in that order (the seeds' order; "masked" is the saliency's third panel)."""
+    chosen = sorted((m for m in registry.registered() if m.in_report is not None), key=lambda m: m.in_report)
+    return tuple(m.name for m in chosen)
 
-METHOD_LABELS: dict[str, str] = {
-    "saliency": "Saliency", "smoothgrad": "SmoothGrad", "guided-backprop": "Guided backprop",
-    "integrated-gradients": "Integrated gradients", "grad-cam": "Grad-CAM", "cam": "CAM",
-    "guided-grad-cam": "Guided Grad-CAM", "occlusion": "Occlusion", "lime": "LIME +/-",
-}
+
+def default_average_methods() -> tuple[str, ...]:
+    """The cheap methods averaged over many images per class (``class_average``: perturbation methods cost
+    hundreds of passes each), in the registry's order."""
+    return tuple(registry.names(class_average=True))
 
 
 def method_label(method: str) -> str:
-    """A person's name for a method id (``"grad-cam" -> "Grad-CAM"``)."""
-    return METHOD_LABELS.get(method, method)
+    """A person's name for a method id (``"grad-cam" -> "Grad-CAM"``); an unregistered id as it is."""
+    return registry.get(method).label if method in registry.names() else method
 
 
 @dataclass(frozen=True)
 class ReportOptions:
     """How much a report computes. The defaults make the demo's report (small_cnn, 48x48 faces, 2 CPU
-    cores) take well under a minute; raise them for a closer look. The method options and the mask
-    percentile default to :mod:`cnnlens.viz.defaults`, the table ``cnnlens explain`` reads too.
+    cores) take well under a minute; raise them for a closer look. The method options default to each
+    method's registered ``options`` and the mask percentile to :mod:`cnnlens.viz.defaults`, as in ``cnnlens explain``.
 
     Attributes:
         split: the run's split whose images are shown and scored.
         images_per_class: per class, this many most-confidently-right and most-confidently-wrong images.
         examples_per_class: example thumbnails per class in the Data section.
-        methods: explanation methods shown side by side (ids of ``cnnlens.explain.METHODS``).
+        methods: explanation methods shown side by side (registered names; default :func:`default_methods`).
         occlusion_stride / occlusion_patch: the occlusion grid, in pixels (the seeds' 5x5 patches).
         occlusion_fill: what a patch hides with (``black``, ``white``, ``mean``, ``black+white``); the image's
             mean by default: on dark faces a black patch hides little (measured on the demo faces).
         lime_samples: perturbed samples per image for LIME (LIME's own default is 1000; 300 keeps the demo fast).
         smoothgrad_samples / ig_steps: noisy copies for SmoothGrad, steps for integrated gradients.
-        average_methods / average_images: methods and images per class for the class-average maps.
+        average_methods / average_images: methods (default :func:`default_average_methods`) and images per
+            class for the class-average maps.
         filter_layers: layers for activation maximisation (None: the middle and the last conv layer).
         filters_per_layer / am_steps / am_lr: filters shown per layer, gradient-ascent steps and rate
             (0.1: twice cnnlens' default, so that 32 steps get well away from the starting noise).
@@ -71,14 +71,14 @@ class ReportOptions:
     split: str = "val"
     images_per_class: int = 1
     examples_per_class: int = 6
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    occlusion_stride: int = METHOD_OPTIONS["occlusion"]["stride"]
-    occlusion_patch: int = METHOD_OPTIONS["occlusion"]["patch"]
-    occlusion_fill: str = METHOD_OPTIONS["occlusion"]["fill"]
-    lime_samples: int = METHOD_OPTIONS["lime"]["n_samples"]
-    smoothgrad_samples: int = METHOD_OPTIONS["smoothgrad"]["n_samples"]
-    ig_steps: int = METHOD_OPTIONS["integrated-gradients"]["n_steps"]
-    average_methods: tuple[str, ...] = DEFAULT_AVERAGE_METHODS
+    methods: tuple[str, ...] = field(default_factory=default_methods)
+    occlusion_stride: int = registry.get("occlusion").options["stride"]
+    occlusion_patch: int = registry.get("occlusion").options["patch"]
+    occlusion_fill: str = registry.get("occlusion").options["fill"]
+    lime_samples: int = registry.get("lime").options["n_samples"]
+    smoothgrad_samples: int = registry.get("smoothgrad").options["n_samples"]
+    ig_steps: int = registry.get("integrated-gradients").options["n_steps"]
+    average_methods: tuple[str, ...] = field(default_factory=default_average_methods)
     average_images: int = 16
     filter_layers: tuple[str, ...] | None = None
     filters_per_layer: int = 8
@@ -210,15 +210,17 @@ class ReportContext:
         return self.dataset.labels.cpu().numpy().astype(np.int64)
 
     def method_options(self, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Per-method options the report controls (occlusion grid, LIME samples, SmoothGrad copies, IG steps)."""
+        """Per-method options: each method's registered defaults, under the ones the report's own options
+        control (occlusion grid, LIME samples, SmoothGrad copies, IG steps)."""
         o = self.options
-        known = {
+        flags = {
             "smoothgrad": {"n_samples": o.smoothgrad_samples},
             "integrated-gradients": {"n_steps": o.ig_steps},
             "occlusion": {"stride": o.occlusion_stride, "patch": o.occlusion_patch, "fill": o.occlusion_fill},
             "lime": {"n_samples": o.lime_samples},
         }
-        return {m: known[m] for m in methods if m in known}
+        defaults = registry.default_options(m for m in methods if m in registry.names())
+        return {m: {**defaults.get(m, {}), **flags.get(m, {})} for m in methods if m in defaults or m in flags}
 
     def explain(self, methods: Sequence[str], index: Sequence[int], target: Sequence[int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Maps ``[N,H,W]`` (numpy) of each method for the split's images at ``index`` toward ``target``.

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlens.explain import registry
 from cnnlens.explain.class_average import contrastive
 from cnnlens.explain.runner import misclassified, per_class
 from cnnlens.explain.saliency import masked_image
@@ -17,13 +18,17 @@ from cnnlens.report.images import image_hwc
 from cnnlens.viz import scale
 from cnnlens.report.sections._common import constant_sentences, figure, overlay_figure
 
-#: Method whose maps toward the true and the predicted class make the contrastive view of a mistake.
-CONTRASTIVE_METHODS = ("grad-cam", "saliency")
+def contrastive_methods() -> list[str]:
+    """Methods whose maps toward the true and the predicted class make the contrastive view of a mistake,
+    the first of them that ran being used (``contrastive`` rank in the registry: Grad-CAM, then saliency)."""
+    ranked = sorted((m for m in registry.registered() if m.contrastive is not None), key=lambda m: m.contrastive)
+    return [m.name for m in ranked]
 
 
 def style_of(method: str) -> str:
-    """How a method's map is coloured: LIME in its own green/red, the rest chosen by the map's sign."""
-    return "lime" if method == "lime" else "auto"
+    """How a method's map is coloured (its registered ``style``): LIME in its own green/red, the rest
+    chosen by the map's sign."""
+    return registry.get(method).style if method in registry.names() else "auto"
 
 
 def selected_images(ctx: ReportContext) -> dict[int, tuple[list[int], list[int]]]:
@@ -100,7 +105,7 @@ def explanations_section(ctx: ReportContext) -> dict[str, Any] | None:
         x = ctx.float_images(index)
         masked = masked_image(x, torch.from_numpy(maps["saliency"]).to(x.device), ctx.options.mask_percentile).cpu()
     wrong = [i for i in index if ctx.predictions[i] != ctx.labels[i]]
-    contrast_method = next((m for m in CONTRASTIVE_METHODS if m in maps), None)
+    contrast_method = next((m for m in contrastive_methods() if m in maps), None)
     contrast = contrastive_maps(ctx, wrong, contrast_method) if contrast_method else {}
     for m, arr in maps.items():
         ctx.assets.npy(f"explanations-{m}", arr)  # rows in the order of data/explanations.json
