@@ -224,14 +224,14 @@ def test_tuned_batch_size_finds_the_known_best_and_caches_it():
         calls.append(batch.shape[0])
         time.sleep(batch.shape[0] * 1e-3 * (1 + abs(math.log2(batch.shape[0]) - 4)))
 
-    _fast.clear_tuning_cache()
+    _fast.clear_caches()
     example = torch.zeros(1, 3)
     assert _fast.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
     measured = len(calls)
     assert measured >= 4 * 2  # a warm-up and at least one timed run per size
     assert _fast.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
     assert len(calls) == measured  # cached: nothing ran again
-    _fast.clear_tuning_cache()
+    _fast.clear_caches()
 
 
 def test_tuned_batch_size_rejects_bad_arguments():

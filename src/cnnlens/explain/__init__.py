@@ -5,11 +5,16 @@ every fact about a method (CLI name, label, kind, options, ...); importing this 
 method modules, in the order the CLI lists them. ``METHODS`` is the registry's read-only view, name ->
 the function returning a per-pixel map ``[N,H,W]``; richer results (LIME's segments, integrated
 gradients' completeness gap) come from each method's own ``*_result`` / ``*_explain`` function.
+
+Speed is chosen by timing by default (batch sizes, Winograd); ``set_deterministic(True)``, the
+``deterministic()`` context manager or ``CNNLENS_DETERMINISTIC=1`` use fixed choices instead, so two
+processes compute bit-identical maps. ``clear_caches()`` forgets every process-wide cache.
 """
 
 from __future__ import annotations
 
 from cnnlens.explain import registry
+from cnnlens.explain._fast import clear_caches, deterministic, is_deterministic, set_deterministic
 # the order of these imports is the registry's order: the CLI's --methods list and `--methods all`
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
@@ -23,5 +28,6 @@ from cnnlens.explain.lime import lime, lime_explain
 
 METHODS = registry.functions()
 
-__all__ = ["METHODS", "cam", "grad_cam", "guided_backprop", "guided_grad_cam", "integrated_gradients",
-           "lime", "lime_explain", "masked_image", "occlusion", "registry", "saliency", "smoothgrad"]
+__all__ = ["METHODS", "cam", "clear_caches", "deterministic", "grad_cam", "guided_backprop", "guided_grad_cam",
+           "integrated_gradients", "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry",
+           "saliency", "set_deterministic", "smoothgrad"]

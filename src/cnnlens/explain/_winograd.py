@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.explain._base import batch_ranges
-from cnnlens.explain._fast import seconds_per_item
+from cnnlens.explain._fast import is_deterministic, seconds_per_item
 from cnnlens.explain._incremental import Spatial, _two
 
 # Interpolation points 0, 1, -1, 1/2, -2 (and infinity): 3-4x less float32 rounding than Lavin's 0, +-1,
@@ -47,6 +47,12 @@ TILES = 128
 _CHOSEN: dict[tuple, bool] = {}
 #: One WinogradConv per convolution module (its transformed weights are reused across calls).
 _MADE: weakref.WeakKeyDictionary[nn.Conv2d, WinogradConv] = weakref.WeakKeyDictionary()
+
+
+def clear_cache() -> None:
+    """Forget the timed choices and the transformed weights (``_fast.clear_caches`` calls this)."""
+    _CHOSEN.clear()
+    _MADE.clear()
 
 
 def eligible(module: object) -> bool:
@@ -121,11 +127,14 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
     faster on inputs of ``shape`` (``[batch,C,H,W]``), else ``layer`` itself.
 
     ``mode``: ``"auto"`` times both once per shape, device, dtype and thread count (cached for the
-    process); ``"always"`` / ``"never"`` decide without timing (tests). Only float32/float64 weights
-    outside autocast are considered.
+    process), and is ``"never"`` (the direct convolution, untimed) in deterministic mode
+    (``_fast.is_deterministic``); ``"always"`` / ``"never"`` decide without timing (tests). Only
+    float32/float64 weights outside autocast are considered.
     """
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"mode must be 'auto', 'always' or 'never', got {mode!r}")
+    if mode == "auto" and is_deterministic():
+        mode = "never"
     conv = layer.full
     if mode == "never" or not eligible(conv):
         return layer
