@@ -27,12 +27,12 @@ from torch import nn
 from cnnlens.explain import _fast, _incremental
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lime 0.2 draws a tqdm bar over its samples: not part of the work
-from cnnlens.explain._base import last_conv_layer
+from cnnlens.explain.core import last_conv_layer
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.integrated_gradients import integrated_gradients
 from cnnlens.explain.lime import hide_values, lime_explain, relabel, segment_images, weighted_ridge
-from cnnlens.explain._base import class_score
+from cnnlens.explain.core import class_score
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import smoothgrad

@@ -42,7 +42,7 @@ from models import faces, faces_uint8, make_model  # noqa: E402
 
 from cnnlens._atomic import write_text  # noqa: E402
 from cnnlens.explain import _fast, _incremental  # noqa: E402
-from cnnlens.explain._base import input_gradient  # noqa: E402
+from cnnlens.explain.core import input_gradient  # noqa: E402
 from cnnlens.explain.lime import lime_explain  # noqa: E402
 
 ROOT = HERE.parent

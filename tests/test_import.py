@@ -19,7 +19,7 @@ from torch import nn
 from cnnlens.cli import main
 from cnnlens.data.imageset import ImageSet
 from cnnlens.data.preprocess import Preprocess, align_classes, parse_normalize
-from cnnlens.explain import _base, grad_cam, saliency
+from cnnlens.explain import core, grad_cam, saliency
 from cnnlens.models.foreign import ForeignModelError, Scored, detect_scores, load_state
 from cnnlens.train import load_run
 
@@ -144,11 +144,11 @@ def test_scored_normalises_first_selects_the_output_and_keeps_the_users_names() 
     mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.5]).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(scored(x), model((x - mean) / std)["logits"], rtol=0, atol=0)
-    assert _base.get_layer(scored, "features.0") is model.features[0]
-    assert _base.get_layer(scored, "model.features.0") is model.features[0]  # the full name works too
-    assert _base.layer_names(scored) == [n for n, _ in model.named_modules() if n]
+    assert core.get_layer(scored, "features.0") is model.features[0]
+    assert core.get_layer(scored, "model.features.0") is model.features[0]  # the full name works too
+    assert core.layer_names(scored) == [n for n, _ in model.named_modules() if n]
     with pytest.raises(ValueError, match="unknown layer 'nope'; valid layer names: features, features.0"):
-        _base.get_layer(scored, "nope")
+        core.get_layer(scored, "nope")
     grad_cam(scored, x, layer="features.0")
     assert_model_untouched(model, modes)
     assert not hasattr(model, "mean") and set(model.state_dict()) == {k[len("model."):] for k in scored.state_dict()}

@@ -319,7 +319,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cnnlens._atomic import check_output, output_dir
-    from cnnlens.explain import _base, registry
+    from cnnlens.explain import core, registry
     from cnnlens.explain.runner import check_methods, check_options, method_accepts, probabilities, run_methods
     from cnnlens.train.run import read_manifest, resolve_device, run_inputs, spec_path
 
@@ -354,7 +354,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
         options[m] = {**kw, **options.get(m, {})}
     if layer is not None:
         try:
-            _base.get_layer(model, layer)
+            core.get_layer(model, layer)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--layer") from None
         for m in chosen:

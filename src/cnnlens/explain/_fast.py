@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from cnnlens.explain._base import to_channels_last
+from cnnlens.explain.core import to_channels_last
 
 PRECISIONS = ("float32", "bfloat16")
 

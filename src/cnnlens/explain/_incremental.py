@@ -51,8 +51,8 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlens._types import Target
-from cnnlens.explain import _base, _fast
-from cnnlens.explain._base import batch_ranges, check_batch_size, class_score, to_channels_last
+from cnnlens.explain import core, _fast
+from cnnlens.explain.core import batch_ranges, check_batch_size, class_score, to_channels_last
 from cnnlens.explain._graph import Captured, capture
 from cnnlens.explain.occlusion import assemble_map, check_grid, fill_values, occlusion_scores
 
@@ -829,7 +829,7 @@ def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) ->
 
 def local_plan(model: nn.Module, example: torch.Tensor) -> LocalPlan:
     """``model`` as a :class:`LocalPlan` for images shaped like ``example``; raises :class:`NotDecomposable`
-    saying which layer stops it and why (call in eval mode, as the methods do inside ``_base.guarded``)."""
+    saying which layer stops it and why (call in eval mode, as the methods do inside ``core.guarded``)."""
     if _fast._has_hooks(model):  # the user's hooks must see (and may change) every pass
         raise NotDecomposable("the model carries hooks, which its decomposition would not run")
     return LocalPlan.build(model, example)
@@ -859,7 +859,7 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
         check_batch_size(batch_size, images.device)
     x = images.detach()
     fills = fill_values(x, fill)
-    with _base.guarded(model, images):
+    with core.guarded(model, images):
         try:
             plan = local_plan(model, x)
         except NotDecomposable as why:
@@ -873,7 +873,7 @@ def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None
         if plan is None:
             forward, bs = _fast.fast_scorer(model, x, batch_size, precision=precision)
             logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
-            t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
+            t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
             scores = occlusion_scores(forward, x, t, fills, rows, cols, output=output, batch_size=bs,
                                       progress=progress)
             clean = class_score(logits, t, output)
@@ -905,7 +905,7 @@ def _incremental_scores(plan: LocalPlan, x: torch.Tensor, target: Target, fills:
         for s, e in batch_ranges(n, IMAGE_CHUNK):  # each chunk's clean pass once: its logits and its context
             engine = IncrementalOcclusion(plan, x[s:e], precision)
             if target is not None and not targets:  # checked against the class count, for all images, once
-                every = _base.resolve_target(target, n, engine.logits.shape[1], device=x.device)
+                every = core.resolve_target(target, n, engine.logits.shape[1], device=x.device)
             t = engine.logits.argmax(dim=1) if target is None else every[s:e]
             logits.append(engine.logits), targets.append(t)
             scores.append(engine.scores(t, fills[s:e], starts_h, starts_w, patch, output=output,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain._base import batch_ranges, to_channels_last
+from cnnlens.explain.core import batch_ranges, to_channels_last
 from cnnlens.explain._incremental import FlattenLinear, LocalPlan, Pointwise, Spatial, Step, _two, full_step as _full
 from cnnlens.explain._winograd import faster
 

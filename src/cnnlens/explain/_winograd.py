@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain._base import batch_ranges
+from cnnlens.explain.core import batch_ranges
 from cnnlens.explain._fast import is_deterministic, seconds_per_item
 from cnnlens.explain._incremental import Spatial, _two
 

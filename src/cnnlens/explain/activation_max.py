@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlens.explain import _base
+from cnnlens.explain import core
 from cnnlens.explain.integrated_gradients import gaussian_blur
 
 PARAMETERIZATIONS = ("pixel", "fourier")
@@ -123,11 +123,11 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if jitter < 0 or blur < 0 or l2 < 0 or tv < 0 or not lr > 0:
         raise ValueError(f"jitter, blur, l2, tv must be >= 0 and lr > 0, got {jitter=}, {blur=}, {l2=}, {tv=}, {lr=}")
-    module = _base.get_layer(model, layer) if layer is not None else None
+    module = core.get_layer(model, layer) if layer is not None else None
     device = next(model.parameters(), torch.empty(0)).device
     gen_device = generator.device if generator is not None else torch.device("cpu")
 
-    with _base.guarded(model), _base.hooks() as handles:
+    with core.guarded(model), core.hooks() as handles:
         for p in model.parameters():
             p.requires_grad_(False)  # gradients w.r.t. the image only; guarded() restores the flags
         captured: list[torch.Tensor] = []

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
+from cnnlens.explain import core
 from cnnlens.explain.registry import method
 
 _NOT_CAM = ("CAM needs a model whose output is one nn.Linear applied to the global average pooling of a "
@@ -26,12 +26,12 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.Linear, torch.Tensor]:
     """``(F, linear, logits)``: the feature maps ``[N,C,h,w]`` pooled by the head, the head's linear layer,
     and the model's output, from one forward pass. Raises ValueError when the head is not GAP + linear.
-    Call inside ``_base.guarded``.
+    Call inside ``core.guarded``.
     """
     # References, not copies: an in-place op after the producing module (``out += skip``, an in-place ReLU)
     # changes the tensor itself, and the changed tensor is what gets pooled.
     for name, m in model.named_modules():
-        _base.check_hookable(m, name)
+        core.check_hookable(m, name)
     maps: list[torch.Tensor] = []
     widths = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}  # only these can be pooled
     linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
@@ -43,7 +43,7 @@ def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.L
                 and output.shape[2] * output.shape[3] > 1:
             maps.append(output)
 
-    with _base.hooks() as handles:
+    with core.hooks() as handles:
         handles.extend(m.register_forward_hook(seen) for m in model.modules() if m is not model)
         logits = model(images)
     if not linears:
@@ -68,12 +68,12 @@ def cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 
     >>> maps = cam(model, images)   # where the predicted class's evidence is
     """
-    _base.check_images(images)
-    with _base.guarded(model, images):
+    core.check_images(images)
+    with core.guarded(model, images):
         features, linear, logits = gap_head(model, images)
-    t = _base.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
+    t = core.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
     weights = linear.weight.detach()[t]  # [N,C]
     maps = torch.einsum("nc,nchw->nhw", weights, features)
     if relu:
         maps = maps.clamp(min=0)
-    return _base.upsample(maps, tuple(images.shape[2:])) if upsample else maps
+    return core.upsample(maps, tuple(images.shape[2:])) if upsample else maps

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlens.explain import _base, registry
-from cnnlens.explain._base import batch_ranges
+from cnnlens.explain import core, registry
+from cnnlens.explain.core import batch_ranges
 
 Method = Callable[..., torch.Tensor]
 NORMALIZE = ("max_abs", "minmax")
@@ -63,7 +63,7 @@ def class_average_maps(method: Method | str, model: nn.Module, images: torch.Ten
     >>> class_average_maps(grad_cam, model, images, labels, num_classes=7)   # [7,48,48]
     """
     fn = _method(method)
-    _base.check_images(images)
+    core.check_images(images)
     n, _, h, w = images.shape
     labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(list(labels))
     if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -110,15 +110,15 @@ def contrastive(method: Method | str, model: nn.Module, images: torch.Tensor, tr
     >>> c = contrastive(grad_cam, model, wrong_images, true=labels)   # c.difference: [N,H,W]
     """
     fn = _method(method)
-    _base.check_images(images)
+    core.check_images(images)
     n = images.shape[0]
 
     def logits() -> torch.Tensor:
-        with _base.guarded(model, images):
-            return _base.predict_logits(model, images.detach())
+        with core.guarded(model, images):
+            return core.predict_logits(model, images.detach())
 
-    true_t = _base.resolve_target(true, n, device=images.device)
-    pred_t = _base.resolve_target(predicted, n, logits=logits, device=images.device)
+    true_t = core.resolve_target(true, n, device=images.device)
+    pred_t = core.resolve_target(predicted, n, logits=logits, device=images.device)
     both = _check_maps(fn(model, torch.cat([images, images]), target=torch.cat([true_t, pred_t]), **options),
                        2 * n, getattr(fn, "__name__", "?"))
     true_maps, pred_maps = both[:n], both[n:]

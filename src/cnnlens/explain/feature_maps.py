@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnlens.explain import _base
+from cnnlens.explain import core
 
 
 class _Done(Exception):
@@ -24,13 +24,13 @@ def feature_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) 
     >>> maps = feature_maps(model, images, ["features.0", "features.4"])
     >>> maps["features.0"].shape   # [N, 64, 48, 48]
     """
-    _base.check_images(images)
+    core.check_images(images)
     if isinstance(layers, str) or not layers:
         raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}; valid names: "
-                         f"{', '.join(_base.layer_names(model))}")
-    modules = {name: _base.get_layer(model, name) for name in layers}
+                         f"{', '.join(core.layer_names(model))}")
+    modules = {name: core.get_layer(model, name) for name in layers}
     outputs: dict[str, torch.Tensor] = {}
-    with _base.guarded(model, images), _base.hooks() as handles, torch.no_grad():
+    with core.guarded(model, images), core.hooks() as handles, torch.no_grad():
         def make_hook(name: str):  # noqa: ANN202 - a forward hook
             def hook(_m: nn.Module, _inp: object, out: object) -> None:
                 if name in outputs:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.registry import method
 
 
@@ -21,10 +21,10 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
 
     The forward hook hands the rest of the model a clone of ``A``, so that an in-place op right after
     the layer (``nn.ReLU(inplace=True)`` after a conv) cannot overwrite the activation kept here.
-    Call inside ``_base.guarded``.
+    Call inside ``core.guarded``.
     """
     name = layer if isinstance(layer, str) else type(layer).__name__
-    module = _base.get_layer(model, layer)
+    module = core.get_layer(model, layer)
     kept: list[torch.Tensor] = []
 
     def keep(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -35,15 +35,15 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
         kept.append(output)
         return output.clone()
 
-    with _base.hooks() as handles:
+    with core.hooks() as handles:
         handles.append(module.register_forward_hook(keep))
-        x = _base.input_with_grad(images)
+        x = core.input_with_grad(images)
         logits = model(x)
     if len(kept) != 1:
         raise ValueError(f"layer {name!r} ran {len(kept)} times in one forward pass; "
                          "Grad-CAM needs a layer that runs exactly once")
-    t = _base.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)
-    (grad,) = torch.autograd.grad(_base.target_scores(logits, t).sum(), kept[0], allow_unused=True)
+    t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)
+    (grad,) = torch.autograd.grad(core.target_scores(logits, t).sum(), kept[0], allow_unused=True)
     if grad is None:
         raise ValueError(f"the target score does not depend on layer {name!r}; choose a layer on the path to the output")
     return kept[0].detach(), grad, t
@@ -55,7 +55,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
              fast: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) of ``layer`` (a name from ``model.named_modules()``; default
-    ``_base.default_cam_layer``: the model's ``cam_layer``, else the feature map its head pools, else the
+    ``core.default_cam_layer``: the model's ``cam_layer``, else the feature map its head pools, else the
     last ``nn.Conv2d``): ``ReLU(sum_k mean_ij(d logit_t / d A_k) * A_k)``.
 
     Returns ``[N,H,W]`` bilinearly upsampled to the input, or the layer's own ``[N,h,w]`` with
@@ -65,12 +65,12 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 
     >>> maps = grad_cam(model, images, layer="features.8")
     """
-    _base.check_images(images)
-    with _base.guarded(model, images):
-        name = _base.default_cam_layer(model, images) if layer is None else _base.layer_name(model, layer)
+    core.check_images(images)
+    with core.guarded(model, images):
+        name = core.default_cam_layer(model, images) if layer is None else core.layer_name(model, layer)
         net = _fast.prepared(model, keep=[name], example=images) if fast else model
         acts, grads, _ = layer_output_and_gradient(net, images, target, name)
     cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
     if relu:
         cam = cam.clamp(min=0)
-    return _base.upsample(cam, tuple(images.shape[2:])) if upsample else cam
+    return core.upsample(cam, tuple(images.shape[2:])) if upsample else cam

@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.registry import method
 
@@ -78,8 +78,8 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = Non
 
     >>> maps = guided_backprop(model, images, target=[0, 3])
     """
-    _base.check_images(images)
-    with _base.guarded(model, images):
+    core.check_images(images)
+    with core.guarded(model, images):
         net = _fast.prepared(model, example=images) if fast else model
         with guiding_relus() as guide:
             grad = saliency(net, images, target, reduce=None, abs=False, fast=False)
@@ -87,4 +87,4 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = Non
         raise ValueError(f"guided backprop guides ReLUs, and this {type(model).__name__} computes none "
                          "(no nn.ReLU, F.relu or torch.relu in its forward pass); use saliency or "
                          "integrated gradients instead")
-    return _base.reduce_channels(grad, reduce)
+    return core.reduce_channels(grad, reduce)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.registry import method
@@ -27,11 +27,11 @@ def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = Non
 
     >>> maps = guided_grad_cam(model, images, target=2, layer="features.8")
     """
-    _base.check_images(images)
-    with _base.guarded(model, images):
+    core.check_images(images)
+    with core.guarded(model, images):
         # One target for both halves: the predicted class is the same (the guide hooks leave forward values alone).
-        logits = _base.predict_logits(_fast.prepared(model, example=images) if fast else model, images)
-        t = _base.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
+        logits = core.predict_logits(_fast.prepared(model, example=images) if fast else model, images)
+        t = core.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
         cam = grad_cam(model, images, t, layer=layer, fast=fast)
         guided = guided_backprop(model, images, t, reduce=None, fast=fast)
-    return _base.reduce_channels(guided * cam[:, None], reduce)
+    return core.reduce_channels(guided * cam[:, None], reduce)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.registry import method
 
 BASELINES = ("zeros", "mean", "blur")
@@ -127,28 +127,28 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
     >>> r = integrated_gradients_result(model, images, n_steps=200)
     >>> r.relative_gap.max()   # small: the quadrature has converged
     """
-    _base.check_images(images)
+    core.check_images(images)
     alphas, weights = quadrature(method, n_steps)
-    bs = _base.check_batch_size(batch_size, images.device)
+    bs = core.check_batch_size(batch_size, images.device)
     x = images.detach()
     base = make_baseline(x, baseline, blur_sigma)
     alphas, weights = alphas.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
     n = x.shape[0]
-    with _base.guarded(model, images):
+    with core.guarded(model, images):
         net = _fast.prepared(model, example=x) if fast else model
-        logits = _base.predict_logits(net, x, bs)
-        t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
+        logits = core.predict_logits(net, x, bs)
+        t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
         diff = x - base
         total = torch.zeros_like(x)
         # Path point k is step k // n of image k % n (step-major, as Captum orders them).
-        for start, end in _base.batch_ranges(n_steps * n, bs, progress=progress, description="integrated gradients"):
+        for start, end in core.batch_ranges(n_steps * n, bs, progress=progress, description="integrated gradients"):
             k = torch.arange(start, end, device=x.device)
             step, img = k // n, k % n
             points = base[img] + alphas[step].view(-1, 1, 1, 1) * diff[img]
-            grad = _base.input_gradient(net, points, t[img])
+            grad = core.input_gradient(net, points, t[img])
             total.index_add_(0, img, grad * weights[step].view(-1, 1, 1, 1))
-        scores = _base.target_scores(logits, t)
-        baseline_scores = _base.target_scores(_base.predict_logits(net, base, bs), t)
+        scores = core.target_scores(logits, t)
+        baseline_scores = core.target_scores(core.predict_logits(net, base, bs), t)
     attributions = total * diff
     gap = attributions.sum(dim=(1, 2, 3)) - (scores - baseline_scores)
     return IntegratedGradientsResult(attributions, t, base, scores, baseline_scores, gap)
@@ -176,4 +176,4 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target 
     result = integrated_gradients_result(model, images, target, baseline=baseline, n_steps=n_steps, method=method,
                                          blur_sigma=blur_sigma, batch_size=batch_size, progress=progress,
                                          fast=fast)
-    return _base.reduce_channels(result.attributions, reduce)
+    return core.reduce_channels(result.attributions, reduce)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
-from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score
+from cnnlens.explain import core
+from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
 from cnnlens.explain._fast import autocast, fast_scorer
 from cnnlens.explain._incremental import NotDecomposable, local_plan
 from cnnlens.explain._patterns import masked_logits
@@ -112,7 +112,7 @@ def segment_images(images: torch.Tensor, method: str = "slic", *, n_segments: in
     """
     from skimage import segmentation as sk
 
-    _base.check_images(images)
+    core.check_images(images)
     if method not in SEGMENTATIONS:
         raise ValueError(f"segmentation must be one of {', '.join(map(repr, SEGMENTATIONS))} or an int tensor [N,H,W], got {method!r}")
     c = images.shape[1]
@@ -239,7 +239,7 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     >>> res = lime_explain(model, images, generator=torch.Generator().manual_seed(0))
     >>> res.map().shape, res.top_positive[0][:3]
     """
-    _base.check_images(images)
+    core.check_images(images)
     check_output(output)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
@@ -256,14 +256,14 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     fill = hide_values(images, segments, int(num.max()), hide)
     masks = _sample_masks(num, n_samples, generator, images.device)
 
-    with _base.guarded(model, images):
+    with core.guarded(model, images):
         if fast or precision != "float32":
             forward, bs = fast_scorer(model, images, batch_size, precision=precision)
         else:
             forward = model
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
-        t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
+        t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
         plan = None
         if fast:
             try:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
-from cnnlens.explain._base import batch_ranges, check_batch_size, check_output, class_score
+from cnnlens.explain import core
+from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
 from cnnlens.explain.registry import method
 
 FILLS = ("black", "white", "mean", "black+white")
@@ -116,7 +116,7 @@ class Grid(NamedTuple):
 def check_grid(images: torch.Tensor, output: str, patch: int | tuple[int, int],
                stride: int | tuple[int, int]) -> Grid:
     """Check occlusion's inputs (raising the clear errors) and lay out its patch grid."""
-    _base.check_images(images)
+    core.check_images(images)
     check_output(output)
     h, w = images.shape[2:]
     ph, pw = _pair(patch, "patch")
@@ -165,11 +165,11 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     x = images.detach()
     fills = fill_values(x, fill)
     rows, cols = grid.rows, grid.cols
-    with _base.guarded(model, images):
+    with core.guarded(model, images):
         forward = model
         with torch.inference_mode():
             logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
-        t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
+        t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
         clean = class_score(logits, t, output)
         scores = occlusion_scores(forward, x, t, fills, rows, cols, output=output, batch_size=bs, progress=progress)
     drops = (clean[:, None, None, None] - scores).sum(dim=1)

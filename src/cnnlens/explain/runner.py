@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base, registry
+from cnnlens.explain import core, registry
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -158,11 +158,11 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     """
     names = check_methods(methods)
     opts = check_options(names, options)
-    _base.check_images(images)
-    chunk = _base.check_batch_size(batch_size, images.device)
+    core.check_images(images)
+    chunk = core.check_batch_size(batch_size, images.device)
     n = images.shape[0]
-    with _base.guarded(model):
-        target = _base.resolve_target(targets, n, logits=lambda: _base.predict_logits(model, images, chunk),
+    with core.guarded(model):
+        target = core.resolve_target(targets, n, logits=lambda: core.predict_logits(model, images, chunk),
                                       device=images.device)
     starts = list(range(0, n, chunk))
     bar, task = _progress(progress, total=len(names) * len(starts))
@@ -187,8 +187,8 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
                 used[name]["batch_size"] = f"auto: the method's default on {images.device.type}"
             if used[name].get("layer", "") is None:  # record the layer a CAM method resolves None to
                 try:
-                    with _base.guarded(model), torch.no_grad():  # eval mode: BatchNorm statistics untouched
-                        used[name]["layer"] = _base.default_cam_layer(model, images[:1])
+                    with core.guarded(model), torch.no_grad():  # eval mode: BatchNorm statistics untouched
+                        used[name]["layer"] = core.default_cam_layer(model, images[:1])
                 except (ValueError, TypeError):
                     pass
             used[name]["images_per_call"] = chunk
@@ -270,9 +270,9 @@ def _progress(progress: bool | Any, total: int) -> tuple[Any, Any]:
 @torch.no_grad()
 def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Softmax probabilities ``[N,K]`` of ``model`` on ``images`` (eval mode inside; mode restored)."""
-    _base.check_images(images)
-    with _base.guarded(model):
-        return _base.predict_logits(model, images, batch_size).float().softmax(dim=1)
+    core.check_images(images)
+    with core.guarded(model):
+        return core.predict_logits(model, images, batch_size).float().softmax(dim=1)
 
 
 def _check_selection(probs: torch.Tensor, labels: torch.Tensor, k: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.registry import method
 
 
@@ -28,14 +28,14 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     >>> maps = saliency(model, images, target=3)          # [N,H,W], max |gradient| over channels
     >>> grads = saliency(model, images, reduce=None, abs=False)   # [N,C,H,W] signed gradients
     """
-    _base.check_images(images)
-    with _base.guarded(model, images):
+    core.check_images(images)
+    with core.guarded(model, images):
         net = _fast.prepared(model, example=images) if fast else model
-        x = _base.input_with_grad(images)
+        x = core.input_with_grad(images)
         logits = net(x)
-        t = _base.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)
-        (grad,) = torch.autograd.grad(_base.target_scores(logits, t).sum(), x)
-    return _base.reduce_channels(grad.abs() if abs else grad, reduce)
+        t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)
+        (grad,) = torch.autograd.grad(core.target_scores(logits, t).sum(), x)
+    return core.reduce_channels(grad.abs() if abs else grad, reduce)
 
 
 def masked_image(images: torch.Tensor, saliency_map: torch.Tensor, percentile: float, *,
@@ -45,7 +45,7 @@ def masked_image(images: torch.Tensor, saliency_map: torch.Tensor, percentile: f
 
     >>> shown = masked_image(images, saliency(model, images), percentile=80)  # keeps the top 20%
     """
-    _base.check_images(images)
+    core.check_images(images)
     if not isinstance(saliency_map, torch.Tensor) or tuple(saliency_map.shape) != (images.shape[0], *images.shape[2:]):
         got = tuple(saliency_map.shape) if isinstance(saliency_map, torch.Tensor) else type(saliency_map).__name__
         raise ValueError(f"saliency_map must be a tensor of shape [N,H,W] = {(images.shape[0], *images.shape[2:])}, got {got}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import _base, _fast
+from cnnlens.explain import core, _fast
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.registry import method
 
@@ -77,20 +77,20 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     >>> maps = smoothgrad(model, images, n_samples=50, sigma=0.2, generator=g)
     >>> maps = smoothgrad(model, images, method=functools.partial(integrated_gradients, n_steps=16))
     """
-    _base.check_images(images)
+    core.check_images(images)
     if not callable(method):
         raise TypeError(f"method must be a gradient method like saliency or guided_backprop, got {type(method).__name__}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0:
         raise ValueError(f"sigma must be a number >= 0 (a fraction of each image's value range), got {sigma!r}")
-    bs = _base.check_batch_size(batch_size, images.device)
+    bs = core.check_batch_size(batch_size, images.device)
     x = images.detach()
     extra = {} if fast or not _takes_fast(method) else {"fast": False}
-    with _base.guarded(model, images):
+    with core.guarded(model, images):
         net = _fast.prepared(model, example=x) if fast else model
-        logits = _base.predict_logits(net, x)
-        t = _base.resolve_target(target, x.shape[0], logits.shape[1], logits=lambda: logits, device=x.device)
+        logits = core.predict_logits(net, x)
+        t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=lambda: logits, device=x.device)
         total = torch.zeros_like(x)
         for noisy, img in _noisy_batches(x, n_samples, float(sigma), bs, generator, progress):
             attr = method(net, noisy, t[img], reduce=None, **extra)
@@ -99,7 +99,7 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                 raise ValueError(f"method must return raw attributions shaped like its images {tuple(noisy.shape)} "
                                  f"when called with reduce=None, got {got}")
             total.index_add_(0, img, attr.detach() ** 2 if squared else attr.detach())
-    return _base.reduce_channels(total / n_samples, reduce)
+    return core.reduce_channels(total / n_samples, reduce)
 
 
 def _takes_fast(method: GradientMethod) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 from cnnlens._atomic import atomic_path
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
-from cnnlens.explain import _base, _fast, registry
+from cnnlens.explain import core, _fast, registry
 
 Source = ImageSet | torch.Tensor | np.ndarray | PathArg
 
@@ -104,7 +104,7 @@ def _targets(target: object, images: Source, n: int) -> torch.Tensor | None:
         return images.labels
     if isinstance(target, np.ndarray):
         target = torch.from_numpy(target)
-    return _base.resolve_target(target, n)  # type: ignore[arg-type]
+    return core.resolve_target(target, n)  # type: ignore[arg-type]
 
 
 class _NpyAppender:
@@ -132,7 +132,7 @@ def _first_logits(model: nn.Module, size: int) -> Iterator[list[torch.Tensor]]:
         if not caught and isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == size:
             caught.append(output.detach().argmax(dim=1))
 
-    with _base.hooks() as handles:
+    with core.hooks() as handles:
         handles.append(model.register_forward_hook(hook))
         yield caught
 
@@ -188,9 +188,9 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     if names_layer:  # by name: a module of the user's model is not a module of the prepared copy
         layer = options.get("layer")
         if layer is None:
-            with _base.guarded(model):  # the probe pass runs in eval mode: BatchNorm statistics stay as they were
-                layer = _base.default_cam_layer(model, _batch(images, 0, 1).to(device))
-        options = {**options, "layer": _base.layer_name(model, layer)}
+            with core.guarded(model):  # the probe pass runs in eval mode: BatchNorm statistics stay as they were
+                layer = core.default_cam_layer(model, _batch(images, 0, 1).to(device))
+        options = {**options, "layer": core.layer_name(model, layer)}
     # The copy is prepared here, not inside each call, so that _first_logits hooks the module that runs.
     explained = model
     if fast:  # checked against the model on the first batch (see _fast.prepared)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
-from cnnlens.explain._base import check_batch_size
+from cnnlens.explain import core
+from cnnlens.explain.core import check_batch_size
 from cnnlens.explain._fast import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
@@ -177,7 +177,7 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     ``channel_mean``: the dataset's per-channel mean for ``"dataset-mean"`` and ROAD's fully removed image
     (default: the mean of ``images``); ``road_noise``: the std of ROAD's noise, one fixed draw per image.
     """
-    _base.check_images(images)
+    core.check_images(images)
     check_choice(mode, MODES, "mode")
     n, c, h, w = images.shape
     check_maps(maps, n=n, size=(h, w))
@@ -197,10 +197,10 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     changed_src, unchanged_src = (fill, images) if mode == "deletion" else (images, fill)
     s1 = counts.numel()
     probs = torch.empty(n * s1, dtype=torch.float32, device=images.device)
-    with _base.guarded(model, images), torch.inference_mode():
+    with core.guarded(model, images), torch.inference_mode():
         forward = fast_forward(model, images)  # a checked folded, channels-last copy where it matches the model
-        clean = _base.predict_logits(model, images)
-        t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
+        clean = core.predict_logits(model, images)
+        t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         for start in range(0, n * s1, bs):
             row = torch.arange(start, min(start + bs, n * s1), device=images.device)
             img, k = row // s1, row % s1
@@ -318,16 +318,16 @@ def substrate_check(model: nn.Module, images: torch.Tensor, target: Target = Non
 
     >>> substrate_check(model, images, substrate="blur").above_chance   # True: try substrate="road"
     """
-    _base.check_images(images)
+    core.check_images(images)
     check_choice(substrate, SUBSTRATES, "substrate")
     n = images.shape[0]
     images = images.detach()
     fill = substrate_images(images, substrate, blur_sigma, channel_mean=channel_mean, road_noise=road_noise,
                             generator=generator)
-    with _base.guarded(model, images), torch.inference_mode():
-        clean = _base.predict_logits(model, images, batch_size)
-        t = _base.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
-        probs = _base.predict_logits(model, fill, batch_size).float().softmax(dim=1)
+    with core.guarded(model, images), torch.inference_mode():
+        clean = core.predict_logits(model, images, batch_size)
+        t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
+        probs = core.predict_logits(model, fill, batch_size).float().softmax(dim=1)
     k = probs.shape[1]
     p = probs.gather(1, t[:, None])[:, 0].double().cpu().numpy()
     share = torch.bincount(t.cpu(), minlength=k).double() / n  # the targets' class shares

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import _base
+from cnnlens.explain import core
 from cnnlens.faithfulness._checks import check_choice, check_maps
 
 MODES = ("cascading", "independent")
@@ -74,7 +74,7 @@ def parameter_layers(model: nn.Module, example: torch.Tensor) -> list[LayerGroup
     if not owners:
         raise ValueError("model has no parameters to randomise")
     called: list[nn.Module] = []
-    with _base.guarded(model), _base.hooks() as handles, torch.inference_mode():
+    with core.guarded(model), core.hooks() as handles, torch.inference_mode():
         for m in owners:
             handles.append(m.register_forward_pre_hook(lambda mod, _inp: called.append(mod) if mod not in called else None))
         model(example[:1])
@@ -209,7 +209,7 @@ def model_randomization(model: nn.Module, images: torch.Tensor, methods: Mapping
     >>> r = model_randomization(model, images, {"saliency": saliency, "guided-backprop": guided_backprop})
     >>> r.spearman["saliency"].mean(1)  # [L]: falls towards 0 as layers are randomised
     """
-    _base.check_images(images)
+    core.check_images(images)
     check_choice(mode, MODES, "mode")
     if not methods:
         raise ValueError("methods is empty; give at least one name -> explanation function")
@@ -217,9 +217,9 @@ def model_randomization(model: nn.Module, images: torch.Tensor, methods: Mapping
     if not 0 <= example_index < n:
         raise ValueError(f"example_index must be in [0, {n - 1}], got {example_index}")
     images = images.detach()
-    with _base.guarded(model), torch.inference_mode():
-        logits = _base.predict_logits(model, images)
-    t = _base.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
+    with core.guarded(model), torch.inference_mode():
+        logits = core.predict_logits(model, images)
+    t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
     all_layers = parameter_layers(model, images)
     if layers is None:
         groups = all_layers

@@ -26,7 +26,7 @@ from torch import nn
 
 from cnnlens._atomic import output_dir
 from cnnlens._types import PathArg, Target
-from cnnlens.explain import _base, registry
+from cnnlens.explain import core, registry
 from cnnlens.faithfulness import figures
 from cnnlens.faithfulness._checks import check_choice, check_masks
 from cnnlens.faithfulness.deletion import (SUBSTRATES, CurveResult, SubstrateCheck, channel_means, deletion, insertion,
@@ -347,7 +347,7 @@ def evaluate_faithfulness(
     >>> r = evaluate_faithfulness(model, x, None, masks, ["saliency", "grad-cam", "occlusion"])
     >>> r.row("grad-cam", "deletion_auc").mean < r.row("random-order", "deletion_auc").mean
     """
-    _base.check_images(images)
+    core.check_images(images)
     n, _, h, w = images.shape
     fns = resolve_methods(methods)
     method_kwargs = dict(method_kwargs or {})
@@ -385,9 +385,9 @@ def evaluate_faithfulness(
 
     timings: dict[str, float] = {}
     notes: list[str] = []
-    with _base.guarded(model), torch.inference_mode():
-        logits = _base.predict_logits(model, images, batch_size)
-    t = _base.resolve_target(targets, n, logits.shape[1], logits=lambda: logits, device=device)
+    with core.guarded(model), torch.inference_mode():
+        logits = core.predict_logits(model, images, batch_size)
+    t = core.resolve_target(targets, n, logits.shape[1], logits=lambda: logits, device=device)
     n_for = {m: min(n, n_perturbation_images) if m in perturbation_methods else n for m in fns}
     for m, k in n_for.items():
         if k == 0:

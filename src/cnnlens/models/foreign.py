@@ -256,7 +256,7 @@ class Scored(nn.Module):
     and gradients are those of the log-probability.
 
     The user's model is held unchanged as ``self.model``; layers keep the names the user wrote:
-    ``layer_prefix`` tells cnnlens' layer lookup (``explain._base.get_layer``) to accept ``"conv1"`` for
+    ``layer_prefix`` tells cnnlens' layer lookup (``explain.core.get_layer``) to accept ``"conv1"`` for
     ``"model.conv1"``, and the summary shows the user's names.
 
     >>> scored = Scored(net, output="logits", mean=(0.5,), std=(0.25,))   # doctest: +SKIP

@@ -97,7 +97,7 @@ def build_report(run_dir: PathArg, out_dir: PathArg | None = None, *, options: R
 def check_options(options: ReportOptions, inputs: ReportInputs) -> None:
     """Every method and layer named in ``options`` exists, checked before any work: a clear error listing
     the valid ones otherwise."""
-    from cnnlens.explain._base import get_layer
+    from cnnlens.explain.core import get_layer
     from cnnlens.explain.runner import check_methods as check
 
     for field in ("filter_layers", "feature_map_layers"):

@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens.explain import _base, grad_cam
+from cnnlens.explain import core, grad_cam
 from cnnlens.models import build
 
 
 def test_resolve_target_forms() -> None:
-    assert _base.resolve_target(2, 3).tolist() == [2, 2, 2]
-    assert _base.resolve_target([0, 1, 2], 3).tolist() == [0, 1, 2]
-    assert _base.resolve_target(torch.tensor(4), 2).tolist() == [4, 4]
+    assert core.resolve_target(2, 3).tolist() == [2, 2, 2]
+    assert core.resolve_target([0, 1, 2], 3).tolist() == [0, 1, 2]
+    assert core.resolve_target(torch.tensor(4), 2).tolist() == [4, 4]
     logits = torch.tensor([[0.0, 1.0], [3.0, 0.0]])
-    assert _base.resolve_target(None, 2, logits=lambda: logits).tolist() == [1, 0]
+    assert core.resolve_target(None, 2, logits=lambda: logits).tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("target, match", [
@@ -27,14 +27,14 @@ def test_resolve_target_forms() -> None:
 ])
 def test_resolve_target_errors(target: object, match: str) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
-        _base.resolve_target(target, 3, 7)  # type: ignore[arg-type]
+        core.resolve_target(target, 3, 7)  # type: ignore[arg-type]
 
 
 def test_default_cam_layer_prefers_the_models_pooled_map() -> None:
     model = build("small_cnn", in_channels=1, num_classes=7, input_size=48).eval()
-    assert _base.default_cam_layer(model) == "block3"
+    assert core.default_cam_layer(model) == "block3"
     plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
-    assert _base.default_cam_layer(plain) == "2"
+    assert core.default_cam_layer(plain) == "2"
     # The default Grad-CAM equals an explicit Grad-CAM of that layer.
     x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(grad_cam(model, x), grad_cam(model, x, layer="block3"))
@@ -46,7 +46,7 @@ def test_guarded_restores_modes_and_flags_after_error() -> None:
     model.block2.eval()
     before = [m.training for m in model.modules()]
     x = torch.rand(1, 1, 16, 16)
-    with pytest.raises(RuntimeError, match="boom"), _base.guarded(model, x):
+    with pytest.raises(RuntimeError, match="boom"), core.guarded(model, x):
         assert not model.training
         raise RuntimeError("boom")
     assert [m.training for m in model.modules()] == before
