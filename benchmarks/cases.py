@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.explain import _fast, _incremental
+from cnnlens.explain import accel
+from cnnlens.explain.accel.incremental import NotDecomposable, local_plan
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lime 0.2 draws a tqdm bar over its samples: not part of the work
 from cnnlens.explain.core import last_conv_layer
@@ -104,8 +105,8 @@ def plan_reason(model: nn.Module, x: torch.Tensor) -> str | None:
     was = [m.training for m in model.modules()]
     model.eval()
     try:
-        _incremental.local_plan(model, x)
-    except _incremental.NotDecomposable as why:
+        local_plan(model, x)
+    except NotDecomposable as why:
         return str(why)
     finally:
         for m, mode in zip(model.modules(), was):
@@ -250,7 +251,7 @@ def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: t
 def grad_cam_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
     attr = captum()
     layer = last_conv_layer(model)
-    fast = _fast.prepare(model, keep=[layer])
+    fast = accel.prepare(model, keep=[layer])
     cs = [Contestant("cnnlens", "cnnlens", lambda: grad_cam(model, x, t, layer=layer, upsample=False), "default",
                      default=True),
           Contestant("cnnlens fast", "cnnlens", lambda: grad_cam(fast, x, t, layer=layer, upsample=False),
@@ -287,8 +288,7 @@ def occlusion_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor
     p = sizes.patch
     c, h, w = x.shape[1:]
     windows = (-(-(h - p) // stride) + 1) * (-(-(w - p) // stride) + 1)
-    fast_call = (functools.partial(occlusion, fast=True) if _supports(occlusion, "fast")
-                 else _incremental.fast_occlusion)
+    fast_call = functools.partial(occlusion, fast=True)
     plan = plan_reason(model, x)
     incremental = plan is None
     cs = [Contestant("cnnlens", "cnnlens", lambda: occlusion(model, x, t, patch=p, stride=stride), "default (batch 16)",

@@ -70,8 +70,8 @@ def render(payload: dict, json_path: Path) -> str:
         "sample count on both sides, since the first full-size cnnlens call after other cases ran ~20% slower "
         "on resnet18 while the heap adapted).",
         "- *cnnlens*: the method with its default arguments, which since the gradient methods took `fast=True` "
-        "means they differentiate the cached prepared copy (`_fast.prepared(model)`, below). *cnnlens fast*: "
-        "gradient methods given `cnnlens.explain._fast.prepare(model)` explicitly (BatchNorm folded into the "
+        "means they differentiate the cached prepared copy (`accel.prepared(model)`, below). *cnnlens fast*: "
+        "gradient methods given `cnnlens.explain.accel.prepare(model)` explicitly (BatchNorm folded into the "
         "convolutions, channels-last weights; Grad-CAM keeps its layer unfolded), with a measured batch size where "
         "the method batches; occlusion with incremental occlusion; LIME with `fast=True` (folded, channels-last, "
         "`inference_mode`, measured batch size, first layers once per local mask pattern): for occlusion and "
@@ -96,7 +96,7 @@ def render(payload: dict, json_path: Path) -> str:
     lines += [
         "## What the fast paths do",
         "",
-        "- **Incremental occlusion** (`occlusion(..., fast=True)`, `cnnlens.explain._incremental`): a patch changes "
+        "- **Incremental occlusion** (`occlusion(..., fast=True)`, `cnnlens.explain.accel.incremental`): a patch changes "
         "only the box of each feature map it can reach through the local layers (convolutions, BatchNorm, ReLU, "
         "pooling, and the adds of residual blocks, which change the union of their inputs' boxes), so only those "
         "boxes are recomputed, with the clean activations around them as context and the zero (or -inf) padding "
@@ -105,19 +105,19 @@ def render(payload: dict, json_path: Path) -> str:
         "then the head runs. Same map as plain occlusion to float rounding (tests: 1e-5 in float32, 1e-12 in "
         "float64, chains and residual networks). Models it cannot decompose fall back, with a warning, to plain "
         "occlusion on the prepared copy below.",
-        "- **Prepared copy** (`cnnlens.explain._fast.prepare`): BatchNorm folded into the preceding convolution "
+        "- **Prepared copy** (`cnnlens.explain.accel.prepare`): BatchNorm folded into the preceding convolution "
         "(found on the `torch.fx` graph, written into a copy; the user's model is untouched), channels-last "
         "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`. The gradient "
         "methods (saliency, guided backprop, integrated gradients, SmoothGrad through them, Grad-CAM, guided "
-        "Grad-CAM) run it by default through `_fast.prepared(model)`, which keeps one copy per model and makes a "
+        "Grad-CAM) run it by default through `accel.prepared(model)`, which keeps one copy per model and makes a "
         "new one when the model's modules, parameters or buffers change (`fast=False` runs the model itself).",
-        "- **Measured batch size** (`_fast.tuned_batch_size`): a few timed passes per candidate size, once per "
+        "- **Measured batch size** (`accel.tuned_batch_size`): a few timed passes per candidate size, once per "
         "architecture, input shape, device and thread count (cached for the process).",
-        "- **Pattern tables for LIME** (`cnnlens.explain._patterns`): a map's value at a position depends only "
+        "- **Pattern tables for LIME** (`cnnlens.explain.accel.tables`): a map's value at a position depends only "
         "on the superpixels its receptive field touches, so the first layers are computed once per distinct "
         "(position, local mask pattern) and the rest densely; a convolution stays a table while its estimated "
         "cost is below a dense pass's. Same logits to 1e-10 in float64; see the LIME section below.",
-        "- **Winograd F(4x4,3x3) in LIME's dense layers** (`cnnlens.explain._winograd`): a 3x3 stride-1 "
+        "- **Winograd F(4x4,3x3) in LIME's dense layers** (`cnnlens.explain.accel.winograd`): a 3x3 stride-1 "
         "convolution as 36 products per 4x4 output tile instead of 144 (input and output transforms as small "
         "matrix products, the 36 products as one batched product, 128 tiles at a time); used for a layer only "
         "where it is measured faster than the direct convolution on that layer's input shape (once per shape "
@@ -201,7 +201,7 @@ def render(payload: dict, json_path: Path) -> str:
             "already known: a feature map's value at a position depends only on the superpixels its receptive "
             "field touches, so on the first layers the samples repeat a few local patterns per position; those "
             "layers are computed once per distinct (position, pattern) and the rest of the model runs densely "
-            "(`cnnlens.explain._patterns`; same logits to 1e-10 in float64).",
+            "(`cnnlens.explain.accel.tables`; same logits to 1e-10 in float64).",
             "- It pays where the first layers carry much of the arithmetic at small receptive fields: vgg_fer's "
             "first two stages (45% of its multiply-adds) repeat; ResNet-18 at 128x128 reaches wide receptive "
             "fields after its stem and first stage, and the other three stages (75%) run per sample.",

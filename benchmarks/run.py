@@ -41,9 +41,11 @@ import cases as C  # noqa: E402
 from models import faces, faces_uint8, make_model  # noqa: E402
 
 from cnnlens._atomic import write_text  # noqa: E402
-from cnnlens.explain import _fast, _incremental  # noqa: E402
-from cnnlens.explain.core import input_gradient  # noqa: E402
+from cnnlens.explain import accel  # noqa: E402
+from cnnlens.explain.accel.prepared import mismatch  # noqa: E402
+from cnnlens.explain.core import input_gradient, to_channels_last  # noqa: E402
 from cnnlens.explain.lime import lime_explain  # noqa: E402
+from cnnlens.explain.occlusion import occlusion  # noqa: E402
 
 ROOT = HERE.parent
 
@@ -146,12 +148,12 @@ def pass_time(model: torch.nn.Module, channels: int, side: int, device: torch.de
     x1 = faces(1, channels, side).to(device)
     best: dict = {"seconds": float("inf")}
     for layout in ("contiguous", "channels_last"):
-        m = _fast.prepare(model, fold_bn=False, channels_last=layout == "channels_last")
+        m = accel.prepare(model, fold_bn=False, channels_last=layout == "channels_last")
         best[layout] = {"seconds": float("inf")}
         for bs in sizes:
             x = x1.expand(bs, -1, -1, -1).contiguous()
             if layout == "channels_last":
-                x = _fast.to_channels_last(x)
+                x = to_channels_last(x)
             target = torch.zeros(bs, dtype=torch.long, device=device)
             if backward:
                 def run() -> object:
@@ -269,20 +271,20 @@ def bf16_report(name: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Ten
     """Fast occlusion and LIME in float32 and bfloat16: time and agreement."""
     rows = []
     runs = {
-        "occlusion": lambda p: _incremental.fast_occlusion(model, x, t, patch=sizes.patch, stride=stride, precision=p),
+        "occlusion": lambda p: occlusion(model, x, t, patch=sizes.patch, stride=stride, fast=True, precision=p),
     }
     if C._supports(lime_explain, "precision"):
         seg = C.segment_images(x, "slic")
         runs["LIME"] = lambda p: lime_explain(model, x, t, segmentation=seg, n_samples=sizes.lime_samples, fast=True,
                                               precision=p, generator=torch.Generator().manual_seed(0)).map()
-    fwd32, fwd16 = _fast.fast_forward(model), _fast.fast_forward(model, precision="bfloat16")
+    fwd32, fwd16 = accel.fast_forward(model), accel.fast_forward(model, precision="bfloat16")
     probe = faces(64, x.shape[1], x.shape[2], seed=9).to(device)
     logits32, logits16 = fwd32(probe), fwd16(probe)
     for method, run in runs.items():
         run("float32"), run("bfloat16")  # warm-up
         t32, m32 = clock(lambda: run("float32"), device)
         t16, m16 = clock(lambda: run("bfloat16"), device)
-        agree = _fast.precision_agreement(m32, m16, logits32, logits16)
+        agree = accel.precision_agreement(m32, m16, logits32, logits16)
         rows.append({"model": name, "method": method, "float32_s": t32 / len(x), "bfloat16_s": t16 / len(x),
                      "speedup": t32 / t16, **agree})
     return rows
@@ -355,17 +357,17 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
               "fwd+bwd": pass_time(model, spec["channels"], spec["side"], device, True, smoke)}
     peer_fwd = floors["fwd"]["contiguous"]["batch_size"]  # the peers' best batching: the model's own best
     peer_fb = floors["fwd+bwd"]["contiguous"]["batch_size"]
-    fast = _fast.prepare(model)
+    fast = accel.prepare(model)
     xg = faces(spec["grad_images"], spec["channels"], spec["side"], seed=11).to(device)
-    if _fast.mismatch(model, fast, xg) is not None:  # x.view after a conv: channels-last maps do not run
-        fast = _fast.prepare(model, channels_last=False)
+    if mismatch(model, fast, xg) is not None:  # x.view after a conv: channels-last maps do not run
+        fast = accel.prepare(model, channels_last=False)
     xm, xp = xg[: spec["multi_images"]], xg[: spec["pert_images"]]
     with torch.no_grad():
         tg = model(xg).argmax(1)
     tm, tp = tg[: spec["multi_images"]], tg[: spec["pert_images"]]
-    fb_batch = _fast.tuned_batch_size(lambda b: input_gradient(fast, b, torch.zeros(len(b), dtype=torch.long,
+    fb_batch = accel.tuned_batch_size(lambda b: input_gradient(fast, b, torch.zeros(len(b), dtype=torch.long,
                                                                                       device=device)),
-                                      xg[:1], key=("fwd+bwd", *_fast.architecture_key(model)))
+                                      xg[:1], key=("fwd+bwd", *accel.architecture_key(model)))
     gr, mr, pr = spec["grad_repeats"], spec["multi_repeats"], spec["pert_repeats"]
     makers = {
         "saliency": lambda: (C.saliency_case(name, model, fast, xg, tg, sizes), gr),

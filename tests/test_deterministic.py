@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import os
 import subprocess
 import sys
@@ -14,8 +16,11 @@ from conftest import make_random_model
 from torch import nn
 
 from cnnlens import explain
-from cnnlens.explain import _fast, _winograd, lime, occlusion
-from cnnlens.explain._incremental import _conv_layer
+from cnnlens.explain import accel, lime, occlusion
+from cnnlens.explain.accel import tuning, winograd
+from cnnlens.explain.accel.incremental import conv_layer
+
+copies = importlib.import_module("cnnlens.explain.accel.prepared")  # the module (accel.prepared is its function)
 
 TESTS = Path(__file__).parent
 
@@ -52,28 +57,28 @@ def _timing_forbidden(*args: object, **kwargs: object) -> float:
 
 
 def test_deterministic_mode_never_times_and_uses_the_fixed_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fast, "seconds_per_item", _timing_forbidden)
-    monkeypatch.setattr(_winograd, "seconds_per_item", _timing_forbidden)
+    monkeypatch.setattr(tuning, "seconds_per_item", _timing_forbidden)
+    monkeypatch.setattr(winograd, "seconds_per_item", _timing_forbidden)
     model = make_random_model(1, num_classes=4, seed=3)
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
     explain.clear_caches()
     with pytest.raises(AssertionError, match="timed something"):  # the default measures: the patch is in its way
-        _fast.tuned_batch_size(lambda b: None, x[:1], key=("toy",))
+        accel.tuned_batch_size(lambda b: None, x[:1], key=("toy",))
     with explain.deterministic():
         assert explain.is_deterministic()
         lime(model, x, None, n_samples=40, generator=torch.Generator().manual_seed(0))
         occlusion(model, x, None, patch=4, stride=4)
-        assert _fast.tuned_batch_size(lambda b: None, x[:1], key=("toy",)) == _fast.DETERMINISTIC_BATCH["cpu"] == 16
-        assert _fast.tuned_batch_size(lambda b: None, x[:1], key=("toy",), candidates=(8, 32, 64)) == 8  # nearest
-        assert _fast.fast_scorer(model, x[:1])[1] == 16
-        layer = _conv_layer(nn.Conv2d(3, 4, 3, padding=1))
-        assert _winograd.faster(layer, (8, 3, 8, 8)) is layer  # the direct convolution, untimed
-    assert not explain.is_deterministic() and _fast._TUNED == {}  # nothing measured was cached
+        assert accel.tuned_batch_size(lambda b: None, x[:1], key=("toy",)) == accel.DETERMINISTIC_BATCH["cpu"] == 16
+        assert accel.tuned_batch_size(lambda b: None, x[:1], key=("toy",), candidates=(8, 32, 64)) == 8  # nearest
+        assert accel.fast_scorer(model, x[:1])[1] == 16
+        layer = conv_layer(nn.Conv2d(3, 4, 3, padding=1))
+        assert winograd.faster(layer, (8, 3, 8, 8)) is layer  # the direct convolution, untimed
+    assert not explain.is_deterministic() and tuning._TUNED == {}  # nothing measured was cached
     explain.clear_caches()
 
 
 def test_switch_environment_and_context_manager(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fast, "_deterministic", None)
+    monkeypatch.setattr(tuning, "_deterministic", None)
     monkeypatch.delenv("CNNLENS_DETERMINISTIC", raising=False)
     assert not explain.is_deterministic()
     for value, on in (("1", True), ("true", True), ("0", False), ("", False)):
@@ -97,10 +102,10 @@ def test_switch_environment_and_context_manager(monkeypatch: pytest.MonkeyPatch)
 def test_clear_caches_empties_every_process_wide_cache() -> None:
     model = make_random_model(1, num_classes=4, seed=5)
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
-    _fast.fast_scorer(model, x[:1])  # a prepared copy and a measured batch size
+    accel.fast_scorer(model, x[:1])  # a prepared copy and a measured batch size
     conv = nn.Conv2d(3, 4, 3, padding=1)
-    _winograd._MADE[conv] = _winograd.WinogradConv(conv)
-    _winograd._CHOSEN[("toy",)] = True
-    assert _fast._TUNED and len(_fast._PREPARED) and _winograd._CHOSEN and len(_winograd._MADE)
+    winograd._MADE[conv] = winograd.WinogradConv(conv)
+    winograd._CHOSEN[("toy",)] = True
+    assert tuning._TUNED and len(copies._PREPARED) and winograd._CHOSEN and len(winograd._MADE)
     explain.clear_caches()
-    assert not _fast._TUNED and not len(_fast._PREPARED) and not _winograd._CHOSEN and not len(_winograd._MADE)
+    assert not tuning._TUNED and not len(copies._PREPARED) and not winograd._CHOSEN and not len(winograd._MADE)

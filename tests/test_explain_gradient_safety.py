@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import assert_model_untouched, make_random_model
 from torch import nn
 
-from cnnlens.explain import _fast
+from cnnlens.explain import accel
 from cnnlens.explain.cam import cam
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
@@ -130,7 +130,7 @@ def test_an_error_inside_the_prepared_copy_leaves_model_and_copy_clean(name):
     assert_model_untouched(model, modes)
     assert_same_state(model, state)
     layer = "net.head"  # grad_cam's default layer here (the map the pooling reads), kept unfolded in its copy
-    copies = [_fast.prepared(model), _fast.prepared(model, keep=[layer])]
+    copies = [accel.prepared(model), accel.prepared(model, keep=[layer])]
     assert all(c is not model for c in copies)
     for copy_ in copies:  # the guide hooks and Grad-CAM's hook were on the copy: all gone
         assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in copy_.modules())

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens.explain import _fast
+from cnnlens.explain import accel
+from cnnlens.explain.accel.prepared import fold_batchnorm, foldable_pairs, rank_correlation
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.lime import lime_explain
 from cnnlens.explain.saliency import saliency
@@ -43,7 +44,7 @@ def test_fold_matches_hand_computed_weights():
         bn.weight.fill_(0.5)
         bn.bias.fill_(-1.0)
     model = nn.Sequential(conv, bn).eval()
-    folded = _fast.fold_batchnorm(model)
+    folded = fold_batchnorm(model)
     # W' = 2 * 0.5 / sqrt(4) = 0.5; b' = (1 - 3) * 0.5 / 2 + (-1) = -1.5
     assert isinstance(folded[1], nn.Identity)
     assert folded[0].weight.item() == pytest.approx(0.5)
@@ -57,7 +58,7 @@ def test_fold_matches_hand_computed_weights():
 def test_folded_model_computes_the_same_function_and_keeps_names(name):
     model = random_bn(build(name, in_channels=3, num_classes=5, input_size=16, channels=(4, 8, 8, 8)[: 3 if name == "small_cnn" else 4]))
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    folded = _fast.fold_batchnorm(model)
+    folded = fold_batchnorm(model)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
     assert [n for n, _ in folded.named_modules()] == [n for n, _ in model.named_modules()]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
@@ -69,7 +70,7 @@ def test_fold_leaves_the_users_model_untouched_and_respects_keep():
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
-    folded = _fast.fold_batchnorm(model, keep=["block3.conv"])
+    folded = fold_batchnorm(model, keep=["block3.conv"])
     assert_model_untouched(model, modes)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not folded.training
@@ -91,10 +92,10 @@ def test_fold_skips_pairs_that_are_not_bn_of_conv():
             return self.bn(y) + y + self.stat_free(self.conv2(x))  # conv output read twice; BN without stats
 
     model = random_bn(Shared())
-    assert _fast.foldable_pairs(model) == []
+    assert foldable_pairs(model) == []
     residual = make_random_model(1)
-    assert ("conv_a", "bn_a") in _fast.foldable_pairs(residual)
-    assert ("conv_b", "bn_b") in _fast.foldable_pairs(residual)
+    assert ("conv_a", "bn_a") in foldable_pairs(residual)
+    assert ("conv_b", "bn_b") in foldable_pairs(residual)
 
 
 def test_untraceable_model_is_copied_unfolded():
@@ -107,7 +108,7 @@ def test_untraceable_model_is_copied_unfolded():
             return self.bn(self.conv(x)) if x.sum() > 0 else x  # data-dependent branch: fx cannot trace it
 
     model = random_bn(Dynamic())
-    folded = _fast.fold_batchnorm(model)
+    folded = fold_batchnorm(model)
     assert isinstance(folded.bn, nn.BatchNorm2d) and folded is not model
     x = torch.rand(1, 1, 5, 5)
     torch.testing.assert_close(folded(x), model(x))
@@ -116,7 +117,7 @@ def test_untraceable_model_is_copied_unfolded():
 def test_prepared_model_gives_the_same_gradients_in_channels_last():
     model = make_random_model(3, seed=4)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    fast = _fast.prepare(model)
+    fast = accel.prepare(model)
     conv = fast.stem[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert not any(p.requires_grad for p in fast.parameters())
@@ -124,7 +125,7 @@ def test_prepared_model_gives_the_same_gradients_in_channels_last():
     torch.testing.assert_close(saliency(fast, x, [0, 1], reduce=None), exact, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(saliency(model, x, [0, 1], reduce=None), exact, rtol=1e-4, atol=1e-5)  # the default
     # Grad-CAM on a kept layer: its conv still outputs what the model's conv outputs
-    kept = _fast.prepare(model, keep=["head.0"])
+    kept = accel.prepare(model, keep=["head.0"])
     exact = grad_cam(model, x, 2, layer="head.0", fast=False)
     torch.testing.assert_close(grad_cam(kept, x, 2, layer="head.0"), exact, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_cam(model, x, 2, layer=model.head[0]), exact, rtol=1e-4, atol=1e-5)
@@ -133,26 +134,26 @@ def test_prepared_model_gives_the_same_gradients_in_channels_last():
 def test_prepared_copy_is_reused_until_the_model_changes():
     model = make_random_model(1, seed=8)
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(5))
-    first = _fast.prepared(model)
-    assert first is not model and _fast.prepared(model) is first and _fast.prepared(first) is first
-    assert _fast.prepared(model, keep=["head.0"]) is not first  # Grad-CAM's layer kept: its own copy
+    first = accel.prepared(model)
+    assert first is not model and accel.prepared(model) is first and accel.prepared(first) is first
+    assert accel.prepared(model, keep=["head.0"]) is not first  # Grad-CAM's layer kept: its own copy
 
     def same_logits() -> None:
         with torch.no_grad():
-            torch.testing.assert_close(_fast.prepared(model)(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(accel.prepared(model)(x), model.eval()(x), rtol=1e-4, atol=1e-5)
 
     # each way a user changes weights makes a new copy that computes the new function
     model.fc.weight.grad = torch.ones_like(model.fc.weight)
     torch.optim.SGD(model.parameters(), lr=0.5).step()  # in place: bumps the tensor's version
-    second = _fast.prepared(model)
+    second = accel.prepared(model)
     assert second is not first
     same_logits()
     model.load_state_dict(make_random_model(1, seed=9).state_dict())
-    assert _fast.prepared(model) is not second
+    assert accel.prepared(model) is not second
     same_logits()
-    third = _fast.prepared(model)
+    third = accel.prepared(model)
     model.stem[0].weight.data.mul_(-1.0)  # through .data: no version bump, caught by the sampled values
-    assert _fast.prepared(model) is not third
+    assert accel.prepared(model) is not third
     same_logits()
     model.head[1] = nn.Tanh()  # a module swapped
     same_logits()
@@ -165,12 +166,12 @@ def test_prepared_runs_the_model_itself_when_a_copy_would_differ():
     seen: list[int] = []
     handle = model.head[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
     try:
-        assert _fast.prepared(model) is model  # the user's hook must see the explained batches
+        assert accel.prepared(model) is model  # the user's hook must see the explained batches
         saliency(model, torch.rand(2, 1, 16, 16), 0)
         assert seen == [2]
     finally:
         handle.remove()
-    assert _fast.prepared(model) is not model
+    assert accel.prepared(model) is not model
 
     class Uncopyable(nn.Module):
         def __init__(self) -> None:
@@ -184,7 +185,7 @@ def test_prepared_runs_the_model_itself_when_a_copy_would_differ():
             return self.fc(x.flatten(1))
 
     odd = Uncopyable()
-    assert _fast.prepared(odd) is odd
+    assert accel.prepared(odd) is odd
     assert saliency(odd, torch.rand(1, 1, 2, 2), 0).shape == (1, 2, 2)
 
 
@@ -193,7 +194,7 @@ def test_prepared_copies_go_with_their_model():
     import weakref
 
     model = make_random_model(1, seed=8)
-    copy_ref = weakref.ref(_fast.prepared(model))
+    copy_ref = weakref.ref(accel.prepared(model))
     gc.collect()
     assert copy_ref() is not None  # cached while the model lives
     del model
@@ -206,14 +207,14 @@ def test_fast_forward_matches_logits_and_bf16_is_close():
     x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(x)
-    out = _fast.fast_forward(model)(x)
+    out = accel.fast_forward(model)(x)
     assert out.dtype == torch.float32 and torch.is_inference(out)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    low = _fast.fast_forward(model, precision="bfloat16")(x)
+    low = accel.fast_forward(model, precision="bfloat16")(x)
     assert low.dtype == torch.float32
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()  # bfloat16 keeps ~3 significant digits
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'half'"):
-        _fast.fast_forward(model, precision="half")
+        accel.fast_forward(model, precision="half")
 
 
 def test_tuned_batch_size_finds_the_known_best_and_caches_it():
@@ -224,32 +225,32 @@ def test_tuned_batch_size_finds_the_known_best_and_caches_it():
         calls.append(batch.shape[0])
         time.sleep(batch.shape[0] * 1e-3 * (1 + abs(math.log2(batch.shape[0]) - 4)))
 
-    _fast.clear_caches()
+    accel.clear_caches()
     example = torch.zeros(1, 3)
-    assert _fast.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
+    assert accel.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
     measured = len(calls)
     assert measured >= 4 * 2  # a warm-up and at least one timed run per size
-    assert _fast.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
+    assert accel.tuned_batch_size(run, example, key=("toy",), candidates=(4, 8, 16, 32)) == 16
     assert len(calls) == measured  # cached: nothing ran again
-    _fast.clear_caches()
+    accel.clear_caches()
 
 
 def test_tuned_batch_size_rejects_bad_arguments():
     with pytest.raises(ValueError, match="candidates must be positive ints"):
-        _fast.tuned_batch_size(lambda b: None, torch.zeros(1, 2), key=("bad",), candidates=(0, 4))
+        accel.tuned_batch_size(lambda b: None, torch.zeros(1, 2), key=("bad",), candidates=(0, 4))
     with pytest.raises(ValueError, match="example must hold at least one item"):
-        _fast.tuned_batch_size(lambda b: None, torch.zeros(0, 2), key=("bad",))
+        accel.tuned_batch_size(lambda b: None, torch.zeros(0, 2), key=("bad",))
 
 
 def test_rank_correlation_by_hand():
     a = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]])
     b = torch.tensor([[10.0, 20.0, 30.0, 40.0], [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
-    rho = _fast.rank_correlation(a, b)
+    rho = rank_correlation(a, b)
     assert rho.tolist() == pytest.approx([1.0, -1.0, 0.0])
     # ranks (0,1,2,3) vs (1,0,2,3): 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
-    assert _fast.rank_correlation(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[2.0, 1, 3, 4]])).item() == pytest.approx(0.8)
+    assert rank_correlation(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[2.0, 1, 3, 4]])).item() == pytest.approx(0.8)
     with pytest.raises(ValueError, match="maps must have the same shape"):
-        _fast.rank_correlation(a, b[:2])
+        rank_correlation(a, b[:2])
 
 
 def test_precision_agreement_reports_changed_predictions():
@@ -257,7 +258,7 @@ def test_precision_agreement_reports_changed_predictions():
     other = ref + torch.tensor([[0.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
     logits_a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
     logits_b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
-    agree = _fast.precision_agreement(ref, other, logits_a, logits_b)
+    agree = accel.precision_agreement(ref, other, logits_a, logits_b)
     assert agree["spearman_min"] == pytest.approx(1.0)
     assert agree["max_abs_diff"] == pytest.approx(0.5)
     assert agree["max_rel_diff"] == pytest.approx(0.25)  # 0.5 over the first map's max |value| 2

@@ -6,6 +6,7 @@ hand; a clear fallback (warning or log line) for models it cannot decompose; the
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -16,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain._incremental import (FlattenLinear, GlobalAverage, LocalPlan, Merge, NotDecomposable, Pointwise, _span,
-                                          fast_occlusion, local_plan)
+from cnnlens.explain.accel.incremental import (FlattenLinear, GlobalAverage, LocalPlan, Merge, NotDecomposable, Pointwise, _span,
+                                          local_plan)
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.models import build
 from conftest import assert_model_untouched, make_random_model
 from test_fast import random_bn
 from zoo_models import build_sequential, build_view_tanh
+
+fast_occlusion = functools.partial(occlusion, fast=True)  # incremental occlusion, warning where it falls back
 
 CASES = [  # (patch, stride, fill, output): stride 1, clipped last patches, rectangles, both fills
     (5, 1, "black", "probability"),
@@ -162,7 +165,7 @@ def test_boxes_never_outgrow_their_maps():
     torch.manual_seed(0)
     model = random_bn(build("vgg_fer", in_channels=1, num_classes=3, input_size=48, channels=(4, 4, 4, 4)))
     plan = local_plan(model.eval(), torch.rand(1, 1, 48, 48))
-    from cnnlens.explain._incremental import IncrementalOcclusion, _axis, _axis_groups
+    from cnnlens.explain.accel.incremental import IncrementalOcclusion, _axis, _axis_groups
 
     engine = IncrementalOcclusion(plan, torch.rand(1, 1, 48, 48))
     sizes = [s[0] for s in engine.sizes]

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from cnnlens.explain import _patterns, _winograd
-from cnnlens.explain._incremental import FlattenLinear, Pointwise, local_plan
-from cnnlens.explain._patterns import masked_logits
+from cnnlens.explain.accel import tables, winograd
+from cnnlens.explain.accel.incremental import FlattenLinear, Pointwise, local_plan
+from cnnlens.explain.accel.tables import masked_logits
 from cnnlens.explain.lime import hide_values, lime_explain, relabel
 from conftest import make_random_model
 from test_fast import random_bn
@@ -43,15 +42,15 @@ MODELS = {
 def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     winograd_calls = []
     if mode == "winograd":  # dense, every eligible 3x3 convolution as Winograd F(4x4,3x3)
-        call = _winograd.WinogradConv.__call__
-        monkeypatch.setattr(_winograd.WinogradConv, "__call__", lambda self, x: winograd_calls.append(1) or call(self, x))
+        call = winograd.WinogradConv.__call__
+        monkeypatch.setattr(winograd.WinogradConv, "__call__", lambda self, x: winograd_calls.append(1) or call(self, x))
     if mode == "tables":  # every layer that can be a table is one
-        monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)
-        monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
-        monkeypatch.setattr(_patterns, "_linear_table_cost", lambda *a: 0)
+        monkeypatch.setattr(tables, "MAX_SHARE", 1.0)
+        monkeypatch.setattr(tables, "_table_cost", lambda *a: 0)
+        monkeypatch.setattr(tables, "_linear_table_cost", lambda *a: 0)
     elif mode in ("dense", "winograd"):
-        monkeypatch.setattr(_patterns, "MAX_SHARE", 0.0)
-        monkeypatch.setattr(_patterns, "_table_cost", lambda *a: float("inf"))
+        monkeypatch.setattr(tables, "MAX_SHARE", 0.0)
+        monkeypatch.setattr(tables, "_table_cost", lambda *a: float("inf"))
     model = copy.deepcopy(MODELS[name](3)).double().eval()
     h, w = 15, 13
     image = torch.rand(3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -61,10 +60,10 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
     fill = hide_values(image[None], segments[None], k, "mean")[0]
     plan = local_plan(model, image[None])
     products = []  # a flatten + Linear head computed from the last table
-    linear_products = _patterns._linear_products
-    monkeypatch.setattr(_patterns, "_linear_products", lambda *a: products.append(1) or linear_products(*a))
+    linear_products = tables._linear_products
+    monkeypatch.setattr(tables, "_linear_products", lambda *a: products.append(1) or linear_products(*a))
     made: list[bool] = []  # per spatial or merge step: did it become a table?
-    original = _patterns._step_table
+    original = tables._step_table
 
     def record(step, *rest):
         table = original(step, *rest)
@@ -72,7 +71,7 @@ def test_logits_equal_the_model_on_every_masked_image(name, mode, monkeypatch):
             made.append(table is not None)
         return table
 
-    monkeypatch.setattr(_patterns, "_step_table", record)
+    monkeypatch.setattr(tables, "_step_table", record)
     with torch.inference_mode():
         got = masked_logits(plan, image, fill, segments, masks, batch_size=5,
                             winograd={"winograd": "always", "default": "auto"}.get(mode, "never"))
@@ -95,7 +94,7 @@ def test_patterns_repeat_on_the_first_layers_and_the_switch_is_dense():
     plan = local_plan(model.eval(), torch.rand(1, 1, 16, 16))
     segments = blocks(16, 16, 4)
     masks = torch.rand(500, 16, generator=torch.Generator().manual_seed(2)) < 0.5
-    keys = _patterns._Keys(segments, masks)
+    keys = tables._Keys(segments, masks)
     field = (torch.arange(16).sub(1).clamp(0, 15), torch.arange(16).add(1).clamp(0, 15))
     pattern, bits = keys(field, field)
     assert int(bits.max()) <= 4 and int(bits.min()) == 1
@@ -127,7 +126,7 @@ def test_lime_default_matches_scoring_every_masked_image_and_bf16_is_close():
 @pytest.mark.parametrize("bits", [3, 30], ids=["slots", "sorted"])
 def test_rows_number_each_distinct_position_and_pattern_once(bits):
     pattern = torch.randint(0, 5, (40, 9), generator=torch.Generator().manual_seed(bits))
-    position, index, example = _patterns._rows(pattern, torch.full((9,), bits))
+    position, index, example = tables._rows(pattern, torch.full((9,), bits))
     pairs = {(p, int(pattern[s, p])) for s in range(40) for p in range(9)}
     assert len(position) == len(pairs) and int(index.max()) == len(pairs) - 1
     for s in range(40):
@@ -141,8 +140,8 @@ def test_rows_number_each_distinct_position_and_pattern_once(bits):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
-    monkeypatch.setattr(_patterns, "MAX_SHARE", 1.0)  # tables as deep as they go: both convolution paths
-    monkeypatch.setattr(_patterns, "_table_cost", lambda *a: 0)
+    monkeypatch.setattr(tables, "MAX_SHARE", 1.0)  # tables as deep as they go: both convolution paths
+    monkeypatch.setattr(tables, "_table_cost", lambda *a: 0)
     model = small("vgg_fer", channels, seed=4)
     image = torch.rand(channels, 16, 16, generator=torch.Generator().manual_seed(4))
     segments = blocks(16, 16, 4)
@@ -158,11 +157,11 @@ def test_bfloat16_tables_run_through_every_path(channels, monkeypatch):
 
 def test_a_convolution_is_a_table_only_where_that_is_cheaper():
     conv = nn.Conv2d(64, 128, 3)
-    dense = _patterns._dense_cost(conv, 1000 * 24 * 24)
+    dense = tables._dense_cost(conv, 1000 * 24 * 24)
     # few input rows: each times each tap once, then sums of 9 gathered products per output row
-    assert _patterns._table_cost(conv, 20_000, 84_000) < dense / 2
+    assert tables._table_cost(conv, 20_000, 84_000) < dense / 2
     # as many distinct rows as (sample, position) pairs: a table only adds gathers
-    assert _patterns._table_cost(conv, 600_000, 576_000) > dense
+    assert tables._table_cost(conv, 600_000, 576_000) > dense
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -174,10 +173,9 @@ def test_lime_on_flatten_models_uses_the_tables_and_matches_every_masked_image(n
     model = model.to(dtype)
     x = torch.rand(2, 1, side, side, dtype=dtype, generator=torch.Generator().manual_seed(4))
     segments = blocks(side, side, 6).expand(2, side, side)
-    tables = []
-    original = _patterns.masked_logits
-    lime_module = sys.modules["cnnlens.explain.lime"]  # the package's name `lime` is the function
-    monkeypatch.setattr(lime_module, "masked_logits", lambda *a, **k: tables.append(1) or original(*a, **k))
+    calls = []
+    original = tables.masked_logits
+    monkeypatch.setattr(tables, "masked_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
 
     def run(**kw: object) -> object:
         return lime_explain(model, x, None, segmentation=segments, n_samples=150,
@@ -186,7 +184,7 @@ def test_lime_on_flatten_models_uses_the_tables_and_matches_every_masked_image(n
     with caplog.at_level(logging.WARNING, logger="cnnlens.explain"):
         fast = run()
     exact = run(fast=False)
-    assert len(tables) == 2 and not [r for r in caplog.records if "do not apply" in r.getMessage()]
+    assert len(calls) == 2 and not [r for r in caplog.records if "do not apply" in r.getMessage()]
     rtol, atol = (0, 1e-10) if dtype == torch.float64 else (1e-5, 1e-6)
     torch.testing.assert_close(fast.sample_scores, exact.sample_scores, rtol=rtol, atol=atol)
     torch.testing.assert_close(fast.weights, exact.weights, rtol=rtol, atol=10 * atol)

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain import _winograd
-from cnnlens.explain._incremental import _conv_layer
-from cnnlens.explain._winograd import WinogradConv, faster, transform_weight, winograd_conv2d
+from cnnlens.explain.accel import winograd
+from cnnlens.explain.accel.incremental import conv_layer
+from cnnlens.explain.accel.winograd import WinogradConv, faster, transform_weight, winograd_conv2d
 
 
 @pytest.mark.parametrize("shape,padding", [((2, 3, 8, 8), (1, 1)), ((3, 5, 7, 9), (1, 1)), ((1, 4, 5, 6), (0, 0)),
@@ -29,7 +29,7 @@ def test_equals_the_direct_convolution_in_float64(shape, padding, bias, channels
 
 
 def test_more_images_than_one_chunk_of_tiles(monkeypatch):
-    monkeypatch.setattr(_winograd, "TILES", 3)  # 4 tiles an image: one image per chunk
+    monkeypatch.setattr(winograd, "TILES", 3)  # 4 tiles an image: one image per chunk
     x = torch.randn(5, 4, 8, 7, dtype=torch.float64)
     weight = torch.randn(6, 4, 3, 3, dtype=torch.float64)
     torch.testing.assert_close(winograd_conv2d(x, transform_weight(weight), None, (1, 1)),
@@ -63,11 +63,11 @@ def test_rejects_what_it_does_not_compute():
     with pytest.raises(ValueError, match="no output on a 2x2 map"):
         winograd_conv2d(torch.randn(1, 1, 2, 2), transform_weight(torch.randn(1, 1, 3, 3)), None, (0, 0))
     with pytest.raises(ValueError, match="mode must be"):
-        faster(_conv_layer(nn.Conv2d(3, 4, 3, padding=1)), (8, 3, 8, 8), mode="fast")
+        faster(conv_layer(nn.Conv2d(3, 4, 3, padding=1)), (8, 3, 8, 8), mode="fast")
 
 
 def test_faster_replaces_only_eligible_layers_and_times_each_shape_once(monkeypatch):
-    eligible, strided = _conv_layer(nn.Conv2d(3, 4, 3, padding=1)), _conv_layer(nn.Conv2d(3, 4, 3, stride=2))
+    eligible, strided = conv_layer(nn.Conv2d(3, 4, 3, padding=1)), conv_layer(nn.Conv2d(3, 4, 3, stride=2))
     assert faster(eligible, (8, 3, 8, 8), mode="never") is eligible
     assert faster(strided, (8, 3, 8, 8), mode="always") is strided
     chosen = faster(eligible, (8, 3, 8, 8), mode="always")
@@ -77,12 +77,12 @@ def test_faster_replaces_only_eligible_layers_and_times_each_shape_once(monkeypa
         torch.testing.assert_close(chosen.full(x), eligible.full(x), rtol=0, atol=1e-5)
 
     timed = []
-    monkeypatch.setattr(_winograd, "_CHOSEN", {})
+    monkeypatch.setattr(winograd, "_CHOSEN", {})
     # Winograd measured twice as fast, then twice as slow: the first measurement stands for the shape.
     for speeds in ([1.0, 0.5], [0.5, 1.0]):
-        monkeypatch.setattr(_winograd, "seconds_per_item",
+        monkeypatch.setattr(winograd, "seconds_per_item",
                             lambda run, batch, t, s=speeds: timed.append(1) or s[isinstance(run, WinogradConv)])
         assert isinstance(faster(eligible, (8, 3, 8, 8)).full, WinogradConv)
     assert len(timed) == 6  # three interleaved rounds of (direct, Winograd), once
-    monkeypatch.setattr(_winograd, "_CHOSEN", {})
+    monkeypatch.setattr(winograd, "_CHOSEN", {})
     assert faster(eligible, (8, 3, 8, 8)) is eligible  # the last speeds: Winograd slower

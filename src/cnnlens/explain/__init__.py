@@ -14,7 +14,7 @@ processes compute bit-identical maps. ``clear_caches()`` forgets every process-w
 from __future__ import annotations
 
 from cnnlens.explain import registry
-from cnnlens.explain._fast import clear_caches, deterministic, is_deterministic, set_deterministic
+from cnnlens.explain.accel import clear_caches, deterministic, is_deterministic, set_deterministic
 # the order of these imports is the registry's order: the CLI's --methods list and `--methods all`
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.registry import method
 
 
@@ -68,7 +68,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     core.check_images(images)
     with core.guarded(model, images):
         name = core.default_cam_layer(model, images) if layer is None else core.layer_name(model, layer)
-        net = _fast.prepared(model, keep=[name], example=images) if fast else model
+        net = accel.prepared(model, keep=[name], example=images) if fast else model
         acts, grads, _ = layer_output_and_gradient(net, images, target, name)
     cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
     if relu:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.registry import method
 
@@ -80,7 +80,7 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = Non
     """
     core.check_images(images)
     with core.guarded(model, images):
-        net = _fast.prepared(model, example=images) if fast else model
+        net = accel.prepared(model, example=images) if fast else model
         with guiding_relus() as guide:
             grad = saliency(net, images, target, reduce=None, abs=False, fast=False)
     if guide.count == 0:

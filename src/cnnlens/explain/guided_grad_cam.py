@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.registry import method
@@ -30,7 +30,7 @@ def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = Non
     core.check_images(images)
     with core.guarded(model, images):
         # One target for both halves: the predicted class is the same (the guide hooks leave forward values alone).
-        logits = core.predict_logits(_fast.prepared(model, example=images) if fast else model, images)
+        logits = core.predict_logits(accel.prepared(model, example=images) if fast else model, images)
         t = core.resolve_target(target, images.shape[0], logits.shape[1], logits=lambda: logits, device=images.device)
         cam = grad_cam(model, images, t, layer=layer, fast=fast)
         guided = guided_backprop(model, images, t, reduce=None, fast=fast)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.registry import method
 
 BASELINES = ("zeros", "mean", "blur")
@@ -135,7 +135,7 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
     alphas, weights = alphas.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
     n = x.shape[0]
     with core.guarded(model, images):
-        net = _fast.prepared(model, example=x) if fast else model
+        net = accel.prepared(model, example=x) if fast else model
         logits = core.predict_logits(net, x, bs)
         t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
         diff = x - base

@@ -18,11 +18,8 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import core
+from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
-from cnnlens.explain._fast import autocast, fast_scorer
-from cnnlens.explain._incremental import NotDecomposable, local_plan
-from cnnlens.explain._patterns import masked_logits
 from cnnlens.explain.registry import method
 
 log = logging.getLogger("cnnlens.explain")
@@ -230,8 +227,8 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     chunks of ``batch_size``; the same ``generator`` seed gives the same result. ``fast`` (default) scores them
     with a folded-BatchNorm, channels-last copy at a measured batch size and, where the model decomposes
     into local layers up to its head (global average pooling, or a flatten into a Linear layer), computes
-    its first layers once per local mask pattern instead of once per sample (:mod:`cnnlens.explain._patterns`)
-    and its late 3x3 convolutions as Winograd F(4x4,3x3) where timed faster (:mod:`cnnlens.explain._winograd`):
+    its first layers once per local mask pattern instead of once per sample (:mod:`cnnlens.explain.accel.tables`)
+    and its late 3x3 convolutions as Winograd F(4x4,3x3) where timed faster (:mod:`cnnlens.explain.accel.winograd`):
     the same scores to float rounding (~1e-6 relative); where it does not, a ``cnnlens.explain`` log line
     names the layer that stops it;
     ``precision="bfloat16"``: in bfloat16, opt-in; ``fast=False`` runs the model itself on every masked image.
@@ -258,29 +255,22 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
 
     with core.guarded(model, images):
         if fast or precision != "float32":
-            forward, bs = fast_scorer(model, images, batch_size, precision=precision)
+            forward, bs = accel.fast_scorer(model, images, batch_size, precision=precision)
         else:
             forward = model
         with torch.inference_mode():
             logits = torch.cat([forward(images[s:e]) for s, e in batch_ranges(n, bs)])
         t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
-        plan = None
-        if fast:
-            try:
-                plan = local_plan(model, images)
-            except NotDecomposable as why:  # never silently: say which layer stops the pattern tables
-                log.warning("cnnlens: LIME's pattern tables do not apply to this %s: %s; scoring every masked "
-                            "image", type(model).__name__, why)
+        # None where the model does not decompose (a log line says which layer stops the pattern tables)
+        masked = accel.masked_scorer(model, images, precision=precision) if fast else None
         with torch.inference_mode():
             scores = torch.empty(n * n_samples, dtype=images.dtype, device=images.device)
-            if plan is not None:
-                # Early layers once per local mask pattern (cnnlens.explain._patterns): one image's samples
+            if masked is not None:
+                # Early layers once per local mask pattern (cnnlens.explain.accel.tables): one image's samples
                 # at a time; the rest of the model in batches of 2 bs samples (its late, small maps ran
                 # fastest at about twice a whole forward's best batch: measured on small_cnn, vgg_fer, resnet18).
                 for i, _ in batch_ranges(n, 1, progress=progress, description="LIME"):
-                    with autocast(images.device, precision):
-                        out = masked_logits(plan, images[i], fill[i], segments[i], masks[i, :, : int(num[i])],
-                                            batch_size=2 * bs)
+                    out = masked(images[i], fill[i], segments[i], masks[i, :, : int(num[i])], batch_size=2 * bs)
                     scores[i * n_samples:(i + 1) * n_samples] = class_score(out.to(images.dtype), t[i].expand(n_samples), output)
             else:
                 flat_seg = segments.reshape(n, -1)

@@ -5,9 +5,10 @@ softmax probability (or the logit) of the target class ``t``. This is Captum's `
 ``sliding_window_shapes=(C,ph,pw)``, ``strides=(sh,sw)``: patches start at multiples of the stride and
 the last one in each direction is clipped at the image border.
 
-The work is split in two steps so that faster scorers (incremental occlusion, folded BatchNorm) can
-replace the middle one: list the patch positions, score every occluded image (:func:`occlusion_scores`),
-then spread each patch's drop over the pixels it covered (:func:`assemble_map`).
+The work is three steps, and the speed layer replaces only the middle one: lay out the patch grid
+(:func:`check_grid`), score every occluded image (:func:`occlusion_scores` with the model's forward, or the
+incremental scorer :func:`cnnlens.explain.accel.occlusion_scorer` gives where the model decomposes), then
+spread each patch's drop over the pixels it covered (:func:`assemble_map`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Target
-from cnnlens.explain import core
+from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
 from cnnlens.explain.registry import method
 
@@ -145,7 +146,7 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     (1), ``"mean"`` (each image's per-channel mean), ``"black+white"`` (the sum of the black and white
     maps, as in the seeds) or a float. Positive = the region supports the target.
 
-    ``fast``: None (default) uses incremental occlusion (:mod:`cnnlens.explain._incremental`: the same map
+    ``fast``: None (default) uses incremental occlusion (:mod:`cnnlens.explain.accel.incremental`: the same map
     to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to global average pooling
     comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise
     plain occlusion on a folded, channels-last copy; True does the same but warns when it falls back;
@@ -154,23 +155,26 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 
     >>> occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")  # [N,H,W]
     """
-    if fast is not False or precision != "float32":
-        from cnnlens.explain._incremental import fast_occlusion  # it imports this module
-
-        return fast_occlusion(model, images, target, patch=patch, stride=stride, fill=fill, output=output,
-                              batch_size=batch_size, progress=progress, precision=precision, warn=fast is True)
     grid = check_grid(images, output, patch, stride)
+    accel.check_precision(precision)
     n = images.shape[0]
-    bs = check_batch_size(batch_size, images.device)
+    plain = fast is False and precision == "float32"  # the model itself, as it is
+    bs = check_batch_size(batch_size, images.device) if plain or batch_size is not None else None
     x = images.detach()
     fills = fill_values(x, fill)
-    rows, cols = grid.rows, grid.cols
     with core.guarded(model, images):
-        forward = model
-        with torch.inference_mode():
-            logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
-        t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
-        clean = class_score(logits, t, output)
-        scores = occlusion_scores(forward, x, t, fills, rows, cols, output=output, batch_size=bs, progress=progress)
-    drops = (clean[:, None, None, None] - scores).sum(dim=1)
-    return assemble_map(drops, rows, cols)  # outside inference mode: a normal tensor the caller may edit
+        # Incremental occlusion recomputes only the boxes a patch changes (None where the model does not decompose).
+        incremental = None if plain else accel.occlusion_scorer(model, x, precision=precision, warn=fast is True)
+        if incremental is not None:
+            clean, scores = incremental(x, target, fills, grid.starts_h, grid.starts_w, grid.patch, output=output,
+                                        batch_size=bs, progress=progress)
+        else:  # every occluded image scored whole: by the prepared copy (batch size measured), or the model itself
+            forward, bs = (model, bs) if plain else accel.fast_scorer(model, x, bs, precision=precision)
+            with torch.inference_mode():
+                logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
+            t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
+            clean = class_score(logits, t, output)
+            scores = occlusion_scores(forward, x, t, fills, grid.rows, grid.cols, output=output, batch_size=bs,
+                                      progress=progress)
+    drops = (clean[:, None, None, None] - scores.to(clean.dtype)).sum(dim=1)
+    return assemble_map(drops, grid.rows, grid.cols)  # outside inference mode: a normal tensor the caller may edit

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.registry import method
 
 
@@ -22,7 +22,7 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     ``map = reduce(|d logit_t / d x|)``: ``[N,H,W]`` by default, raw ``[N,C,H,W]`` with ``reduce=None``
     (the absolute gradient, or the signed one with ``abs=False``, which is Captum's ``Saliency``).
     ``fast`` (default) differentiates a cached folded-BatchNorm, channels-last copy of the model
-    (:func:`cnnlens.explain._fast.prepared`: the same function, ~1.1-1.5x faster on CPU); ``fast=False``
+    (:func:`cnnlens.explain.accel.prepared`: the same function, ~1.1-1.5x faster on CPU); ``fast=False``
     the model itself.
 
     >>> maps = saliency(model, images, target=3)          # [N,H,W], max |gradient| over channels
@@ -30,7 +30,7 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     """
     core.check_images(images)
     with core.guarded(model, images):
-        net = _fast.prepared(model, example=images) if fast else model
+        net = accel.prepared(model, example=images) if fast else model
         x = core.input_with_grad(images)
         logits = net(x)
         t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlens._types import Reduce, Target
-from cnnlens.explain import core, _fast
+from cnnlens.explain import accel, core
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.registry import method
 
@@ -70,7 +70,7 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     device's default). Returns ``[N,H,W]`` after ``reduce``, raw ``[N,C,H,W]`` with ``reduce=None``;
     this is Captum's ``NoiseTunnel(method).attribute(nt_type="smoothgrad")`` given the same noise.
     ``fast`` (default): ``method`` differentiates the checked prepared copy
-    (:func:`cnnlens.explain._fast.prepared`); ``fast=False``: the model itself (also handed to ``method``
+    (:func:`cnnlens.explain.accel.prepared`); ``fast=False``: the model itself (also handed to ``method``
     as ``fast=False`` where it takes that argument).
 
     >>> g = torch.Generator().manual_seed(0)
@@ -88,7 +88,7 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     x = images.detach()
     extra = {} if fast or not _takes_fast(method) else {"fast": False}
     with core.guarded(model, images):
-        net = _fast.prepared(model, example=x) if fast else model
+        net = accel.prepared(model, example=x) if fast else model
         logits = core.predict_logits(net, x)
         t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=lambda: logits, device=x.device)
         total = torch.zeros_like(x)

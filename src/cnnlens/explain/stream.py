@@ -25,7 +25,7 @@ from torch import nn
 from cnnlens._atomic import atomic_path
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
-from cnnlens.explain import core, _fast, registry
+from cnnlens.explain import accel, core, registry
 
 Source = ImageSet | torch.Tensor | np.ndarray | PathArg
 
@@ -164,7 +164,7 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
     ``"labels"`` (an ImageSet's labels), an int or one int per image. ``out`` receives float32
     ``[N,H,W]`` maps and ``<stem>.targets.npy`` the explained classes, both atomically. ``fast`` goes
     to the built-in methods (default: a cached folded, channels-last copy of the model,
-    :func:`cnnlens.explain._fast.prepared`; ``False``: the model itself). Peak memory is one batch's, whatever N.
+    :func:`cnnlens.explain.accel.prepared`; ``False``: the model itself). Peak memory is one batch's, whatever N.
 
     >>> res = stream_explain(model, imageset, "grad-cam", out="maps/grad_cam.npy", batch_size=256)
     >>> res.images_per_second
@@ -193,9 +193,9 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
         options = {**options, "layer": core.layer_name(model, layer)}
     # The copy is prepared here, not inside each call, so that _first_logits hooks the module that runs.
     explained = model
-    if fast:  # checked against the model on the first batch (see _fast.prepared)
+    if fast:  # checked against the model on the first batch (see accel.prepared)
         first = _batch(images, 0, min(batch_size, n)).to(device)
-        explained = _fast.prepared(model, keep=[options["layer"]] if names_layer else [], example=first)
+        explained = accel.prepared(model, keep=[options["layer"]] if names_layer else [], example=first)
     if known is not None and known.streamable:
         options = {**options, "fast": fast}
     start_time = time.perf_counter()

@@ -28,7 +28,7 @@ from torch import nn
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size
-from cnnlens.explain._fast import fast_forward
+from cnnlens.explain.accel import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
 from cnnlens.faithfulness.road import noisy_linear_imputation

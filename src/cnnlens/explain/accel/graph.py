@@ -13,7 +13,7 @@ other reshape. How the graph is captured, in order:
    traces again while running the example alongside: ``size()``, ``shape``, ``dim()``, ``ndim``,
    ``numel()`` and ``len()`` answer with the example's values. Such a graph is specialised to the
    example's shapes (batch size included), so whoever builds on it must check the result on a batch of
-   another size (:meth:`cnnlens.explain._incremental.LocalPlan.build` does).
+   another size (:meth:`cnnlens.explain.accel.incremental.LocalPlan.build` does).
 
 Why not the alternatives, on torch 2.13 (CPU): ``torch.export`` traces through dynamo to ATen operators
 (``aten.conv2d``, parameters turned into inputs), losing the module types that BatchNorm folding and

@@ -22,15 +22,16 @@ small maps), that map is simply recomputed whole, so no arithmetic is wasted pas
 
 Patches are grouped by their start modulo the product of the strides; inside a group every box has
 the same size, so a group is a few batched convolutions on small boxes. The graph is read from the
-model's ``torch.fx`` trace, with the shapes of an example batch (:mod:`cnnlens.explain._graph`: the
+model's ``torch.fx`` trace, with the shapes of an example batch (:mod:`cnnlens.explain.accel.graph`: the
 code people write, ``x.view(-1, n)``, ``x.view(x.size(0), -1)``, ``torch.flatten``, functional
 activations and pooling), and the plan read from it is checked against the model on a few images. A
 model it cannot decompose (an untraceable forward, a layer not known to be local, a head that is
-neither global average pooling nor a flatten into a Linear layer) is explained by plain occlusion on a
-folded, channels-last copy instead, with a warning (or, by default, a ``cnnlens.explain`` log line)
-naming the layer and the reason.
+neither global average pooling nor a flatten into a Linear layer) gets no scorer from
+:func:`occlusion_scorer`, with a warning (or, by default, a ``cnnlens.explain`` log line) naming the layer
+and the reason; :func:`cnnlens.explain.occlusion.occlusion` then scores every occluded image whole.
 
->>> maps = fast_occlusion(model, images, target=3, patch=5, stride=1)   # == occlusion(...) to ~1e-6
+>>> score = occlusion_scorer(model, images)                       # None where the model does not decompose
+>>> clean, scores = score(images, None, fills, starts_h, starts_w, (5, 5), output="logit", batch_size=None)
 """
 
 from __future__ import annotations
@@ -48,13 +49,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlens._types import Target
-from cnnlens.explain import core, _fast
-from cnnlens.explain.core import batch_ranges, check_batch_size, class_score, to_channels_last
-from cnnlens.explain._graph import Captured, capture
-from cnnlens.explain.occlusion import assemble_map, check_grid, fill_values, occlusion_scores
+from cnnlens.explain import core
+from cnnlens.explain.accel.graph import Captured, capture
+from cnnlens.explain.accel.prepared import VERIFY_TOLERANCE, autocast, check_precision, fold_conv_bn, has_hooks
+from cnnlens.explain.core import batch_ranges, class_score, to_channels_last
 
 #: Modules that act on each pixel on its own (in eval mode).
 POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -120,18 +120,18 @@ class Pointwise:
     fn: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _two(v: int | tuple[int, ...]) -> tuple[int, int]:
+def as_pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _conv_layer(conv: nn.Conv2d) -> Spatial:
+def conv_layer(conv: nn.Conv2d) -> Spatial:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str) and conv.padding != "valid":
         raise NotDecomposable(f"convolution with padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
     conv = conv.eval()
     conv.weight.data = to_channels_last(conv.weight.data)
-    (kh, kw), (dh, dw) = _two(conv.kernel_size), _two(conv.dilation)
-    padding = (0, 0) if isinstance(conv.padding, str) else _two(conv.padding)
-    stride, dilation, groups = _two(conv.stride), (dh, dw), conv.groups
+    (kh, kw), (dh, dw) = as_pair(conv.kernel_size), as_pair(conv.dilation)
+    padding = (0, 0) if isinstance(conv.padding, str) else as_pair(conv.padding)
+    stride, dilation, groups = as_pair(conv.stride), (dh, dw), conv.groups
 
     def window(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, conv.weight, conv.bias, stride, 0, dilation, groups)
@@ -140,9 +140,9 @@ def _conv_layer(conv: nn.Conv2d) -> Spatial:
 
 
 def _pool_layer(pool: nn.MaxPool2d | nn.AvgPool2d) -> Spatial:
-    kernel, stride, padding = _two(pool.kernel_size), _two(pool.stride or pool.kernel_size), _two(pool.padding)
+    kernel, stride, padding = as_pair(pool.kernel_size), as_pair(pool.stride or pool.kernel_size), as_pair(pool.padding)
     if isinstance(pool, nn.MaxPool2d):
-        if pool.return_indices or _two(pool.dilation) != (1, 1):
+        if pool.return_indices or as_pair(pool.dilation) != (1, 1):
             raise NotDecomposable("max-pooling with return_indices or dilation")
         # ceil_mode only adds outputs whose window runs past the border: -inf padding gives them exactly.
         return Spatial(pool, lambda x: F.max_pool2d(x, kernel, stride), kernel, stride, padding, -math.inf)
@@ -170,7 +170,7 @@ def _is_gap(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` averages its input over all pixels (global average pooling)."""
     if node.op == "call_module":
         m = modules[node.target]
-        return isinstance(m, nn.AdaptiveAvgPool2d) and _two(m.output_size) == (1, 1)
+        return isinstance(m, nn.AdaptiveAvgPool2d) and as_pair(m.output_size) == (1, 1)
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in (1, (1, 1), [1, 1])
@@ -398,8 +398,7 @@ def _read_plan(graph: Captured, fold_bn: bool) -> LocalPlan:
             layer = _layer(gm, modules, node, src, fold, graph)
             if layer is None:  # a BatchNorm folded into the convolution before it (copies, eval mode)
                 j = index[src] - 1
-                conv, bn = copy.deepcopy(modules[src.target]).eval(), copy.deepcopy(modules[node.target]).eval()
-                steps[j] = Step(_conv_layer(fuse_conv_bn_eval(conv, bn)), steps[j].inputs)
+                steps[j] = Step(conv_layer(fold_conv_bn(modules[src.target], modules[node.target])), steps[j].inputs)
                 index[node] = index[src]
                 continue
             steps.append(Step(layer, (index[src],)))
@@ -442,7 +441,7 @@ def _is_identity_dropout(node: fx.Node) -> bool:
 
 def _check(plan: LocalPlan, model: nn.Module, images: torch.Tensor, specialised: bool) -> None:
     """Raise :class:`NotDecomposable` unless ``plan`` gives ``model``'s outputs on ``images`` (to
-    :data:`cnnlens.explain._fast.VERIFY_TOLERANCE` of the largest): a safety net under the graph reading,
+    :data:`cnnlens.explain.accel.prepared.VERIFY_TOLERANCE` of the largest): a safety net under the graph reading,
     and what catches a graph specialised to the traced batch size."""
     how = "read with the example's shapes (its forward uses a shape as a number), " if specialised else ""
     expected = model(images)
@@ -456,7 +455,7 @@ def _check(plan: LocalPlan, model: nn.Module, images: torch.Tensor, specialised:
         raise NotDecomposable(f"{how}its plan's output is not the model's (one tensor of its shape)")
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     diff = float((got.to(expected.dtype) - expected).abs().max()) if expected.numel() else 0.0
-    if torch.isfinite(expected).all() and not diff <= _fast.VERIFY_TOLERANCE * scale + 1e-12:
+    if torch.isfinite(expected).all() and not diff <= VERIFY_TOLERANCE * scale + 1e-12:
         raise NotDecomposable(f"{how}its plan's outputs differ from the model's by {diff:.3g} "
                               f"(largest |output| {scale:.3g}); an in-place layer read again, say")
 
@@ -482,7 +481,7 @@ def _layer(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, pre
         if len(node.args) != 1 or node.kwargs:
             raise NotDecomposable(f"layer {node.target} takes extra arguments")
         if type(m) is nn.Conv2d:
-            return _conv_layer(copy.deepcopy(m))
+            return conv_layer(copy.deepcopy(m))
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             return _pool_layer(m)
         if isinstance(m, nn.BatchNorm2d) and (not m.track_running_stats or m.running_mean is None):
@@ -667,7 +666,7 @@ class IncrementalOcclusion:
 
     def __init__(self, plan: LocalPlan, images: torch.Tensor, precision: str = "float32") -> None:
         self.plan, self.precision = plan, precision
-        with torch.inference_mode(), _fast.autocast(images.device, precision):
+        with torch.inference_mode(), autocast(images.device, precision):
             maps = plan.maps(images.clone())
             head = plan.head(maps[plan.last])
             self.logits = plan.tail(head).to(images.dtype)
@@ -763,7 +762,7 @@ class IncrementalOcclusion:
             f, pos = rest // (len(kh) * len(kw)), rest % (len(kh) * len(kw))
             ih, iw = kh[pos // len(kw)], kw[pos % len(kw)]
             th, tw = starts_h[ih] // period[0], starts_w[iw] // period[1]
-            with torch.inference_mode(), _fast.autocast(device, self.precision):
+            with torch.inference_mode(), autocast(device, self.precision):
                 logits = self._logits(padded, weight, gh, gw, img, fills[img, f], (th, ch[pos // len(kw)]),
                                       (tw, cw[pos % len(kw)]), patch)
             scores[img, f, ih, iw] = class_score(logits.to(scores.dtype), target[img], output)
@@ -830,60 +829,49 @@ def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) ->
 def local_plan(model: nn.Module, example: torch.Tensor) -> LocalPlan:
     """``model`` as a :class:`LocalPlan` for images shaped like ``example``; raises :class:`NotDecomposable`
     saying which layer stops it and why (call in eval mode, as the methods do inside ``core.guarded``)."""
-    if _fast._has_hooks(model):  # the user's hooks must see (and may change) every pass
+    if has_hooks(model):  # the user's hooks must see (and may change) every pass
         raise NotDecomposable("the model carries hooks, which its decomposition would not run")
     return LocalPlan.build(model, example)
 
 
-def fast_occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
-                   patch: int | tuple[int, int] = 5, stride: int | tuple[int, int] = 1,
-                   fill: str | float = "black", output: str = "probability", batch_size: int | None = None,
-                   progress: bool = False, precision: str = "float32", warn: bool = True) -> torch.Tensor:
-    """:func:`~cnnlens.explain.occlusion.occlusion`, computed incrementally: the same ``[N,H,W]`` map to ~1e-6.
+@dataclass(frozen=True)
+class OcclusionScorer:
+    """Occlusion's scores through a :class:`LocalPlan`: what ``occlusion()`` runs where the model decomposes."""
 
-    Same arguments and result as ``occlusion``; ``batch_size`` counts occluded images per pass (None:
-    256 for incremental occlusion, measured once per architecture and shape for the plain fallback).
+    plan: LocalPlan
+    precision: str = "float32"
+
+    def __call__(self, x: torch.Tensor, target: Target, fills: torch.Tensor, starts_h: torch.Tensor,
+                 starts_w: torch.Tensor, patch: tuple[int, int], *, output: str, batch_size: int | None,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clean score [N], occluded scores [N,F,nh,nw])`` of ``target`` (resolved here, from the clean
+        logits) with the patches of size ``patch`` at ``starts_h`` x ``starts_w`` filled with ``fills``
+        ``[N,F,C,1,1]``; ``batch_size``: occluded images per pass (None: :data:`WINDOW_BATCH_SIZE`)."""
+        return _incremental_scores(self.plan, x, target, fills, starts_h, starts_w, patch, output=output,
+                                   batch_size=batch_size or WINDOW_BATCH_SIZE, progress=progress,
+                                   precision=self.precision)
+
+
+def occlusion_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "float32",
+                     warn: bool = False) -> OcclusionScorer | None:
+    """Incremental occlusion's scorer for ``model`` on images shaped like ``example`` (the same scores as
+    plain occlusion to ~1e-6), or None where the model is not decomposable (see :class:`LocalPlan`), after a
+    warning naming the layer and the reason (``warn=False``: a ``cnnlens.explain`` log line instead).
     ``precision="bfloat16"`` runs the convolutions under bfloat16 autocast (opt-in; see
-    :func:`cnnlens.explain._fast.precision_agreement`). A model that is not decomposable (see
-    :class:`LocalPlan`) gets plain occlusion on a folded, channels-last copy, with a warning naming the
-    layer and the reason (``warn=False``: a ``cnnlens.explain`` log line instead).
-
-    >>> fast_occlusion(model, images, target=3, patch=5, stride=1, fill="black+white")
+    :func:`cnnlens.explain.accel.precision_agreement`). Call inside ``core.guarded`` (eval mode).
     """
-    grid = check_grid(images, output, patch, stride)
-    _fast.check_precision(precision)
-    n = images.shape[0]
-    ph, pw = grid.patch
-    starts_h, starts_w, rows, cols = grid.starts_h, grid.starts_w, grid.rows, grid.cols
-    if batch_size is not None:
-        check_batch_size(batch_size, images.device)
-    x = images.detach()
-    fills = fill_values(x, fill)
-    with core.guarded(model, images):
-        try:
-            plan = local_plan(model, x)
-        except NotDecomposable as why:
-            plan = None
-            note = (f"incremental occlusion does not apply to this {type(model).__name__}: {why}; "
-                    "using plain occlusion on a folded, channels-last copy")
-            if warn:
-                warnings.warn(note, stacklevel=2)
-            else:
-                log.warning("cnnlens: %s", note)
-        if plan is None:
-            forward, bs = _fast.fast_scorer(model, x, batch_size, precision=precision)
-            logits = torch.cat([forward(x[s:e]) for s, e in batch_ranges(n, bs)])
-            t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=x.device)
-            scores = occlusion_scores(forward, x, t, fills, rows, cols, output=output, batch_size=bs,
-                                      progress=progress)
-            clean = class_score(logits, t, output)
+    check_precision(precision)
+    try:
+        plan = local_plan(model, example)
+    except NotDecomposable as why:
+        note = (f"incremental occlusion does not apply to this {type(model).__name__}: {why}; "
+                "using plain occlusion on a folded, channels-last copy")
+        if warn:
+            warnings.warn(note, stacklevel=4)  # occlusion()'s caller: accel.occlusion_scorer -> occlusion -> user
         else:
-            clean, scores = _incremental_scores(plan, x, target, fills, starts_h, starts_w, (ph, pw), output=output,
-                                                batch_size=batch_size or WINDOW_BATCH_SIZE, progress=progress,
-                                                precision=precision)
-    drops = (clean[:, None, None, None] - scores.to(clean.dtype)).sum(dim=1)
-    return assemble_map(drops, rows, cols)
-
+            log.warning("cnnlens: %s", note)
+        return None
+    return OcclusionScorer(plan, precision)
 
 
 def _incremental_scores(plan: LocalPlan, x: torch.Tensor, target: Target, fills: torch.Tensor,

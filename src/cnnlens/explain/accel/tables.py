@@ -16,13 +16,16 @@ columns of ``W`` once, and each sample sums its positions' products (``embedding
 The arithmetic is the model's own (each row of a table is the layer run on that row's input window),
 so the logits equal those of the masked images to float rounding. The model must decompose into local
 steps up to its head, global average pooling or a flatten into a Linear layer
-(:class:`cnnlens.explain._incremental.LocalPlan`).
+(:class:`cnnlens.explain.accel.incremental.LocalPlan`).
 
 >>> logits = masked_logits(plan, image, fill, segments, masks)   # == model(masked images), [S, classes]
+>>> score = masked_scorer(model, images)                          # the same, for LIME; None where it does not apply
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.explain.core import batch_ranges, to_channels_last
-from cnnlens.explain._incremental import FlattenLinear, LocalPlan, Pointwise, Spatial, Step, _two, full_step as _full
-from cnnlens.explain._winograd import faster
+from cnnlens.explain.accel.incremental import (FlattenLinear, LocalPlan, NotDecomposable, Pointwise, Spatial, Step,
+                                              as_pair, full_step, local_plan)
+from cnnlens.explain.accel.prepared import autocast
+from cnnlens.explain.accel.winograd import faster
 
 #: A pooling or add is computed per pattern while its distinct (position, pattern) pairs are at most
 #: this share of (sample, position) pairs; a convolution while its estimated cost is below a dense pass's.
@@ -145,7 +150,7 @@ def _table_cost(conv: nn.Conv2d, rows_in: int, rows_out: int) -> int:
 def _gemm_conv(layer: Spatial) -> nn.Conv2d | None:
     """The layer's convolution where a row is a matrix product with its weights (no groups, no dilation)."""
     module = layer.full
-    ok = type(module) is nn.Conv2d and module.groups == 1 and _two(module.dilation) == (1, 1)
+    ok = type(module) is nn.Conv2d and module.groups == 1 and as_pair(module.dilation) == (1, 1)
     return module if ok else None
 
 
@@ -214,7 +219,7 @@ def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segm
 
     Equal to running the plan's model on the ``S`` masked images, to float rounding; the dense part
     runs ``batch_size`` samples at a time, its 3x3 convolutions as Winograd F(4x4,3x3) where measured
-    faster (``winograd``: ``"auto"``, ``"always"``, ``"never"``; :mod:`cnnlens.explain._winograd`).
+    faster (``winograd``: ``"auto"``, ``"always"``, ``"never"``; :mod:`cnnlens.explain.accel.winograd`).
     Call under ``torch.inference_mode``.
     """
     s_count = masks.shape[0]
@@ -223,7 +228,7 @@ def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segm
     keys = _Keys(segments, masks)
     clean = [to_channels_last(image[None])]  # one clean pass: every map's size
     for step in plan.steps:
-        clean.append(_full(step.layer, [clean[i] for i in step.inputs]))
+        clean.append(full_step(step.layer, [clean[i] for i in step.inputs]))
     sizes = [tuple(m.shape[2:]) for m in clean]
     # The image as a table: row p is the fill at pixel p, row P + p the image itself.
     shown = masks.gather(1, segments.reshape(1, -1).expand(s_count, -1)).long()
@@ -253,7 +258,7 @@ def masked_logits(plan: LocalPlan, image: torch.Tensor, fill: torch.Tensor, segm
             return dense[i]
 
         def _dense_step(i: int) -> torch.Tensor:
-            return _full(layers[i - 1], [value(j) for j in plan.steps[i - 1].inputs])
+            return full_step(layers[i - 1], [value(j) for j in plan.steps[i - 1].inputs])
 
         if products is not None:
             out = F.embedding_bag(maps[plan.last].index[start:end], products, mode="sum")
@@ -332,3 +337,28 @@ def _step_table(step: Step, maps: list[_Table | None], keys: _Keys, s_count: int
         rows = torch.cat([layer.fn(*(rows_of(i, a, b) for i in step.inputs))
                           for a, b in batch_ranges(len(position), ROW_CHUNK)])
     return _Table(rows, index, size, field_h, field_w, position)
+
+
+log = logging.getLogger("cnnlens.explain")
+
+
+def masked_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "float32"
+                  ) -> Callable[..., torch.Tensor] | None:
+    """``score(image, fill, segments, masks, *, batch_size) -> logits [S, classes]``: :func:`masked_logits` on
+    ``model``'s :class:`~cnnlens.explain.accel.incremental.LocalPlan` for images shaped like ``example``, under
+    ``precision``'s autocast; or None where the model does not decompose, after a ``cnnlens.explain`` log line
+    naming the layer that stops it (never silently). Call inside ``core.guarded``, under inference mode.
+    """
+    try:
+        plan = local_plan(model, example)
+    except NotDecomposable as why:
+        log.warning("cnnlens: LIME's pattern tables do not apply to this %s: %s; scoring every masked "
+                    "image", type(model).__name__, why)
+        return None
+
+    def score(image: torch.Tensor, fill: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor, *,
+              batch_size: int) -> torch.Tensor:
+        with autocast(image.device, precision):
+            return masked_logits(plan, image, fill, segments, masks, batch_size=batch_size)
+
+    return score

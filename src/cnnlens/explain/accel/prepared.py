@@ -1,4 +1,4 @@
-"""Speed machinery for explanation passes: folded BatchNorm, channels-last, tuned batches, bfloat16.
+"""The prepared copy of a model for explanation passes: folded BatchNorm, channels-last, bfloat16.
 
 Everything here works on a *copy* of the user's model (the model itself is never modified) and keeps
 the arithmetic of the explanation the same up to float rounding:
@@ -14,11 +14,9 @@ the arithmetic of the explanation the same up to float rounding:
 - :func:`fast_forward`: the prepared copy's forward under ``torch.inference_mode``, optionally under
   bfloat16 autocast (``precision="bfloat16"``, opt-in; :func:`precision_agreement` reports what it
   changes).
-- :func:`tuned_batch_size`: a tiny measured search over batch sizes, cached per (architecture, input
-  shape, device, dtype, threads); on a 2-core CPU ~16 images per pass beat 512.
-- :func:`set_deterministic` / :func:`deterministic` / ``CNNLENS_DETERMINISTIC=1``: no choice is timed
-  (fixed batch sizes, :data:`DETERMINISTIC_BATCH`; the direct convolution instead of Winograd), so two
-  processes compute bit-identical maps. :func:`clear_caches` forgets every process-wide cache.
+- :func:`fast_scorer`: :func:`fast_forward` and a batch size measured once per shape
+  (:func:`cnnlens.explain.accel.tuning.tuned_batch_size`).
+- :func:`fold_conv_bn`: the one BatchNorm fold (also used by incremental occlusion's plans).
 
 >>> forward, bs = fast_scorer(model, images[:1])   # prepared forward + batch size measured once per shape
 >>> logits = forward(images[:bs])                   # under inference_mode
@@ -30,83 +28,17 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import math
-import os
-import sys
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from cnnlens.explain.accel.tuning import architecture_key, tuned_batch_size
 from cnnlens.explain.core import to_channels_last
 
 PRECISIONS = ("float32", "bfloat16")
-
-#: (architecture signature, input shape, device, dtype, precision, threads) -> measured best batch size.
-_TUNED: dict[tuple, int] = {}
-
-#: The environment variable that turns deterministic mode on for a whole process (``1``, ``true``, ``yes``).
-DETERMINISTIC_ENV = "CNNLENS_DETERMINISTIC"
-#: The batch size used instead of a measured one in deterministic mode (images per scoring pass): the size the
-#: measurement picks on a 2-core CPU, and one that keeps a GPU busy. With ``candidates``, the nearest of those.
-DETERMINISTIC_BATCH = {"cpu": 16, "cuda": 256}
-_deterministic: bool | None = None  # None: read DETERMINISTIC_ENV
-
-
-def is_deterministic() -> bool:
-    """Whether timing-dependent choices are off: :func:`set_deterministic`'s value, else ``CNNLENS_DETERMINISTIC``."""
-    if _deterministic is not None:
-        return _deterministic
-    return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def set_deterministic(on: bool | None) -> None:
-    """Turn off (``True``) or back on (``False``) every choice cnnlens makes by timing itself, for the whole
-    process; ``None`` goes back to the environment variable ``CNNLENS_DETERMINISTIC``.
-
-    Deterministic mode uses fixed, documented choices instead of measured ones: scoring batches of
-    :data:`DETERMINISTIC_BATCH` images (not :func:`tuned_batch_size`'s measurement) and the direct convolution
-    (not Winograd where timed faster, ``_winograd.faster``). Two processes then compute bit-identical maps on
-    the same machine, thread count and inputs; the default (off) is faster. On CUDA, also call
-    ``torch.use_deterministic_algorithms(True)``: cnnlens leaves torch's own global settings as they are.
-
-    >>> set_deterministic(True)      # or CNNLENS_DETERMINISTIC=1 in the environment
-    """
-    global _deterministic
-    if on is not None and not isinstance(on, bool):
-        raise TypeError(f"set_deterministic takes True, False or None (the environment's {DETERMINISTIC_ENV}), got {on!r}")
-    _deterministic = on
-
-
-@contextlib.contextmanager
-def deterministic(on: bool = True) -> Iterator[None]:
-    """Deterministic mode (:func:`set_deterministic`) inside the block only; the previous setting after it.
-
-    >>> with deterministic():
-    ...     maps = lime(model, images, generator=torch.Generator().manual_seed(0))
-    """
-    global _deterministic
-    saved = _deterministic
-    set_deterministic(on)
-    try:
-        yield
-    finally:
-        _deterministic = saved
-
-
-def clear_caches() -> None:
-    """Forget every process-wide cache of the speed layer in one call: the prepared copies of models, the
-    measured batch sizes, and Winograd's choices and transformed weights (where that module was loaded).
-    Nothing here is needed for correctness (each cache is rebuilt on use); clear them to re-measure after
-    changing ``torch.set_num_threads`` or to free memory."""
-    _TUNED.clear()
-    _PREPARED.clear()
-    winograd = sys.modules.get("cnnlens.explain._winograd")  # not imported just to clear it
-    if winograd is not None:
-        winograd.clear_cache()
 
 
 def check_precision(precision: str) -> None:
@@ -157,6 +89,17 @@ def foldable_pairs(model: nn.Module, keep: Iterable[str] = ()) -> list[tuple[str
     return pairs
 
 
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new convolution computing ``bn(conv(x))`` with ``bn``'s running statistics (eval mode); both untouched.
+
+    ``W' = W g / sqrt(v + eps)``, ``b' = (b - m) g / sqrt(v + eps) + beta``: the one place cnnlens folds a
+    BatchNorm (the prepared copy's :func:`fold_batchnorm` and incremental occlusion's plans both call it).
+    """
+    if conv.training or bn.training:  # fuse_conv_bn_eval takes eval-mode modules: fold copies in eval mode
+        conv, bn = copy.deepcopy(conv).eval(), copy.deepcopy(bn).eval()
+    return fuse_conv_bn_eval(conv, bn)
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
@@ -176,7 +119,7 @@ def fold_batchnorm(model: nn.Module, *, keep: Iterable[str] = ()) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     modules = dict(folded.named_modules())
     for conv_name, bn_name in foldable_pairs(folded, keep):
-        _set_submodule(folded, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
+        _set_submodule(folded, conv_name, fold_conv_bn(modules[conv_name], modules[bn_name]))
         _set_submodule(folded, bn_name, nn.Identity())
     return folded
 
@@ -214,6 +157,11 @@ _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 log = logging.getLogger("cnnlens.explain")
 
 
+def clear_cache() -> None:
+    """Forget every prepared copy (``cnnlens.explain.accel.clear_caches`` calls this)."""
+    _PREPARED.clear()
+
+
 @dataclasses.dataclass
 class _Copy:
     """One prepared copy of a model (None: run the model itself) and the input shapes it was checked on."""
@@ -222,7 +170,7 @@ class _Copy:
     checked: set[tuple] = dataclasses.field(default_factory=set)
 
 
-def _has_hooks(model: nn.Module) -> bool:
+def has_hooks(model: nn.Module) -> bool:
     """Whether any module of ``model`` carries a hook of the user's (a copy would not run it on their model)."""
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                for m in model.modules())
@@ -301,7 +249,7 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
 
     >>> grads = saliency(prepared(model, example=images), images)   # what saliency(model, images) does
     """
-    if getattr(model, PREPARED_ATTR, False) or _has_hooks(model):
+    if getattr(model, PREPARED_ATTR, False) or has_hooks(model):
         return model
     keep = tuple(sorted(keep))
     key, sample = _state(model)
@@ -383,77 +331,6 @@ def fast_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None 
     return forward, batch_size
 
 
-def architecture_key(model: nn.Module) -> tuple:
-    """What the speed of a forward pass depends on: the class and every parameter's name and shape."""
-    return (type(model).__module__, type(model).__qualname__,
-            tuple((name, tuple(p.shape)) for name, p in model.named_parameters()))
-
-
-def _candidates(device: torch.device) -> tuple[int, ...]:
-    return (32, 64, 128, 256, 512, 1024) if device.type == "cuda" else (8, 16, 32, 64, 128)
-
-
-def seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor, min_time: float) -> float:
-    """Best-of-runs seconds per item of ``run(batch)`` after one warm-up call (one timed run at least,
-    more until ``min_time`` is spent)."""
-    run(batch)
-    sync = torch.cuda.synchronize if batch.device.type == "cuda" else (lambda: None)
-    best, spent = math.inf, 0.0
-    while spent < min_time or best == math.inf:
-        sync()
-        start = time.perf_counter()
-        run(batch)
-        sync()
-        took = time.perf_counter() - start
-        best, spent = min(best, took), spent + took
-    return best / batch.shape[0]
-
-
-def _checked_sizes(candidates: Iterable[int]) -> list[int]:
-    sizes = list(candidates)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"candidates must be positive ints, got {candidates!r}")
-    return sorted(set(sizes))
-
-
-def tuned_batch_size(run: Callable[[torch.Tensor], object], example: torch.Tensor, *, key: tuple,
-                     candidates: Iterable[int] | None = None, min_time: float = 0.02) -> int:
-    """The batch size with the lowest measured time per item for ``run``, cached under ``key``.
-
-    ``example`` is one item ``[1,...]`` (repeated to each candidate size); ``key`` names what the
-    timing depends on (e.g. ``architecture_key(model)`` and the method); the input shape, device,
-    dtype and thread count are added. Each size runs twice (warm-up, timed); the search stops once two
-    sizes in a row are 15% slower per item than the best (on CPU large batches lose: cache misses).
-    In deterministic mode (:func:`is_deterministic`) nothing is timed: :data:`DETERMINISTIC_BATCH` for the
-    device (the nearest of ``candidates`` when given).
-
-    >>> bs = tuned_batch_size(forward, images[:1], key=("occlusion", *architecture_key(model)))
-    """
-    if example.dim() < 1 or example.shape[0] < 1:
-        raise ValueError(f"example must hold at least one item, got shape {tuple(example.shape)}")
-    if is_deterministic():  # a fixed size, never timed (and never cached: nothing was measured)
-        fixed = DETERMINISTIC_BATCH.get(example.device.type, DETERMINISTIC_BATCH["cpu"])
-        if candidates is None:
-            return fixed
-        return min(_checked_sizes(candidates), key=lambda s: (abs(s - fixed), s))
-    full_key = (key, tuple(example.shape[1:]), str(example.device), example.dtype, torch.get_num_threads())
-    if full_key in _TUNED:
-        return _TUNED[full_key]
-    sizes = _checked_sizes(candidates) if candidates is not None else sorted(_candidates(example.device))
-    best_size, best_time, worse = sizes[0], math.inf, 0
-    for size in sizes:
-        batch = example[:1].expand(size, *example.shape[1:]).contiguous()
-        per_item = seconds_per_item(run, batch, min_time)
-        if per_item < best_time:
-            best_size, best_time, worse = size, per_item, 0
-        elif per_item > 1.15 * best_time:
-            worse += 1
-            if worse == 2:
-                break
-    _TUNED[full_key] = best_size
-    return best_size
-
-
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman's rank correlation per row of two ``[N,...]`` maps: ``[N]`` in [-1, 1].
 
@@ -488,4 +365,3 @@ def precision_agreement(reference_maps: torch.Tensor, maps: torch.Tensor,
     if reference_logits is not None and logits is not None:
         out["changed_predictions"] = float((reference_logits.argmax(1) != logits.argmax(1)).float().mean())
     return out
-

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.explain.core import batch_ranges
-from cnnlens.explain._fast import is_deterministic, seconds_per_item
-from cnnlens.explain._incremental import Spatial, _two
+from cnnlens.explain.accel.incremental import Spatial, as_pair
+from cnnlens.explain.accel.tuning import is_deterministic, seconds_per_item
 
 # Interpolation points 0, 1, -1, 1/2, -2 (and infinity): 3-4x less float32 rounding than Lavin's 0, +-1,
 # +-2 on the same products (Barabasz et al., "Error analysis and improving the accuracy of Winograd
@@ -50,15 +50,15 @@ _MADE: weakref.WeakKeyDictionary[nn.Conv2d, WinogradConv] = weakref.WeakKeyDicti
 
 
 def clear_cache() -> None:
-    """Forget the timed choices and the transformed weights (``_fast.clear_caches`` calls this)."""
+    """Forget the timed choices and the transformed weights (``cnnlens.explain.accel.clear_caches`` calls this)."""
     _CHOSEN.clear()
     _MADE.clear()
 
 
 def eligible(module: object) -> bool:
     """Whether ``module`` is a convolution this file computes: 3x3, stride 1, no dilation or groups, zero padding."""
-    return (type(module) is nn.Conv2d and _two(module.kernel_size) == (3, 3) and _two(module.stride) == (1, 1)
-            and _two(module.dilation) == (1, 1) and module.groups == 1 and module.padding_mode == "zeros"
+    return (type(module) is nn.Conv2d and as_pair(module.kernel_size) == (3, 3) and as_pair(module.stride) == (1, 1)
+            and as_pair(module.dilation) == (1, 1) and module.groups == 1 and module.padding_mode == "zeros"
             and not isinstance(module.padding, str))
 
 
@@ -110,7 +110,7 @@ class WinogradConv:
             raise ValueError(f"Winograd F(4x4,3x3) needs a 3x3, stride-1, undilated, ungrouped, zero-padded "
                              f"convolution, got {conv}")
         self.conv = conv
-        self.padding = _two(conv.padding)
+        self.padding = as_pair(conv.padding)
         self._u: dict[torch.dtype, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
 
     ``mode``: ``"auto"`` times both once per shape, device, dtype and thread count (cached for the
     process), and is ``"never"`` (the direct convolution, untimed) in deterministic mode
-    (``_fast.is_deterministic``); ``"always"`` / ``"never"`` decide without timing (tests). Only
+    (``tuning.is_deterministic``); ``"always"`` / ``"never"`` decide without timing (tests). Only
     float32/float64 weights outside autocast are considered.
     """
     if mode not in ("auto", "always", "never"):

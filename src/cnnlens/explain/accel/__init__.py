@@ -1,0 +1,77 @@
+"""The speed layer's one seam: what the method files use to run faster, and all they import of it.
+
+Everything here is an optimisation the user never sees (the same maps to float rounding; ``fast=False``
+in every method runs the model itself):
+
+- :func:`prepared` / :func:`prepare`: the model's folded-BatchNorm, channels-last copy, checked against the
+  model on the first real batch (:mod:`.prepared`).
+- :func:`fast_forward` / :func:`fast_scorer`: that copy's scoring forward (optionally bfloat16) and a measured
+  batch size (:mod:`.tuning`).
+- :func:`occlusion_scorer`: incremental occlusion where the model decomposes into local layers up to its head
+  (:mod:`.incremental`, on the graph :mod:`.graph` reads), else None and a line saying which layer stops it.
+- :func:`masked_scorer`: LIME's scores with the first layers computed once per local mask pattern
+  (:mod:`.tables`, with Winograd convolutions where timed faster, :mod:`.winograd`), else None.
+- :func:`set_deterministic` / :func:`deterministic` / ``CNNLENS_DETERMINISTIC=1``: nothing timed; and
+  :func:`clear_caches`, which forgets every process-wide cache.
+
+The heavy parts (:mod:`.graph`, :mod:`.incremental`, :mod:`.tables`, :mod:`.winograd`: ``torch.fx`` graph
+reading) are imported on first use, not by ``import cnnlens.explain``.
+
+>>> forward, bs = fast_scorer(model, images[:1])   # prepared forward + batch size measured once per shape
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from cnnlens.explain.accel import prepared as _copies, tuning
+from cnnlens.explain.accel.prepared import (PRECISIONS, autocast, check_precision, fast_forward, fast_scorer,
+                                            precision_agreement, prepare, prepared)
+from cnnlens.explain.accel.tuning import (DETERMINISTIC_BATCH, DETERMINISTIC_ENV, deterministic, is_deterministic,
+                                          set_deterministic, tuned_batch_size)
+
+if TYPE_CHECKING:
+    from cnnlens.explain.accel.incremental import OcclusionScorer
+
+
+def occlusion_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "float32",
+                     warn: bool = False) -> OcclusionScorer | None:
+    """Incremental occlusion's scorer for ``model`` on images shaped like ``example`` (call inside
+    ``core.guarded``), or None where the model does not decompose, after one warning (``warn``) or
+    ``cnnlens.explain`` log line naming the layer that stops it. See
+    :func:`cnnlens.explain.accel.incremental.occlusion_scorer`."""
+    from cnnlens.explain.accel import incremental  # heavy (torch.fx graph reading): loaded on first use
+
+    return incremental.occlusion_scorer(model, example, precision=precision, warn=warn)
+
+
+def masked_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "float32"
+                  ) -> Callable[..., torch.Tensor] | None:
+    """LIME's masked-image scorer through pattern tables for ``model`` on images shaped like ``example`` (call
+    inside ``core.guarded``), or None with a ``cnnlens.explain`` log line naming the layer that stops it. See
+    :func:`cnnlens.explain.accel.tables.masked_scorer`."""
+    from cnnlens.explain.accel import tables  # heavy (torch.fx graph reading): loaded on first use
+
+    return tables.masked_scorer(model, example, precision=precision)
+
+
+def clear_caches() -> None:
+    """Forget every process-wide cache of the speed layer in one call: the prepared copies of models, the
+    measured batch sizes, and Winograd's choices and transformed weights (where that module was loaded).
+    Nothing here is needed for correctness (each cache is rebuilt on use); clear them to re-measure after
+    changing ``torch.set_num_threads`` or to free memory."""
+    tuning.clear_cache()
+    _copies.clear_cache()
+    winograd = sys.modules.get("cnnlens.explain.accel.winograd")  # not imported just to clear it
+    if winograd is not None:
+        winograd.clear_cache()
+
+
+__all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "autocast", "check_precision", "clear_caches",
+           "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer",
+           "precision_agreement", "prepare", "prepared", "set_deterministic", "tuned_batch_size"]
