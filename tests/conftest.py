@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from zoo_models import seeded
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 
@@ -35,20 +36,7 @@ class ResidualNet(nn.Module):
 
 def make_random_model(in_channels: int = 1, num_classes: int = 7, seed: int = 0) -> ResidualNet:
     """A ResidualNet with random weights and non-trivial BatchNorm statistics, in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    model = ResidualNet(in_channels, num_classes)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model.eval()
+    return seeded(ResidualNet(in_channels, num_classes), seed)
 
 
 @pytest.fixture(params=[1, 3], ids=["gray", "rgb"])

@@ -175,7 +175,7 @@ class NormalizedNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-def _seeded(model: nn.Module, seed: int) -> nn.Module:
+def seeded(model: nn.Module, seed: int) -> nn.Module:
     """Random weights from ``seed`` and non-trivial BatchNorm statistics; eval mode."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -193,43 +193,43 @@ def _seeded(model: nn.Module, seed: int) -> nn.Module:
 
 
 def build_view_tanh(num_classes: int = 7) -> nn.Module:
-    return _seeded(ViewTanhNet(num_classes), 1)
+    return seeded(ViewTanhNet(num_classes), 1)
 
 
 def build_functional(in_channels: int = 1, num_classes: int = 7) -> nn.Module:
-    return _seeded(FunctionalNet(in_channels, num_classes), 2)
+    return seeded(FunctionalNet(in_channels, num_classes), 2)
 
 
 def build_tiny_resnet(in_channels: int = 3, num_classes: int = 5) -> nn.Module:
-    return _seeded(TinyResNet(in_channels, num_classes), 3)
+    return seeded(TinyResNet(in_channels, num_classes), 3)
 
 
 def build_mobile(in_channels: int = 3, num_classes: int = 4) -> nn.Module:
-    return _seeded(MobileStyle(in_channels, num_classes), 4)
+    return seeded(MobileStyle(in_channels, num_classes), 4)
 
 
 def build_sequential(in_channels: int = 1, num_classes: int = 7, size: int = 48) -> nn.Module:
-    return _seeded(sequential_net(in_channels, num_classes, size), 5)
+    return seeded(sequential_net(in_channels, num_classes, size), 5)
 
 
 def build_activation(name: str = "ELU", in_channels: int = 1, num_classes: int = 7) -> nn.Module:
-    return _seeded(ActivationNet(getattr(nn, name), in_channels, num_classes), 6)
+    return seeded(ActivationNet(getattr(nn, name), in_channels, num_classes), 6)
 
 
 def build_tuple(in_channels: int = 1, num_classes: int = 7) -> nn.Module:
-    return _seeded(TupleNet(in_channels, num_classes), 7)
+    return seeded(TupleNet(in_channels, num_classes), 7)
 
 
 def build_dict(in_channels: int = 1, num_classes: int = 7) -> nn.Module:
-    return _seeded(DictNet(in_channels, num_classes), 7)
+    return seeded(DictNet(in_channels, num_classes), 7)
 
 
 def build_softmax(in_channels: int = 1, num_classes: int = 7) -> nn.Module:
-    return _seeded(softmax_net(in_channels, num_classes), 8)
+    return seeded(softmax_net(in_channels, num_classes), 8)
 
 
 def build_normalized(in_channels: int = 3, num_classes: int = 5) -> nn.Module:
-    return _seeded(NormalizedNet(in_channels, num_classes), 9)
+    return seeded(NormalizedNet(in_channels, num_classes), 9)
 
 
 #: name -> (builder, input shape [C,H,W]) of every zoo model that returns one logits tensor.
