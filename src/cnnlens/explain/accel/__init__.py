@@ -32,8 +32,8 @@ from torch import nn
 from cnnlens.explain.accel import prepared as _copies, tuning
 from cnnlens.explain.accel.prepared import (PRECISIONS, autocast, check_precision, fast_forward, fast_scorer,
                                             precision_agreement, prepare, prepared)
-from cnnlens.explain.accel.tuning import (DETERMINISTIC_BATCH, DETERMINISTIC_ENV, deterministic, is_deterministic,
-                                          set_deterministic, tuned_batch_size)
+from cnnlens.explain.accel.tuning import (DETERMINISTIC_BATCH, DETERMINISTIC_ENV, architecture_key, deterministic,
+                                          is_deterministic, set_deterministic, tuned_batch_size)
 
 if TYPE_CHECKING:
     from cnnlens.explain.accel.incremental import OcclusionScorer
@@ -72,6 +72,6 @@ def clear_caches() -> None:
         winograd.clear_cache()
 
 
-__all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "autocast", "check_precision", "clear_caches",
+__all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "architecture_key", "autocast", "check_precision", "clear_caches",
            "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer",
            "precision_agreement", "prepare", "prepared", "set_deterministic", "tuned_batch_size"]
