@@ -147,9 +147,11 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     maps, as in the seeds) or a float. Positive = the region supports the target.
 
     ``fast``: None (default) uses incremental occlusion (:mod:`cnnlens.explain.accel.incremental`: the same map
-    to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to global average pooling
-    comes from local layers (chains like small_cnn, residual networks like resnet18), and otherwise
-    plain occlusion on a folded, channels-last copy; True does the same but warns when it falls back;
+    to ~1e-6, 7x faster than Captum's best on small_cnn) where every map up to the head comes from local
+    layers (chains like small_cnn, residual networks like resnet18) and the head is global average
+    pooling or a flatten into a Linear layer (``x.view(-1, n)``, ``nn.Flatten``), and otherwise plain
+    occlusion on the checked prepared copy (a log line names the layer that stopped the fast path);
+    True does the same but warns when it falls back;
     False always runs plain occlusion on the model itself, as it is.
     ``precision="bfloat16"`` (opt-in) runs it in bfloat16.
 
