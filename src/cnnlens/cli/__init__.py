@@ -53,4 +53,6 @@ def main() -> None:
     Start here:  cnnlens demo --out demo-run
     Your data:   cnnlens train --data fer:path/to/train.csv --out runs/fer
                  cnnlens report runs/fer --out runs/fer/report
+    Your model:  cnnlens import --model mynet:build --weights net.pt --classes a,b --input-shape 1,48,48 --out runs/mine
+                 cnnlens report runs/mine --data folder:photos
     """
