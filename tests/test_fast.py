@@ -249,6 +249,9 @@ def test_rank_correlation_by_hand():
     assert rho.tolist() == pytest.approx([1.0, -1.0, 0.0])
     # ranks (0,1,2,3) vs (1,0,2,3): 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
     assert rank_correlation(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[2.0, 1, 3, 4]])).item() == pytest.approx(0.8)
+    # ties take their average rank, and two identical constant maps agree (the faithfulness rule)
+    assert rank_correlation(torch.tensor([[1.0, 1, 2, 3]]), torch.tensor([[1.0, 2, 3, 4]])).item() == pytest.approx(0.9486833)
+    assert rank_correlation(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 1.0
     with pytest.raises(ValueError, match="maps must have the same shape"):
         rank_correlation(a, b[:2])
 

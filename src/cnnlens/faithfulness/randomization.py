@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens._ranks import rank_correlation
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.faithfulness._checks import check_choice, check_maps
@@ -113,25 +114,12 @@ def randomize_layer(model: nn.Module, group: LayerGroup, seed: int) -> None:
             p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(p))
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise ranks of ``x`` ``[N,P]`` with ties given their average rank (as scipy.stats.rankdata)."""
-    n, p = x.shape
-    values, order = x.sort(dim=1)
-    new = torch.ones_like(values, dtype=torch.bool)
-    new[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = (new.cumsum(1) - 1) + torch.arange(n, device=x.device)[:, None] * p  # tie group, unique per row
-    pos = torch.arange(p, dtype=torch.float64, device=x.device).expand(n, p).reshape(-1)
-    total = torch.zeros(n * p, dtype=torch.float64, device=x.device).index_add_(0, group.reshape(-1), pos)
-    count = torch.zeros(n * p, dtype=torch.float64, device=x.device).index_add_(0, group.reshape(-1), torch.ones_like(pos))
-    avg = (total / count.clamp(min=1))[group]
-    return torch.empty_like(avg).scatter_(1, order, avg)
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = True) -> torch.Tensor:
     """``[N]`` Spearman rank correlation between the maps ``a[i]`` and ``b[i]`` (of |values| by default).
 
-    Pearson correlation of the average ranks (ties as in ``scipy.stats.spearmanr``). Undefined when a
-    map is constant: then identical maps score 1 and any other pair 0 (a constant ranks nothing).
+    Pearson correlation of the average ranks (:func:`cnnlens._ranks.rank_correlation`; ties as in
+    ``scipy.stats.spearmanr``). Undefined when a map is constant: then identical maps score 1 and any
+    other pair 0 (a constant ranks nothing).
 
     >>> spearman(maps, maps)  # tensor([1., 1., ...])
     """
@@ -139,14 +127,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = True) -> torc
     check_maps(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).to(a.device).double()
     if absolute:
         a, b = a.abs(), b.abs()
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
-    same = (a == b).all(1).double()
-    return torch.where(den > 0, (ra * rb).sum(1) / den.clamp(min=1e-300), same)
+    return rank_correlation(a, b)
 
 
 def _gaussian_window(sigma: float, device: torch.device) -> torch.Tensor:

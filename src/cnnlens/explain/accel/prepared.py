@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from cnnlens._ranks import rank_correlation
 from cnnlens.explain.accel.tuning import architecture_key, tuned_batch_size
 from cnnlens.explain.core import to_channels_last
 
@@ -329,23 +330,6 @@ def fast_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None 
     if batch_size is None:
         batch_size = tuned_batch_size(forward, example[:1], key=("forward", precision, *architecture_key(model)))
     return forward, batch_size
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman's rank correlation per row of two ``[N,...]`` maps: ``[N]`` in [-1, 1].
-
-    Pearson correlation of the ranks (ties broken by position: fine for real-valued maps).
-    A constant row gives 0.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ra = a.reshape(a.shape[0], -1).double().argsort(1).argsort(1).double()
-    rb = b.reshape(b.shape[0], -1).double().argsort(1).argsort(1).double()
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    denom = (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
-    same_a = (a.reshape(a.shape[0], -1) == a.reshape(a.shape[0], -1)[:, :1]).all(1)
-    same_b = (b.reshape(b.shape[0], -1) == b.reshape(b.shape[0], -1)[:, :1]).all(1)
-    return torch.where(same_a | same_b, 0.0, (ra * rb).sum(1) / denom)
 
 
 def precision_agreement(reference_maps: torch.Tensor, maps: torch.Tensor,
