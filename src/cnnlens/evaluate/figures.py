@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from cnnlens.viz.save import png_bytes  # noqa: F401  (re-exported: evaluation outputs encode their figures with it)
 
 if TYPE_CHECKING:
     from cnnlens.evaluate.metrics import Evaluation
@@ -70,10 +71,3 @@ def class_distribution_figure(evaluation: Evaluation) -> Figure:
     ax.legend(ncols=2, loc="upper center")
     ax.margins(y=0.25)  # head-room for the legend above the tallest bar
     return fig
-
-
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
-    """The figure encoded as PNG."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()

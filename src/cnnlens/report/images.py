@@ -7,14 +7,13 @@ can stack it over the original and let the reader change its opacity in the brow
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import torch
 from matplotlib import colormaps
-from PIL import Image
 
 from cnnlens.viz import render
+from cnnlens.viz.save import png_bytes  # noqa: F401  (re-exported: the report encodes its layers with it)
 
 #: LIME's colours, as in :func:`cnnlens.viz.render.segment_colours`: green = for the class, red = against.
 LIME_POSITIVE = (0.0, 0.75, 0.2)
@@ -44,16 +43,6 @@ def image_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     if a.dtype != np.uint8:
         a = np.clip(np.rint(a.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG of a uint8 ``[H,W]``, ``[H,W,3]`` or ``[H,W,4]`` array."""
-    a = np.asarray(array)
-    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
-        raise ValueError(f"png_bytes needs uint8 [H,W], [H,W,3] or [H,W,4], got {a.dtype} {a.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
 
 
 def data_uri(png: bytes, mime: str = "image/png") -> str:

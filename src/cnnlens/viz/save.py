@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from cnnlens._atomic import atomic_path
 from cnnlens._types import PathArg
@@ -17,6 +19,19 @@ from cnnlens.viz.render import to_numpy
 
 #: 120 dpi: a 48x48 face in a 1.7-inch cell is drawn ~4x, sharp on a laptop and small on disk.
 DPI = 120
+
+
+def png_bytes(image: Figure | np.ndarray, dpi: int = 110) -> bytes:
+    """PNG of a matplotlib figure (drawn at ``dpi``) or of a uint8 ``[H,W]``, ``[H,W,3]`` or ``[H,W,4]`` array."""
+    buf = io.BytesIO()
+    if isinstance(image, Figure):
+        image.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ValueError(f"png_bytes needs uint8 [H,W], [H,W,3] or [H,W,4], got {a.dtype} {a.shape}")
+    Image.fromarray(a).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
 
 
 def save_figure(fig: Figure, path: PathArg, arrays: Mapping[str, Any], *, dpi: int = DPI) -> list[Path]:
