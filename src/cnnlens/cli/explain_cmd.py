@@ -316,9 +316,9 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
                       --classes angry,happy --input-shape 1,48,48 --out ex
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cnnlens._atomic import check_output, output_dir
+    from cnnlens._progress import progress_bar
     from cnnlens.explain import core, registry
     from cnnlens.explain.runner import check_methods, check_options, method_accepts, probabilities, run_methods
     from cnnlens.train.run import read_manifest, resolve_device, run_inputs, spec_path
@@ -383,8 +383,7 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
         targets = None
 
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar, \
+    with progress_bar(console=console, transient=True) as bar, \
             output_dir(out, kind="explain", overwrite=overwrite, inputs=inputs) as tmp:
         x = all_images[index].to(dev)
         try:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens._progress import track
 from cnnlens._types import Reduce, Target
 
 #: Perturbation batch size on CPU: on 2-core machines ~16 images per pass ran faster per image than 512.
@@ -303,9 +304,7 @@ def batch_ranges(total: int, batch_size: int, *, progress: bool = False,
     if not progress:
         yield from ((s, min(s + batch_size, total)) for s in starts)
         return
-    from rich.progress import track
-
-    for s in track(starts, description=description or "explaining", total=len(starts)):
+    for s in track(starts, description or "explaining", total=len(starts)):
         yield s, min(s + batch_size, total)
 
 

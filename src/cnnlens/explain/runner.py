@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlens._progress import progress_bar
 from cnnlens._types import Target
 from cnnlens.explain import core, registry
 
@@ -251,11 +252,10 @@ def explain_images(model: nn.Module, images: torch.Tensor, targets: Target = Non
 def _progress(progress: bool | Any, total: int) -> tuple[Any, Any]:
     if progress is False or progress is None:
         return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     if progress is True:
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       transient=True)
+        bar = progress_bar(transient=True)
         bar.start()
     elif isinstance(progress, Progress):
         bar = progress

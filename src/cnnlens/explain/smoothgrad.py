@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from cnnlens._progress import track
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.saliency import saliency
@@ -39,11 +40,7 @@ def _noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_siz
     n = images.shape[0]
     scale = sigma * (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3)))
     draw_device = generator.device if generator is not None else images.device
-    samples: range | Iterator[int] = range(n_samples)
-    if progress:
-        from rich.progress import track
-
-        samples = track(samples, description="smoothgrad")
+    samples = track(range(n_samples), "smoothgrad", enabled=progress)
     rest = images[:0]  # noisy images not yet handed out, starting at stream position `offset`
     offset = 0
     for _ in samples:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnlens._atomic import atomic_path
+from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.explain import accel, core, registry
@@ -140,17 +141,7 @@ def _first_logits(model: nn.Module, size: int) -> Iterator[list[torch.Tensor]]:
 def _progress(total: int, enabled: bool, description: str) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: object) -> Text:
-            speed = getattr(task, "speed", None)
-            return Text("- img/s" if speed is None else f"{speed:,.1f} img/s", style="progress.data.speed")
-
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn())
+    return progress_bar(description, rate="img/s", remaining=True)
 
 
 def stream_explain(model: nn.Module, images: Source, method: str | Callable[..., torch.Tensor] = "saliency", *,

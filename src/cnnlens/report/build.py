@@ -18,6 +18,7 @@ from typing import Any
 
 from cnnlens import __version__
 from cnnlens._atomic import check_output, output_dir
+from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
 from cnnlens.models.foreign import model_label
 from cnnlens.report.assets import Assets
@@ -122,10 +123,7 @@ def _stages(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
     if not enabled:
         yield lambda name: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("report: {task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn()) as bar:
+    with progress_bar("report: {task.description:<16}") as bar:
         task = bar.add_task("starting", total=total)
         started = [False]
 

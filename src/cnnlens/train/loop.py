@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens import _atomic
+from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.train import run as runfiles
@@ -498,14 +499,13 @@ class _ProgressBar:
         self.task = None
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.console = Console()
             if self.console.is_terminal:
-                self.progress = Progress(
-                    TextColumn("epoch {task.fields[epoch]:>3}/{task.fields[epochs]}"), BarColumn(bar_width=24),
-                    MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:6.1%}"),
-                    TextColumn("{task.fields[val]}"), TimeElapsedColumn(), console=self.console)
+                self.progress = progress_bar(
+                    "epoch {task.fields[epoch]:>3}/{task.fields[epochs]}", bar_width=24,
+                    fields=("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:6.1%}", "{task.fields[val]}"),
+                    console=self.console)
 
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from cnnlens._progress import progress_bar
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.accel.graph import Captured, capture
@@ -885,9 +886,7 @@ def _incremental_scores(plan: LocalPlan, x: torch.Tensor, target: Target, fills:
     with contextlib.ExitStack() as stack:
         advance = None
         if progress:
-            from rich.progress import Progress
-
-            bar = stack.enter_context(Progress())
+            bar = stack.enter_context(progress_bar())
             task = bar.add_task("occlusion (incremental)", total=total)
             advance = functools.partial(bar.advance, task)
         for s, e in batch_ranges(n, IMAGE_CHUNK):  # each chunk's clean pass once: its logits and its context
