@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnnlens._checks import check_count
 from cnnlens.data.errors import DataError, log
 
 #: File endings read as images (lower case).
@@ -217,8 +218,7 @@ def _unreadable(path: Path, exc: Exception) -> DataError:
 
 def check_size(image_size: int) -> int:
     """``image_size`` as an int, or a ValueError naming the accepted values."""
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
+    check_count(image_size, "image_size", hint=" (pixels per side)", numpy=True)
     return int(image_size)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from cnnlens._checks import is_number
+
 
 def stratified_split(labels: Sequence[int] | np.ndarray | torch.Tensor, val_fraction: float,
                      seed: int = 0, *, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +27,7 @@ def stratified_split(labels: Sequence[int] | np.ndarray | torch.Tensor, val_frac
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
         raise TypeError(f"labels must be a 1-d sequence of ints, got {y.dtype} of shape {y.shape}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
+    if not is_number(val_fraction) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     where = f"{source}: " if source else ""
     if y.size < 2:

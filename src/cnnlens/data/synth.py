@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlens._atomic import output_dir
+from cnnlens._checks import check_count, is_int, is_number
 from cnnlens._types import PathArg
 from cnnlens.data.fer import FER_CLASSES, FER_SIZE, masks_path, write_fer_csv
 from cnnlens.data.split import stratified_split
@@ -115,7 +116,7 @@ def write_faces(out_dir: PathArg, n: int, seed: int = 0, *, test_fraction: float
     """
     _check_n_seed(n, seed)
     for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
+        if not is_number(f) or not 0.0 <= f < 1.0:
             raise ValueError(f"{name} must be a number in [0, 1), got {f!r}")
     if test_fraction + val_fraction >= 1.0:
         raise ValueError(f"test_fraction + val_fraction must be below 1 so that training rows remain, "
@@ -144,9 +145,8 @@ def write_faces(out_dir: PathArg, n: int, seed: int = 0, *, test_fraction: float
 
 
 def _check_n_seed(n: int, seed: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int (number of faces), got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    check_count(n, "n", hint=" (number of faces)", numpy=True)
+    if not is_int(seed, 0, numpy=True):
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 

@@ -15,6 +15,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from cnnlens._atomic import output_dir
+from cnnlens._checks import check_count
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 
@@ -278,8 +279,7 @@ def evaluate(model: nn.Module, images: ImageSet, *, batch_size: int = 256,
     """
     if not isinstance(images, ImageSet):
         raise TypeError(f"images must be a cnnlens.data.ImageSet, got {type(images).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     if len(images) == 0:
         raise ValueError("images is empty; nothing to evaluate")
     k = len(images.classes)

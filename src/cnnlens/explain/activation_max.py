@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnlens._checks import check_int, is_int
 from cnnlens.explain import core
 from cnnlens.explain.integrated_gradients import gaussian_blur
 
@@ -83,7 +84,7 @@ def _check_units(units: Sequence[int], count: int, what: str) -> tuple[int, ...]
     if not units:
         raise ValueError(f"{what} list is empty; give at least one index")
     for u in units:
-        if isinstance(u, bool) or not isinstance(u, int):
+        if not is_int(u):
             raise TypeError(f"{what} indices must be ints, got {u!r}")
         if not 0 <= u < count:
             raise ValueError(f"{what} index {u} is out of range: there are {count} (0..{count - 1})")
@@ -119,8 +120,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
         raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    check_int(steps, "steps", 0)
     if jitter < 0 or blur < 0 or l2 < 0 or tv < 0 or not lr > 0:
         raise ValueError(f"jitter, blur, l2, tv must be >= 0 and lr > 0, got {jitter=}, {blur=}, {l2=}, {tv=}, {lr=}")
     module = core.get_layer(model, layer) if layer is not None else None

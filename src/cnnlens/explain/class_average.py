@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnlens._checks import check_int
 from cnnlens.explain import core, registry
 from cnnlens.explain.core import batch_ranges
 
@@ -69,12 +70,10 @@ def class_average_maps(method: Method | str, model: nn.Module, images: torch.Ten
     if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be {n} integer class ids (one per image), got {labels.dtype} {tuple(labels.shape)}")
     labels = labels.to(images.device, torch.long)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_int(num_classes, "num_classes", 1)
     if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}] (or -1 for unknown), got {sorted(set(labels.tolist()))}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 1)
     known = (labels >= 0).nonzero().squeeze(1)
     sums = torch.zeros(num_classes, h, w, dtype=images.dtype, device=images.device)
     for start, end in batch_ranges(len(known), batch_size, progress=progress, description="class averages"):

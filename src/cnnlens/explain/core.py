@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens._checks import is_int
 from cnnlens._progress import track
 from cnnlens._types import Reduce, Target
 
@@ -350,6 +351,6 @@ def check_batch_size(batch_size: int | None, device: torch.device) -> int:
     """``batch_size``, or the device's default perturbation batch size when None."""
     if batch_size is None:
         return default_batch_size(device)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size, 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     return batch_size

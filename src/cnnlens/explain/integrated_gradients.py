@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.registry import method
@@ -60,8 +61,7 @@ def quadrature(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if method not in QUADRATURES:
         raise ValueError(f"method must be one of {', '.join(map(repr, QUADRATURES))}, got {method!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < (2 if method == "riemann_trapezoid" else 1):
-        raise ValueError(f"n_steps must be an int >= {2 if method == 'riemann_trapezoid' else 1} for {method}, got {n_steps!r}")
+    check_int(n_steps, "n_steps", 2 if method == "riemann_trapezoid" else 1, hint=f" for {method}")
     n = n_steps
     if method == "gausslegendre":
         nodes, w = np.polynomial.legendre.leggauss(n)
@@ -110,7 +110,7 @@ def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor, bl
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     if baseline == "blur":
         sigma = min(images.shape[2:]) / 10 if blur_sigma is None else blur_sigma
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
+        if not is_number(sigma) or sigma <= 0:
             raise ValueError(f"blur_sigma must be a positive number of pixels, got {blur_sigma!r}")
         return gaussian_blur(images, float(sigma))
     raise ValueError(f"baseline must be one of {', '.join(map(repr, BASELINES))}, a number or a tensor, got {baseline!r}")

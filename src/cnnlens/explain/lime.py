@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlens._checks import check_int
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
@@ -238,8 +239,7 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
     """
     core.check_images(images)
     check_output(output)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    check_int(n_samples, "n_samples", 2)
     if not kernel_width > 0:
         raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
     if not alpha >= 0:

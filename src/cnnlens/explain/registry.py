@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 
+from cnnlens._checks import is_int
+
 MethodFn = Callable[..., torch.Tensor]
 Kind = Literal["gradient", "cam", "perturbation"]
 #: gradient: a derivative of the class score w.r.t. the input; cam: a map from a layer's activations
@@ -88,7 +90,7 @@ class Method:
             raise TypeError(f"method {self.name!r}: result must be a function or None, got {type(self.result).__name__}")
         for name in ("in_report", "contrastive"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            if v is not None and not is_int(v):
                 raise TypeError(f"method {self.name!r}: {name} must be an int or None, got {v!r}")
         if not isinstance(self.options, Mapping):
             raise TypeError(f"method {self.name!r}: options must be a dict of keyword arguments, got {self.options!r}")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlens._checks import check_count, is_int
 from cnnlens._progress import progress_bar
 from cnnlens._types import Target
 from cnnlens.explain import core, registry
@@ -276,8 +277,7 @@ def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int | None
 
 
 def _check_selection(probs: torch.Tensor, labels: torch.Tensor, k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int (images per class / in all), got {k!r}")
+    check_count(k, "k", hint=" (images per class / in all)")
     if probs.dim() != 2 or labels.shape != (probs.shape[0],):
         raise ValueError(f"probs must be [N,K] and labels [N]; got {tuple(probs.shape)} and {tuple(labels.shape)}")
 
@@ -323,7 +323,7 @@ def by_index(indices: Sequence[int], n: int) -> torch.Tensor:
     idx = list(indices)
     if not idx:
         raise ValueError("no image indices given; pass e.g. 0,5,17")
-    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+    bad = [i for i in idx if not is_int(i) or not -n <= i < n]
     if bad:
         raise ValueError(f"image index {bad[0]!r} is out of range: the split has {n} images (0..{n - 1})")
     t = torch.tensor(idx, dtype=torch.long) % n

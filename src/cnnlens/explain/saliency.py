@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlens._checks import is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.registry import method
@@ -49,7 +50,7 @@ def masked_image(images: torch.Tensor, saliency_map: torch.Tensor, percentile: f
     if not isinstance(saliency_map, torch.Tensor) or tuple(saliency_map.shape) != (images.shape[0], *images.shape[2:]):
         got = tuple(saliency_map.shape) if isinstance(saliency_map, torch.Tensor) else type(saliency_map).__name__
         raise ValueError(f"saliency_map must be a tensor of shape [N,H,W] = {(images.shape[0], *images.shape[2:])}, got {got}")
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
+    if not is_number(percentile) or not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
     flat = saliency_map.detach().to(device=images.device, dtype=torch.float32).flatten(1)
     threshold = torch.quantile(flat, percentile / 100.0, dim=1)

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from cnnlens._checks import check_int, is_number
 from cnnlens._progress import track
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
@@ -77,9 +78,8 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     core.check_images(images)
     if not callable(method):
         raise TypeError(f"method must be a gradient method like saliency or guided_backprop, got {type(method).__name__}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0:
+    check_int(n_samples, "n_samples", 1)
+    if not is_number(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a number >= 0 (a fraction of each image's value range), got {sigma!r}")
     bs = core.check_batch_size(batch_size, images.device)
     x = images.detach()

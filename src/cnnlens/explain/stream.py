@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnlens._atomic import atomic_path
+from cnnlens._checks import check_int
 from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
@@ -165,8 +166,7 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
         raise ValueError(f"method must be one of {', '.join(map(repr, streamable))} or a callable, got {method!r}")
     known = registry.get(method) if isinstance(method, str) else registry.find(method)  # a built-in passed as itself
     fn = known.fn if isinstance(method, str) else method
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 1)
     n, shape = _count_and_shape(images)
     targets = _targets(target, images, n)
     out = Path(out)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens._checks import is_number
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size
@@ -77,7 +78,7 @@ def pixels_per_step(step: int | float, n_pixels: int) -> int:
     >>> pixels_per_step(0.05, 48 * 48), pixels_per_step(48, 48 * 48)
     (116, 48)
     """
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
+    if not is_number(step):
         raise TypeError(f"step must be an int (pixels per step) or a float in (0, 1] (share of the pixels), got {step!r}")
     if isinstance(step, int):
         if step < 1:

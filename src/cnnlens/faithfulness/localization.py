@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cnnlens._checks import check_int
 from cnnlens.faithfulness._checks import check_maps, check_masks
 
 METRICS = ("pointing_game", "relevance_mass", "relevance_rank")
@@ -35,8 +36,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, *, tolerance: int = 0
     >>> pointing_game(torch.tensor([[[0., 1.], [0., 0.]]]), torch.tensor([[[False, True], [False, False]]]))
     tensor([1.], dtype=torch.float64)
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be an int >= 0 (pixels), got {tolerance!r}")
+    check_int(tolerance, "tolerance", 0, hint=" (pixels)")
     flat, inside = _prepare(maps, masks)
     if tolerance:
         grown = F.max_pool2d(inside.view(-1, 1, *maps.shape[1:]).float(), 2 * tolerance + 1, 1, tolerance)

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cnnlens._atomic import output_dir
+from cnnlens._checks import check_int
 from cnnlens._types import PathArg, Target
 from cnnlens.explain import core, registry
 from cnnlens.faithfulness import figures
@@ -360,8 +361,7 @@ def evaluate_faithfulness(
         raise ValueError(f"method_kwargs names method(s) {unknown_kw} that are not in methods {list(fns)}")
     for name, value in (("n_perturbation_images", n_perturbation_images), ("n_randomization_images", n_randomization_images),
                         ("explain_batch_size", explain_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "explain_batch_size" else 0):
-            raise ValueError(f"{name} must be an int >= {1 if name == 'explain_batch_size' else 0}, got {value!r}")
+        check_int(value, name, 1 if name == "explain_batch_size" else 0)
     for mode in randomization_modes:
         check_choice(mode, RANDOMIZATION_MODES, "randomization_modes entry")
     check_choice(deletion_substrate, SUBSTRATES, "deletion_substrate")

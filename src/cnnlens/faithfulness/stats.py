@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnlens._checks import check_count
+
 #: Bootstrap resamples (Efron & Tibshirani suggest >= 1000 for percentile intervals).
 N_BOOT = 1000
 
@@ -27,8 +29,7 @@ def mean_ci(values: Any, *, confidence: float = 0.95, n_boot: int = N_BOOT, seed
         raise ValueError("mean_ci values hold NaN or infinite entries")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    check_count(n_boot, "n_boot")
     mean = float(v.mean())
     if v.size == 1:
         return mean, mean, mean

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from cnnlens._checks import is_int
+
 #: Fixed input normalisation ``(x - MEAN) / STD`` applied inside every cnnlens model: inputs in [0,1]
 #: become roughly zero-mean, unit-scale, without dataset statistics that would have to travel with a run.
 MEAN = 0.5
@@ -36,7 +38,7 @@ class Normalize(nn.Module):
 
 def check_positive_int(value: object, name: str) -> int:
     """``value`` as an int, or a ValueError/TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")

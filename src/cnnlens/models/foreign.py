@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlens._checks import is_int
+
 #: What a model's (selected) output is: logits, probabilities (ends in Softmax) or log-probabilities
 #: (ends in LogSoftmax). Explanations use logits as they are and the log-probability otherwise.
 SCORES = ("logits", "probabilities", "log_probabilities")
@@ -270,7 +272,7 @@ class Scored(nn.Module):
         super().__init__()
         if scores not in SCORES:
             raise ValueError(f"scores must be one of {', '.join(SCORES)}; got {scores!r}")
-        if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str))):
+        if output is not None and not (is_int(output) or isinstance(output, str)):
             raise TypeError(f"output must be an index (int), a key (str) or None, got {output!r}")
         if (mean is None) != (std is None):
             raise ValueError("mean and std go together: give both or neither")

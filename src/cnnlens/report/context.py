@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlens._checks import check_count, is_int, is_number
 from cnnlens.data.imageset import ImageSet
 from cnnlens.explain import registry
 from cnnlens.report.assets import Assets
@@ -98,15 +99,12 @@ class ReportOptions:
                      "lime_samples", "smoothgrad_samples", "ig_steps", "average_images",
                      "filters_per_layer", "am_steps", "feature_maps"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ReportOptions.{name} must be a positive int, got {v!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
+            check_count(v, f"ReportOptions.{name}")
+        if self.batch_size is not None and not is_int(self.batch_size, 1):
             raise ValueError(f"ReportOptions.batch_size must be a positive int or None, got {self.batch_size!r}")
-        if isinstance(self.am_lr, bool) or not isinstance(self.am_lr, (int, float)) or not self.am_lr > 0:
+        if not is_number(self.am_lr) or not self.am_lr > 0:
             raise ValueError(f"ReportOptions.am_lr must be a positive number, got {self.am_lr!r}")
-        if isinstance(self.mask_percentile, bool) or not isinstance(self.mask_percentile, (int, float)) \
-                or not 0.0 <= self.mask_percentile <= 100.0:
+        if not is_number(self.mask_percentile) or not 0.0 <= self.mask_percentile <= 100.0:
             raise ValueError(f"ReportOptions.mask_percentile must be in [0, 100], got {self.mask_percentile!r}")
         for name in ("methods", "average_methods"):
             v = getattr(self, name)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cnnlens import _atomic
+from cnnlens._checks import is_int
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.data.preprocess import Preprocess
@@ -183,7 +184,7 @@ def check_model_section(model: Any, source: str) -> None:
     if kind == "torchscript" and Path(model["torchscript"]).name != model["torchscript"]:
         raise ValueError(f"{source}: model 'torchscript' must be a file name inside the run folder, got {model['torchscript']!r}")
     output = model.get("output")
-    if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str))):
+    if output is not None and not (is_int(output) or isinstance(output, str)):
         raise ValueError(f"{source}: model 'output' must be an index (int), a key (str) or null, got {output!r}")
     if model.get("scores", "logits") not in SCORES:
         raise ValueError(f"{source}: model 'scores' must be one of {', '.join(SCORES)}, got {model.get('scores')!r}")

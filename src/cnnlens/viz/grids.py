@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cnnlens._checks import check_count
 from cnnlens.viz import scale
 from cnnlens.viz.panels import bare, show_image
 from cnnlens.viz.render import (
@@ -190,8 +191,7 @@ def class_method_grid(class_maps: Mapping[str, Any], classes: Sequence[str], mea
 
 
 def _grid_shape(count: int, ncols: int) -> tuple[int, int]:
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    check_count(ncols, "ncols")
     cols = min(ncols, count)
     return math.ceil(count / cols), cols
 

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import CenteredNorm, LinearSegmentedColormap
 
+from cnnlens._checks import check_count
+
 #: Heat maps on images: a rainbow whose hot end (red) stands out on both gray faces and food photos.
 HEAT_CMAP = "turbo"
 #: Signed attributions: red = evidence for the class, blue = against, white = nothing.
@@ -207,8 +209,7 @@ def segment_colours(image: Any, segments: Any, weights: Any, top_k: int = 5, *, 
         raise ValueError(f"segments must be an integer map of shape {base.shape[:2]}, got {seg.dtype} {seg.shape}")
     if seg.min() < 0 or seg.max() >= w.size:
         raise ValueError(f"segments hold ids {seg.min()}..{seg.max()} but weights has {w.size} entries (one per id 0..S-1)")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    check_count(top_k, "top_k", numpy=True)
     pos, neg = top_segments(w, int(top_k))
     out = base.copy()
     for ids, colour in ((pos, positive), (neg, negative)):

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from cnnlens._checks import is_int
+
 #: (architecture signature, input shape, device, dtype, precision, threads) -> measured best batch size.
 _TUNED: dict[tuple, int] = {}
 
@@ -106,7 +108,7 @@ def seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor,
 
 def _checked_sizes(candidates: Iterable[int]) -> list[int]:
     sizes = list(candidates)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+    if not sizes or not all(is_int(s, 1) for s in sizes):
         raise ValueError(f"candidates must be positive ints, got {candidates!r}")
     return sorted(set(sizes))
 
