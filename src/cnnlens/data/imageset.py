@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cnnlens._checks import is_int
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -68,7 +70,7 @@ class ImageSet:
         Bilinear with antialiasing (what Pillow's resize does), rounded back to uint8.
         """
         hw = (size, size) if isinstance(size, int) else tuple(size)
-        if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        if len(hw) != 2 or not all(is_int(v, 1) for v in hw):
             raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
         if tuple(self.images.shape[2:]) == hw:
             return self

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cnnlens._checks import is_int, is_number
 from cnnlens.data.imageset import ImageSet
 
 #: Resize policies for images of another size than the model's: ``squash`` resizes to H x W (the aspect
@@ -69,7 +70,7 @@ class Preprocess:
             raise ValueError(f"channels must be 1 (gray), 3 (RGB) or None, got {self.channels!r}")
         if self.size is not None:
             size = tuple(self.size)
-            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            if len(size) != 2 or not all(is_int(v, 1) for v in size):
                 raise ValueError(f"size must be (height, width) of positive ints or None, got {self.size!r}")
             object.__setattr__(self, "size", size)
 
@@ -226,11 +227,11 @@ def align_classes(images: ImageSet, classes: Sequence[str], spec: str = "the dat
 
 
 def _floats(values: Any, name: str) -> tuple[float, ...]:
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
+    if is_number(values):
         values = (values,)
     if isinstance(values, str) or not isinstance(values, Sequence) or not values:
         raise TypeError(f"{name} must be a number or a sequence of numbers, got {values!r}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    if not all(is_number(v) and math.isfinite(v) for v in values):
         raise ValueError(f"{name} must hold finite numbers, got {list(values)}")
     return tuple(float(v) for v in values)
 

@@ -118,7 +118,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     if parameterization == "fourier" and blur:
         raise ValueError("blur= applies to the 'pixel' parameterization; the Fourier one already favours smooth images")
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
+            and all(is_int(v, 1) for v in input_shape)):
         raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
     check_int(steps, "steps", 0)
     if jitter < 0 or blur < 0 or l2 < 0 or tv < 0 or not lr > 0:

@@ -89,7 +89,7 @@ def resolve_target(target: Target, n: int, num_classes: int | None = None, *,
         if target.dim() == 0:
             t = t.expand(n).clone()
     elif isinstance(target, (list, tuple)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+        if not all(is_int(v) for v in target):
             raise TypeError(f"target sequence must hold ints, got {target!r}")
         t = torch.tensor(list(target), dtype=torch.long, device=device)
     else:

@@ -102,7 +102,7 @@ def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor, bl
             raise ValueError(f"baseline tensor must have shape [C,H,W], [1,C,H,W] or [N,C,H,W] matching images "
                              f"{tuple(images.shape)}, got {tuple(baseline.shape)}")
         return baseline.to(device=images.device, dtype=images.dtype).expand_as(images)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    if is_number(baseline):
         return torch.full_like(images, float(baseline))
     if baseline == "zeros":
         return torch.zeros_like(images)

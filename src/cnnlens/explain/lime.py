@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlens._checks import check_int
+from cnnlens._checks import check_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
@@ -158,7 +158,7 @@ def hide_values(images: torch.Tensor, segments: torch.Tensor, num: int, hide: st
         counts = torch.zeros(n, 1, num, dtype=images.dtype, device=images.device).scatter_add_(
             2, idx[:, :1], torch.ones_like(images[:, :1]).reshape(n, 1, -1))
         return (sums / counts.clamp_min(1)).gather(2, idx).reshape(images.shape)
-    if isinstance(hide, (int, float)) and not isinstance(hide, bool):
+    if is_number(hide):
         return torch.full_like(images, float(hide))
     raise TypeError(f"hide must be 'mean', 'black' or a float, got {type(hide).__name__}")
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cnnlens._checks import is_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
@@ -32,7 +33,7 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     """``value`` as ``(h, w)``; an int means a square."""
     pair = (value, value) if isinstance(value, int) else value
     if not (isinstance(pair, tuple) and len(pair) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+            and all(is_int(v) for v in pair)):
         raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
     if min(pair) < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
@@ -51,7 +52,7 @@ def fill_values(images: torch.Tensor, fill: str | float) -> torch.Tensor:
         if fill == "mean":
             return images.mean(dim=(2, 3)).reshape(n, 1, c, 1, 1)
         values = {"black": [0.0], "white": [1.0], "black+white": [0.0, 1.0]}[fill]
-    elif isinstance(fill, (int, float)) and not isinstance(fill, bool):
+    elif is_number(fill):
         values = [float(fill)]
     else:
         raise TypeError(f"fill must be one of {', '.join(map(repr, FILLS))} or a float, got {type(fill).__name__}")

@@ -47,7 +47,7 @@ def check_positive_int(value: object, name: str) -> int:
 
 def input_hw(input_size: int | Sequence[int], *, min_size: int, model: str) -> tuple[int, int]:
     """``(H, W)`` from an int or an ``(H, W)`` pair; raise if smaller than ``model`` can take."""
-    if isinstance(input_size, int) and not isinstance(input_size, bool):
+    if is_int(input_size):
         hw = (input_size, input_size)
     elif isinstance(input_size, Sequence) and not isinstance(input_size, str) and len(input_size) == 2:
         hw = (input_size[0], input_size[1])

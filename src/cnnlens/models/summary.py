@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens._checks import is_int
 from cnnlens.models.foreign import user_layer_name
 
 
@@ -45,7 +46,7 @@ def _shape(output: object) -> tuple:
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
         raise TypeError(f"input_shape must be a sequence of positive ints without the batch dimension, e.g. (1, 48, 48); got {input_shape!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape):
+    if not all(is_int(v, 1) for v in input_shape):
         raise ValueError(f"input_shape must hold positive ints without the batch dimension, e.g. (1, 48, 48); got {tuple(input_shape)!r}")
     return tuple(input_shape)
 

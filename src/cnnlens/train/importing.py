@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cnnlens import _atomic
+from cnnlens._checks import is_int
 from cnnlens._types import PathArg
 from cnnlens.data.preprocess import Preprocess
 from cnnlens.models import foreign
@@ -136,7 +137,7 @@ def _classes(classes: Sequence[str]) -> tuple[str, ...]:
 
 def _shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+    if len(shape) != 3 or not all(is_int(v, 1) for v in shape):
         raise foreign.ForeignModelError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}",
                                         "--input-shape")
     if shape[0] not in (1, 3):

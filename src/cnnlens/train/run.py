@@ -220,7 +220,7 @@ def read_split(run_dir: PathArg, n: int | None = None) -> tuple[torch.Tensor, to
         raise ValueError(f"{path}: expected {{\"seed\", \"train\": [indices], \"val\": [indices]}}")
     idx = []
     for key in ("train", "val"):
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in split[key]):
+        if not all(is_int(i, 0) for i in split[key]):
             raise ValueError(f"{path}: '{key}' must list non-negative image indices")
         idx.append(torch.tensor(split[key], dtype=torch.long))
     if n is not None:
