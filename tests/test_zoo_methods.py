@@ -68,17 +68,32 @@ def test_every_method_on_every_zoo_model_fast_equals_the_model_itself(model_name
         assert torch.equal(v, state[k]), k
 
 
+#: Zoo models whose head is global average pooling + one nn.Linear of a module's output: CAM applies to
+#: exactly these (FunctionalNet pools a ``Tensor.relu()`` result, which no module outputs: CAM says so).
+GAP_HEADS = {"tiny_resnet", "leaky_relu", "elu", "silu", "gelu", "tanh", "non_square_rgb"}
+
+
 @pytest.mark.parametrize("model_name", list(ZOO))
-def test_cam_works_or_says_why(model_name):
+def test_cam_on_a_gap_head_is_grad_cam_of_the_pooled_map_times_its_area_and_says_why_elsewhere(model_name):
     build, shape = ZOO[model_name]
-    model = build()
-    try:
-        maps = cam(model, _images(shape), [0, 1])
-    except ValueError as exc:
-        assert "CAM needs a model whose output is one nn.Linear" in str(exc)
+    model = build().double()
+    images = _images(shape, torch.float64)
+    if model_name not in GAP_HEADS:
+        with pytest.raises(ValueError, match="CAM needs a model whose output is one nn.Linear"):
+            cam(model, images, [0, 1])
         return
-    torch.testing.assert_close(maps, grad_cam(model, _images(shape), [0, 1], layer=None, relu=False) * 0 + maps)
-    assert maps.shape == (2, *shape[1:]) and torch.isfinite(maps).all()
+    low = cam(model, images, [0, 1], upsample=False)
+    assert (low < 0).any() and (low > 0).any()
+    # dlogit_t/dF = w[t] / (h w) everywhere on such a head: signed Grad-CAM of the pooled map = CAM / (h w)
+    from cnnlens.explain import core
+
+    with core.guarded(model, images):
+        layer = core.pooled_layer(model, images)
+    assert layer is not None
+    grad = grad_cam(model, images, [0, 1], layer=layer, relu=False, upsample=False)
+    torch.testing.assert_close(grad * low.shape[1] * low.shape[2], low, rtol=1e-9, atol=1e-12)
+    # and Grad-CAM's default layer for a model with no cam_layer is that map
+    torch.testing.assert_close(grad_cam(model, images, [0, 1], relu=False, upsample=False), grad)
 
 
 def test_view_flatten_model_runs_on_the_default_path_and_says_why_once(caplog):

@@ -18,43 +18,19 @@ _NOT_CAM = ("CAM needs a model whose output is one nn.Linear applied to the glob
             "feature map [N,C,h,w] (like small_cnn and resnet18); {why}. Use grad_cam for other models")
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
-
-
-@torch.no_grad()
 def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.Linear, torch.Tensor]:
     """``(F, linear, logits)``: the feature maps ``[N,C,h,w]`` pooled by the head, the head's linear layer,
-    and the model's output, from one forward pass. Raises ValueError when the head is not GAP + linear.
-    Call inside ``core.guarded``.
+    and the model's output, from one forward pass (:func:`cnnlens.explain.core.pooled_head`). Raises
+    ValueError when the head is not GAP + linear producing the output. Call inside ``core.guarded``.
     """
-    # References, not copies: an in-place op after the producing module (``out += skip``, an in-place ReLU)
-    # changes the tensor itself, and the changed tensor is what gets pooled.
-    for name, m in model.named_modules():
-        core.check_hookable(m, name)
-    maps: list[torch.Tensor] = []
-    widths = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}  # only these can be pooled
-    linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-
-    def seen(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
-        if isinstance(module, nn.Linear):
-            linears.append((module, inputs[0].clone(), output.clone()))
-        elif isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[1] in widths \
-                and output.shape[2] * output.shape[3] > 1:
-            maps.append(output)
-
-    with core.hooks() as handles:
-        handles.extend(m.register_forward_hook(seen) for m in model.modules() if m is not model)
-        logits = model(images)
-    if not linears:
-        raise ValueError(_NOT_CAM.format(why="it has no nn.Linear layer"))
-    linear, z, out = linears[-1]
-    if not _close(out, logits):
+    try:
+        head = core.pooled_head(model, images)
+    except ValueError as why:
+        raise ValueError(_NOT_CAM.format(why=why)) from None
+    if head.linear_output.shape != head.logits.shape or not torch.allclose(
+            head.linear_output, head.logits, rtol=1e-4, atol=1e-5 * max(1.0, float(head.logits.abs().max()))):
         raise ValueError(_NOT_CAM.format(why="the output of its last nn.Linear is not the model's output"))
-    for feature in reversed(maps):
-        if _close(feature.mean(dim=(2, 3)), z):
-            return feature.clone(), linear, logits
-    raise ValueError(_NOT_CAM.format(why="the input of its last nn.Linear is not the spatial mean of any feature map"))
+    return head.features, head.linear, head.logits
 
 
 @method("cam", "CAM", kind="cam")

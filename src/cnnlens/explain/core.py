@@ -7,6 +7,7 @@ removal and mode restoring are written once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -240,36 +241,74 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor | None = None) -> s
     return last_conv_layer(model)
 
 
+@dataclasses.dataclass(frozen=True)
+class PooledHead:
+    """What a global-average-pooling + linear head reads, found on one real forward pass.
+
+    Attributes:
+        layer: the outermost module, run exactly once, that outputs ``features`` (None if none does: the
+            map is made by a function, not a module).
+        features: the feature maps ``[N,C,h,w]`` whose spatial mean is the last ``nn.Linear``'s input.
+        linear: that last ``nn.Linear`` to run.
+        linear_output: its output; ``logits``: the model's.
+    """
+
+    layer: str | None
+    features: torch.Tensor
+    linear: nn.Linear
+    linear_output: torch.Tensor
+    logits: torch.Tensor
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
+
+
 @torch.no_grad()
-def pooled_layer(model: nn.Module, images: torch.Tensor) -> str | None:
-    """Name of the outermost module, run exactly once, whose output ``[N,C,h,w]`` is what the head pools to its
-    last ``nn.Linear`` (the linear's input is that map's spatial mean), or None for other heads."""
-    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-        return None  # a TorchScript graph cannot be hooked (check_hookable says so where a layer is needed)
+def pooled_head(model: nn.Module, images: torch.Tensor) -> PooledHead:
+    """The model's head as global average pooling + its last ``nn.Linear`` (CAM's head, and the map Grad-CAM
+    reads by default), found from the values of one forward pass, not from names. Raises ValueError saying
+    why for another head, TypeError for a TorchScript model (no layer can be hooked). Call inside
+    :func:`guarded`.
+    """
+    for name, m in model.named_modules():
+        check_hookable(m, name)
     names = {m: name for name, m in model.named_modules() if name}
+    widths = {m.in_features for m in names if isinstance(m, nn.Linear)}  # only maps of these widths can be pooled
     runs: dict[str, int] = {}
+    # References, not copies: an in-place op after the producing module (``out += skip``, an in-place ReLU)
+    # changes the tensor itself, and the changed tensor is what gets pooled.
     maps: list[tuple[str, torch.Tensor]] = []
-    linear_inputs: list[torch.Tensor] = []
+    linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
 
     def seen(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
         name = names[module]
         runs[name] = runs.get(name, 0) + 1
         if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
-            linear_inputs.append(inputs[0])
-        elif isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
-            maps.append((name, output.mean(dim=(2, 3))))
+            linears.append((module, inputs[0].clone(), output.clone()))
+        elif isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[1] in widths \
+                and output.shape[2] * output.shape[3] > 1:
+            maps.append((name, output))
 
     with hooks() as handles:
         handles.extend(m.register_forward_hook(seen) for m in names)
-        model(images)
-    if not linear_inputs or linear_inputs[-1].dim() != 2:
+        logits = model(images)
+    if not linears:
+        raise ValueError("it has no nn.Linear layer")
+    linear, z, out = linears[-1]
+    pooled = [(name, f) for name, f in reversed(maps) if _close(f.mean(dim=(2, 3)), z)]  # outermost first
+    if not pooled:
+        raise ValueError("the input of its last nn.Linear is not the spatial mean of any feature map")
+    layer = next((name for name, _ in pooled if runs[name] == 1), None)
+    return PooledHead(layer, pooled[0][1].clone(), linear, out, logits)
+
+
+def pooled_layer(model: nn.Module, images: torch.Tensor) -> str | None:
+    """Name of the module whose output the head pools (:func:`pooled_head`), or None for other heads."""
+    try:
+        return pooled_head(model, images).layer
+    except (ValueError, TypeError):
         return None
-    z = linear_inputs[-1]
-    for name, pooled in reversed(maps):  # hooks of outer modules fire after their children's
-        if runs[name] == 1 and pooled.shape == z.shape and torch.allclose(
-                pooled, z, rtol=1e-4, atol=1e-5 * max(1.0, float(z.abs().max()))):
-            return name
-    return None
 
 
 def reduce_channels(attr: torch.Tensor, reduce: Reduce) -> torch.Tensor:
