@@ -176,17 +176,17 @@ def stream_explain(model: nn.Module, images: Source, method: str | Callable[...,
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     names_layer = known is not None and known.layer
+    probe = _batch(images, 0, min(2, n)).to(device)  # the first images: what the layer and the copy are found on
     if names_layer:  # by name: a module of the user's model is not a module of the prepared copy
         layer = options.get("layer")
         if layer is None:
             with core.guarded(model):  # the probe pass runs in eval mode: BatchNorm statistics stay as they were
-                layer = core.default_cam_layer(model, _batch(images, 0, 1).to(device))
+                layer = core.default_cam_layer(model, probe)
         options = {**options, "layer": core.layer_name(model, layer)}
     # The copy is prepared here, not inside each call, so that _first_logits hooks the module that runs.
     explained = model
-    if fast:  # checked against the model on the first batch (see accel.prepared)
-        first = _batch(images, 0, min(batch_size, n)).to(device)
-        explained = accel.prepared(model, keep=[options["layer"]] if names_layer else [], example=first)
+    if fast:  # checked against the model on the first images (see accel.prepared)
+        explained = accel.prepared(model, keep=[options["layer"]] if names_layer else [], example=probe)
     if known is not None and known.streamable:
         options = {**options, "fast": fast}
     start_time = time.perf_counter()
