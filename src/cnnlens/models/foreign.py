@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cnnlens._checks import is_int
+from cnnlens.data.preprocess import Preprocess
 
 #: What a model's (selected) output is: logits, probabilities (ends in Softmax) or log-probabilities
 #: (ends in LogSoftmax). Explanations use logits as they are and the log-probability otherwise.
@@ -274,15 +275,15 @@ class Scored(nn.Module):
             raise ValueError(f"scores must be one of {', '.join(SCORES)}; got {scores!r}")
         if output is not None and not (is_int(output) or isinstance(output, str)):
             raise TypeError(f"output must be an index (int), a key (str) or None, got {output!r}")
-        if (mean is None) != (std is None):
-            raise ValueError("mean and std go together: give both or neither")
+        preprocess = Preprocess(mean=mean, std=std)  # its checks: both or neither, positive std
         self.model = model
         self.output = output
         self.scores = scores
-        if mean is not None and std is not None:
+        if preprocess.normalizes:
+            mean_t, std_t = preprocess.tensors()
             # buffers, so .to(device) moves them; not persistent: the run's weights are the user's model's
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("mean", mean_t, persistent=False)
+            self.register_buffer("std", std_t, persistent=False)
         else:
             self.mean = self.std = None
 
