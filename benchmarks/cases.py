@@ -149,7 +149,7 @@ def max_diff(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
 def saliency_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
     attr = captum()
     cs = [Contestant("cnnlens", "cnnlens", lambda: saliency(model, x, t, reduce=None), "default", default=True),
-          Contestant("cnnlens fast", "cnnlens", lambda: saliency(fast, x, t, reduce=None), "prepare(model)")]
+          Contestant("cnnlens fast", "cnnlens", lambda: saliency(fast, x, t, reduce=None), "prepared(model)")]
     if attr:
         cs.append(Contestant("Captum Saliency", "peer", lambda: attr.Saliency(model).attribute(x, target=t),
                              "default (one pass)", default=True))
@@ -161,7 +161,7 @@ def guided_backprop_case(name: str, model: nn.Module, fast: nn.Module, x: torch.
                          sizes: Sizes) -> Case:
     attr = captum()
     cs = [Contestant("cnnlens", "cnnlens", lambda: guided_backprop(model, x, t, reduce=None), "default", default=True),
-          Contestant("cnnlens fast", "cnnlens", lambda: guided_backprop(fast, x, t, reduce=None), "prepare(model)")]
+          Contestant("cnnlens fast", "cnnlens", lambda: guided_backprop(fast, x, t, reduce=None), "prepared(model)")]
     if attr:
         cs.append(Contestant("Captum GuidedBackprop", "peer",
                              _quiet(lambda: attr.GuidedBackprop(model).attribute(x, target=t)), "default", default=True))
@@ -197,7 +197,7 @@ def smoothgrad_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tenso
                           batch_size=batch_size, reduce=None)
 
     cs = [Contestant("cnnlens", "cnnlens", lambda: ours(model), "default (batch 16)", default=True),
-          Contestant("cnnlens fast", "cnnlens", lambda: ours(fast, fast_batch), f"prepare(model), batch {fast_batch}")]
+          Contestant("cnnlens fast", "cnnlens", lambda: ours(fast, fast_batch), f"prepared(model), batch {fast_batch}")]
     agreement = None
     notes = []
     if attr:
@@ -234,7 +234,7 @@ def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: t
                      "default (batch 16)", default=True),
           Contestant("cnnlens fast", "cnnlens",
                      lambda: integrated_gradients(fast, x, t, n_steps=steps, batch_size=fast_batch, reduce=None),
-                     f"prepare(model), batch {fast_batch}")]
+                     f"prepared(model), batch {fast_batch}")]
     if attr:
         def peer(batch: int | None) -> torch.Tensor:
             return attr.IntegratedGradients(model).attribute(x, target=t, n_steps=steps, internal_batch_size=batch)
@@ -251,11 +251,11 @@ def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: t
 def grad_cam_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
     attr = captum()
     layer = last_conv_layer(model)
-    fast = accel.prepare(model, keep=[layer])
+    fast = accel.prepared(model, keep=[layer], example=x)  # checked against the model, as grad_cam's default does
     cs = [Contestant("cnnlens", "cnnlens", lambda: grad_cam(model, x, t, layer=layer, upsample=False), "default",
                      default=True),
           Contestant("cnnlens fast", "cnnlens", lambda: grad_cam(fast, x, t, layer=layer, upsample=False),
-                     f"prepare(model, keep=[{layer!r}])")]
+                     f"prepared(model, keep=[{layer!r}])")]
     notes = [f"layer {layer!r} (the last convolution), maps at the layer's resolution (no upsampling on any side)"]
     module = dict(model.named_modules())[layer]
     if attr:

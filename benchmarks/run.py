@@ -42,7 +42,6 @@ from models import faces, faces_uint8, make_model  # noqa: E402
 
 from cnnlens._atomic import write_text  # noqa: E402
 from cnnlens.explain import accel  # noqa: E402
-from cnnlens.explain.accel.prepared import mismatch  # noqa: E402
 from cnnlens.explain.core import input_gradient, to_channels_last  # noqa: E402
 from cnnlens.explain.lime import lime_explain  # noqa: E402
 from cnnlens.explain.occlusion import occlusion  # noqa: E402
@@ -357,10 +356,8 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
               "fwd+bwd": pass_time(model, spec["channels"], spec["side"], device, True, smoke)}
     peer_fwd = floors["fwd"]["contiguous"]["batch_size"]  # the peers' best batching: the model's own best
     peer_fb = floors["fwd+bwd"]["contiguous"]["batch_size"]
-    fast = accel.prepare(model)
     xg = faces(spec["grad_images"], spec["channels"], spec["side"], seed=11).to(device)
-    if mismatch(model, fast, xg) is not None:  # x.view after a conv: channels-last maps do not run
-        fast = accel.prepare(model, channels_last=False)
+    fast = accel.prepared(model, example=xg)  # the library's checked copy (its own layout where x.view needs it)
     xm, xp = xg[: spec["multi_images"]], xg[: spec["pert_images"]]
     with torch.no_grad():
         tg = model(xg).argmax(1)
