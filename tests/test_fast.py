@@ -152,8 +152,15 @@ def test_prepared_copy_is_reused_until_the_model_changes():
     assert accel.prepared(model) is not second
     same_logits()
     third = accel.prepared(model)
-    model.stem[0].weight.data.mul_(-1.0)  # through .data: no version bump, caught by the sampled values
-    assert accel.prepared(model) is not third
+    model.stem[0].weight.data.mul_(-1.0)  # through .data: no version bump, caught by the values' bit sums
+    fourth = accel.prepared(model)
+    assert fourth is not third
+    same_logits()
+    # one value no sample of a few per tensor would read: every value counts
+    weight = model.stem[0].weight
+    assert weight.numel() > 16
+    weight.data.view(-1)[weight.numel() // 16 + 1] += 0.25
+    assert accel.prepared(model) is not fourth
     same_logits()
     model.head[1] = nn.Tanh()  # a module swapped
     same_logits()
