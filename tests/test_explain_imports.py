@@ -47,3 +47,15 @@ def test_no_explain_module_imports_another_modules_private_names() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnnlens.explain"):
                 bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert bad == []
+
+
+def test_no_name_in_the_seam_hides_one_of_its_modules() -> None:
+    # `import cnnlens.explain.accel.X as m` reads the attribute X of the package: a function of the seam
+    # named like a module would hand back the function (accel.prepared did, when its module was prepared.py)
+    import types
+
+    from cnnlens.explain import accel
+
+    modules = [p.stem for p in (EXPLAIN / "accel").glob("*.py") if p.stem != "__init__"]
+    shadowed = [m for m in modules if hasattr(accel, m) and not isinstance(getattr(accel, m), types.ModuleType)]
+    assert modules and shadowed == []

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cnnlens.explain import accel
-from cnnlens.explain.accel.prepared import fold_batchnorm, foldable_pairs, rank_correlation
+from cnnlens.explain.accel.copies import fold_batchnorm, foldable_pairs, rank_correlation
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.lime import lime_explain
 from cnnlens.explain.saliency import saliency

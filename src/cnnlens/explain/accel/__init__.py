@@ -4,7 +4,7 @@ Everything here is an optimisation the user never sees (the same maps to float r
 in every method runs the model itself):
 
 - :func:`prepared` / :func:`prepare`: the model's folded-BatchNorm, channels-last copy, checked against the
-  model on the first real batch (:mod:`.prepared`).
+  model on the first real batch (:mod:`.copies`).
 - :func:`fast_forward` / :func:`fast_scorer`: that copy's scoring forward (optionally bfloat16) and a measured
   batch size (:mod:`.tuning`).
 - :func:`occlusion_scorer`: incremental occlusion where the model decomposes into local layers up to its head
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from cnnlens.explain.accel import prepared as _copies, tuning
-from cnnlens.explain.accel.prepared import (PRECISIONS, autocast, check_precision, fast_forward, fast_scorer,
+from cnnlens.explain.accel import copies as _copies, tuning
+from cnnlens.explain.accel.copies import (PRECISIONS, autocast, check_precision, fast_forward, fast_scorer,
                                             precision_agreement, prepare, prepared)
 from cnnlens.explain.accel.tuning import (DETERMINISTIC_BATCH, DETERMINISTIC_ENV, architecture_key, deterministic,
                                           is_deterministic, set_deterministic, tuned_batch_size)

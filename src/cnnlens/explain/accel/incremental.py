@@ -54,7 +54,7 @@ from cnnlens._progress import progress_bar
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.accel.graph import Captured, capture
-from cnnlens.explain.accel.prepared import VERIFY_TOLERANCE, autocast, check_precision, fold_conv_bn, has_hooks
+from cnnlens.explain.accel.copies import VERIFY_TOLERANCE, autocast, check_precision, fold_conv_bn, has_hooks
 from cnnlens.explain.core import batch_ranges, class_score, to_channels_last
 
 #: Modules that act on each pixel on its own (in eval mode).
@@ -442,7 +442,7 @@ def _is_identity_dropout(node: fx.Node) -> bool:
 
 def _check(plan: LocalPlan, model: nn.Module, images: torch.Tensor, specialised: bool) -> None:
     """Raise :class:`NotDecomposable` unless ``plan`` gives ``model``'s outputs on ``images`` (to
-    :data:`cnnlens.explain.accel.prepared.VERIFY_TOLERANCE` of the largest): a safety net under the graph reading,
+    :data:`cnnlens.explain.accel.copies.VERIFY_TOLERANCE` of the largest): a safety net under the graph reading,
     and what catches a graph specialised to the traced batch size."""
     how = "read with the example's shapes (its forward uses a shape as a number), " if specialised else ""
     expected = model(images)

@@ -35,7 +35,7 @@ from torch import nn
 from cnnlens.explain.core import batch_ranges, to_channels_last
 from cnnlens.explain.accel.incremental import (FlattenLinear, LocalPlan, NotDecomposable, Pointwise, Spatial, Step,
                                               as_pair, full_step, local_plan)
-from cnnlens.explain.accel.prepared import autocast
+from cnnlens.explain.accel.copies import autocast
 from cnnlens.explain.accel.winograd import faster
 
 #: A pooling or add is computed per pattern while its distinct (position, pattern) pairs are at most
