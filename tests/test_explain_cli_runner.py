@@ -80,6 +80,16 @@ def test_chunks_give_the_same_maps_and_respect_batch_size(registry: Calls) -> No
     assert all(k["batch_size"] == 2 for k in registry.kwargs)  # passed on to methods that take it
 
 
+def test_images_per_call_chunks_the_images_and_batch_size_stays_the_forward_pass(registry: Calls) -> None:
+    model, x = _model_and_images()
+    out = run_methods(model, x, None, ["toy-noise"], batch_size=4, images_per_call=2)
+    assert registry.sizes == [2, 2, 1]
+    assert all(k["batch_size"] == 4 for k in registry.kwargs)  # one meaning: the model's inputs per pass
+    assert out.options["toy-noise"]["images_per_call"] == 2 and out.options["toy-noise"]["batch_size"] == 4
+    with pytest.raises(ValueError, match="images_per_call must be a positive int or None"):
+        run_methods(model, x, None, ["toy-noise"], images_per_call=0)
+
+
 def test_generator_is_seeded_per_method(registry: Calls) -> None:
     model, x = _model_and_images(n=3)
     a = explain_images(model, x, None, ["toy-noise"], seed=7)["toy-noise"]

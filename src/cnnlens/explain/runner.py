@@ -149,9 +149,16 @@ def used_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, methods: Sequence[str] | None = None, *,
                 options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int | None = None,
-                seed: int = 0, progress: bool | Any = False, details: bool = False,
-                skip_unsupported: bool = False) -> Explanations:
-    """Run each method on ``images`` ``[N,C,H,W]`` in chunks of ``batch_size`` images; see :func:`explain_images`.
+                images_per_call: int | None = None, seed: int = 0, progress: bool | Any = False,
+                details: bool = False, skip_unsupported: bool = False) -> Explanations:
+    """Run each method on ``images`` ``[N,C,H,W]``, ``images_per_call`` images at a time; see :func:`explain_images`.
+
+    ``batch_size`` has one meaning: the most inputs the model sees in one forward pass (a gradient method's
+    images; a perturbation method's perturbed copies, passed on as its ``batch_size``). ``images_per_call``
+    (default ``batch_size``, or the device's default) only bounds how many images' maps and intermediate
+    results are held at once; each method gets the images in order, with one generator seeded with ``seed``
+    drawn across its calls, so the maps depend on ``seed`` and ``images_per_call``, never on which other
+    methods ran.
 
     ``details=True`` also keeps LIME's full result (segments and per-segment weights) for its figures.
     ``skip_unsupported=True`` leaves out a method that refuses this model on its first call (a
@@ -162,6 +169,8 @@ def run_methods(model: nn.Module, images: torch.Tensor, targets: Target = None, 
     opts = check_options(names, options)
     core.check_images(images)
     chunk = core.check_batch_size(batch_size, images.device)
+    if images_per_call is not None:
+        chunk = check_count(images_per_call, "images_per_call", hint=" or None (as many as batch_size)")
     n = images.shape[0]
     with core.guarded(model):
         target = core.resolve_target(targets, n, logits=lambda: core.predict_logits(model, images, chunk),
@@ -238,8 +247,9 @@ def explain_images(model: nn.Module, images: torch.Tensor, targets: Target = Non
     per image. ``methods``: registered method names (``cnnlens.explain.registry.names()``; None = all); an unknown name is
     an error listing the valid ones, raised before any work. ``options``: per-method keyword arguments,
     ``{"grad-cam": {"layer": "features.6"}, "occlusion": {"stride": 2}}``, checked against each
-    method's signature. ``batch_size``: images per method call (default: the device's perturbation
-    batch size); methods that take a ``batch_size`` (perturbation methods) get it too.
+    method's signature. ``batch_size``: the most inputs in one forward pass (default: the device's
+    perturbation batch size): the images of one gradient-method call, and the perturbed copies of a
+    perturbation method's pass (its own ``batch_size``).
     ``seed`` seeds the ``generator`` of stochastic methods (SmoothGrad, LIME): the same seed and batch
     size give the same maps. ``progress``: True for a rich progress bar, or a running
     ``rich.progress.Progress`` to add a task to.
