@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from cnnlens import _atomic
 from cnnlens._types import PathArg
 
 
@@ -14,6 +13,8 @@ def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | 
     """
     # The object-oriented Figure API needs no GUI backend and touches no global pyplot state.
     from matplotlib.figure import Figure
+
+    from cnnlens.viz.save import write_png
 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(9, 3.6))
@@ -36,5 +37,4 @@ def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | 
     ax_loss.legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    with _atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    write_png(fig, path, dpi=110)

@@ -21,11 +21,27 @@ from cnnlens.viz.render import to_numpy
 DPI = 120
 
 
+def write_png(fig: Figure, target: PathArg | io.BytesIO, *, dpi: int = DPI) -> None:
+    """The one way cnnlens draws a figure to PNG: with Agg whatever pyplot's backend is (no global state
+    touched), each map panel's value range in the PNG's text (:mod:`cnnlens.viz.scale`), and atomically
+    when ``target`` is a path (a crash never leaves half a PNG)."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
+    FigureCanvasAgg(fig)
+    scales = scale.scales_json(fig)
+    metadata = {scale.PNG_KEY: scales} if scales else None
+    if isinstance(target, io.BytesIO):
+        fig.savefig(target, format="png", dpi=dpi, metadata=metadata)
+        return
+    with atomic_path(Path(target)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata=metadata)
+
+
 def png_bytes(image: Figure | np.ndarray, dpi: int = 110) -> bytes:
     """PNG of a matplotlib figure (drawn at ``dpi``) or of a uint8 ``[H,W]``, ``[H,W,3]`` or ``[H,W,4]`` array."""
     buf = io.BytesIO()
     if isinstance(image, Figure):
-        image.savefig(buf, format="png", dpi=dpi)
+        write_png(image, buf, dpi=dpi)
         return buf.getvalue()
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
@@ -60,10 +76,7 @@ def save_figure(fig: Figure, path: PathArg, arrays: Mapping[str, Any], *, dpi: i
     for name, a in data.items():
         if a.dtype == object:  # would need pickle to read back; arrays must be plain numbers
             raise TypeError(f"array {name!r} must be numeric, got dtype=object")
-    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is; no global state touched
-    scales = scale.scales_json(fig)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={scale.PNG_KEY: scales} if scales else None)
+    write_png(fig, png, dpi=dpi)
     if len(data) == 1:
         raw = stem.with_name(stem.name + ".npy")
         with atomic_path(raw) as tmp, open(tmp, "wb") as fh:  # a file object: np.save adds no suffix
