@@ -532,3 +532,31 @@ def test_deleted_best_weights_say_what_is_lost_and_how_to_recover(tmp_path: Path
         assert f"(epoch {ckpt['best_epoch']}'s weights) is missing" in flat and "Restore the file from a backup" in flat
         assert "--resume" not in flat and "already finished" not in flat
     assert snapshot(out) == before
+
+
+def test_never_inside_an_input_folder_cnnlens_did_not_write(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"  # a user's image folder: a new subfolder there would become a class
+    (photos / "happy").mkdir(parents=True)
+    (photos / "happy" / "a.png").write_bytes(b"not really a png")
+    run = tmp_path / "run"
+    write(run, kind="run")
+    before = snapshot(photos)
+    with pytest.raises(OutputRefused, match="is inside the input folder .*which cnnlens did not write"):
+        write(photos / "eval", inputs=[run, photos])
+    assert snapshot(photos) == before
+    write(run / "eval", inputs=[run, photos])  # inside the run (cnnlens wrote it): where outputs belong
+
+
+def test_evaluate_refuses_an_out_inside_its_folder_dataset(tiny: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    classes = json.loads((tiny / "run" / "config.json").read_text())["classes"]
+    photos = tmp_path / "photos"
+    for i, name in enumerate(classes):
+        (photos / name).mkdir(parents=True)
+        Image.new("L", (48, 48), color=30 * i).save(photos / name / "face.png")
+    before = snapshot(photos)
+    res = cli("evaluate", tiny / "run", "--data", f"folder:{photos}", "--device", "cpu", "--out", photos / "eval")
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "is inside the input folder" in flat, flat
+    assert snapshot(photos) == before

@@ -10,7 +10,8 @@ POSIX. Output folders go through one helper, :func:`output_dir`, which every wri
 - an existing folder is replaced only with ``overwrite``, only when cnnlens wrote it (its
   :data:`MARKER` file, or for outputs older than markers their own manifest), only when it holds the
   same kind of output, and only when it holds nothing cnnlens did not write; an empty folder may be used;
-- never a folder that is, or holds, one of the command's inputs (the run folder, data, masks);
+- never a folder that is, or holds, one of the command's inputs (the run folder, data, masks), nor one
+  inside an input folder cnnlens did not write (the user's image folder or masks);
 - temporary files and folders left by a killed process (its PID no longer runs) are removed by the next
   write to the same place.
 
@@ -107,6 +108,8 @@ KINDS: dict[str, OutputKind] = {
     "report": OutputKind("a report", "data/report.json", ("version", "sections"), ("index.html", "figures", "data", "arrays")),
     "synth": OutputKind("synthetic faces", "synth.json", ("generator", "version"), ("faces.csv", "faces.masks.npy", "synth.json")),
     "demo": OutputKind("a demo", "run/config.json", ("model", "train"), ("data", "run", "report")),
+    "shards": OutputKind("a dataset job (Parquet shards)", "manifest.json", ("format", "shard_size", "work"),
+                         ("manifest.json", "shards")),
 }
 
 #: ``.NAME.PID.XXXX.tmp`` / ``.old`` (and ``.NAME.XXXX.tmp`` from before PIDs were in the name).
@@ -276,6 +279,11 @@ def check_output(path: PathArg, *, kind: str, overwrite: bool = False, inputs: I
         if target in source.parents:
             raise OutputRefused(f"--out {path} holds the input {given}: replacing it would delete that input. "
                                 "Choose another --out")
+        if source in target.parents and source.is_dir() and not _written_by_cnnlens(source):
+            # inside a run folder is where outputs belong; inside the user's own data (an image folder, whose
+            # new subfolder would become a class) or masks it would change what the next command reads
+            raise OutputRefused(f"--out {path} is inside the input folder {given}, which cnnlens did not write (your "
+                                "data): the output would be added to it. Choose an --out outside it")
     if path.is_symlink():
         raise OutputRefused(f"--out {path} is a symbolic link; give the folder it points to ({target}) or another --out")
     if not path.exists():
@@ -303,6 +311,17 @@ def check_output(path: PathArg, *, kind: str, overwrite: bool = False, inputs: I
     if not overwrite:
         raise OutputRefused(f"--out {path} already exists; pass --overwrite to replace it (overwrite=True in Python; the old "
                             "folder stays until the new one is complete), or choose another --out")
+
+
+def _written_by_cnnlens(path: Path) -> bool:
+    """Whether cnnlens wrote the folder ``path`` (its marker, or a kind's manifest), whatever else it holds now."""
+    if _read_marker(path) is not None:
+        return True
+    for kind in KINDS.values():
+        doc = _read_json(path / kind.manifest)
+        if isinstance(doc, dict) and all(k in doc for k in kind.keys):
+            return True
+    return False
 
 
 def output_kind(path: PathArg) -> str | None:
