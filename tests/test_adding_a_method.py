@@ -1,36 +1,49 @@
-"""docs/adding-a-method.md, done for real: a new method (input x gradient, Shrikumar et al. 2016) is one
+"""docs/adding-a-method.md, done for real: a method (input x gradient, Shrikumar et al. 2016) is one
 function plus one decorator, and then the runner, the CLI and the report take it with nothing else
-changed. The method is registered inside the test only (the ``method_registry`` fixture undoes it)."""
+changed. The page shows cnnlens's own ``input_x_gradient.py`` as it is; the test registers the same
+function again as a method of one's own would be (``replace=True``: the name is taken; ``in_report=9``),
+inside the test only (the ``method_registry`` fixture undoes it)."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import torch
 from click.testing import CliRunner
 from conftest import make_random_model
 from torch import nn
 
-from cnnlens._types import Target
+from cnnlens._types import Reduce, Target
 from cnnlens.cli import main
-from cnnlens.explain import saliency
+from cnnlens.explain import core, saliency
 from cnnlens.explain.runner import run_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_page_shows_the_real_file_whole():
+    page = (ROOT / "docs" / "adding-a-method.md").read_text()
+    shown = re.search(r"```python\n(.*?)```", page, re.S)
+    assert shown is not None
+    assert shown.group(1) == (ROOT / "src" / "cnnlens" / "explain" / "input_x_gradient.py").read_text()
 
 
 def define_input_x_gradient(registry):
-    """The whole of the new method's file, as docs/adding-a-method.md shows it."""
+    """The method's file as docs/adding-a-method.md shows it, registered as one's own method would be."""
 
-    @registry.method("input-x-gradient", "Input x gradient", kind="gradient", in_report=9)
+    @registry.method("input-x-gradient", "Input x gradient", kind="gradient", in_report=9, replace=True)
     def input_x_gradient(model: nn.Module, images: torch.Tensor, target: Target = None, *,
-                         fast: bool = True) -> torch.Tensor:
+                         reduce: Reduce = "sum", fast: bool = True) -> torch.Tensor:
         """Input times gradient (Shrikumar et al. 2016): ``sum_c x * d logit_t / dx``, signed, ``[N,H,W]``.
 
-        Captum's ``InputXGradient`` summed over channels.
+        Raw ``[N,C,H,W]`` with ``reduce=None``: Captum's ``InputXGradient``.
 
         >>> maps = input_x_gradient(model, images, target=3)
         """
         grads = saliency(model, images, target, reduce=None, abs=False, fast=fast)
-        return (images * grads).sum(dim=1)
+        return core.reduce_channels(images.detach() * grads, reduce)
 
     return input_x_gradient
 

@@ -20,6 +20,13 @@ from cnnlens.explain.guided_grad_cam import guided_grad_cam
 from cnnlens.explain.integrated_gradients import integrated_gradients, integrated_gradients_result
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
+from cnnlens.explain.input_x_gradient import input_x_gradient
+from cnnlens.explain.deconvnet import deconvnet
+from cnnlens.explain.deeplift import deeplift
+from cnnlens.explain.deeplift_shap import deeplift_shap
+from cnnlens.explain.gradient_shap import gradient_shap
+from cnnlens.explain.vargrad import vargrad
+from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
 
 METHODS = {
     "saliency": saliency,
@@ -30,7 +37,16 @@ METHODS = {
     "grad_cam": grad_cam,
     "cam": cam,
     "guided_grad_cam": guided_grad_cam,
+    "input_x_gradient": input_x_gradient,
+    "deconvnet": deconvnet,
+    "deeplift": deeplift,
+    "deeplift_shap": functools.partial(deeplift_shap, n_baselines=2, batch_size=3),
+    "gradient_shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=2),
+    "vargrad": functools.partial(vargrad, n_samples=3, batch_size=2),
+    "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2),
 }
+#: The methods that draw random numbers (a generator makes them repeatable).
+RANDOM = {"smoothgrad", "smoothgrad_guided", "deeplift_shap", "gradient_shap", "vargrad", "smoothgrad_squared"}
 
 #: The same calls on the model itself (fast=False): Exploding counts the forward calls of the model it is.
 EXACT = {
@@ -42,6 +58,13 @@ EXACT = {
     "grad_cam": functools.partial(grad_cam, fast=False),
     "cam": cam,
     "guided_grad_cam": functools.partial(guided_grad_cam, fast=False),
+    "input_x_gradient": functools.partial(input_x_gradient, fast=False),
+    "deconvnet": functools.partial(deconvnet, fast=False),
+    "deeplift": functools.partial(deeplift, fast=False),
+    "deeplift_shap": functools.partial(deeplift_shap, n_baselines=2, batch_size=3, fast=False),
+    "gradient_shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=2, fast=False),
+    "vargrad": functools.partial(vargrad, n_samples=3, batch_size=2, fast=False),
+    "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2, fast=False),
 }
 
 
@@ -100,7 +123,9 @@ def test_model_and_images_untouched(name, images_require_grad):
 
 # the call on which each method's work is well under way (hooks registered, some gradients taken)
 FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoothgrad": 3,
-           "smoothgrad_guided": 2, "grad_cam": 1, "cam": 1, "guided_grad_cam": 3}
+           "smoothgrad_guided": 2, "grad_cam": 1, "cam": 1, "guided_grad_cam": 3, "input_x_gradient": 1,
+           "deconvnet": 1, "deeplift": 1, "deeplift_shap": 3, "gradient_shap": 2, "vargrad": 3,
+           "smoothgrad_squared": 2}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -134,7 +159,7 @@ def test_an_error_inside_the_prepared_copy_leaves_model_and_copy_clean(name):
     assert all(c is not model for c in copies)
     for copy_ in copies:  # the guide hooks and Grad-CAM's hook were on the copy: all gone
         assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in copy_.modules())
-    seeded = (lambda: {"generator": torch.Generator().manual_seed(0)}) if name.startswith("smoothgrad") else dict
+    seeded = (lambda: {"generator": torch.Generator().manual_seed(0)}) if name in RANDOM else dict
     torch.testing.assert_close(METHODS[name](model, images, 1, **seeded()), EXACT[name](model, images, 1, **seeded()),
                                rtol=1e-4, atol=1e-5)
 
@@ -374,8 +399,8 @@ def test_bad_options():
 def test_a_deep_copy_of_the_model_gives_the_same_maps():
     # nothing about the model (hooks, flags, buffers) was changed by earlier calls
     model, x = make_random_model(1, seed=9), torch.rand(2, 1, 8, 8)
-    first = {n: m(model, x, 3) for n, m in METHODS.items() if "smoothgrad" not in n}
+    first = {n: m(model, x, 3) for n, m in METHODS.items() if n not in RANDOM}
     fresh = copy.deepcopy(model)
     for n, m in METHODS.items():
-        if "smoothgrad" not in n:
+        if n not in RANDOM:
             torch.testing.assert_close(m(fresh, x, 3), first[n], rtol=0, atol=0, msg=n)

@@ -11,7 +11,10 @@ from cnnlens.explain import METHODS, registry
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.lime import lime, lime_explain
 
-BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", "grad-cam", "cam", "guided-grad-cam",
+#: the gradient and reference methods after integrated gradients (none in the report's defaults)
+GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "gradient-shap", "vargrad",
+             "smoothgrad-squared"]
+BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
             "occlusion", "lime"]
 
 
@@ -26,6 +29,8 @@ def test_built_in_methods_and_their_facts() -> None:
     assert registry.names(kind="cam") == ["grad-cam", "cam", "guided-grad-cam"]
     assert registry.names(streamable=True) == ["saliency", "grad-cam"]
     assert registry.names(layer=True) == ["grad-cam", "guided-grad-cam"]
+    assert not any(registry.get(m).in_report is not None or registry.get(m).class_average for m in GRADIENTS)
+    assert set(GRADIENTS) <= set(registry.names(kind="gradient"))
     g, li = registry.get("grad-cam"), registry.get("lime")
     assert (g.fn, g.label, g.kind, g.style, g.result) == (grad_cam, "Grad-CAM", "cam", "auto", None)
     assert (li.fn, li.label, li.style, li.result) == (lime, "LIME +/-", "lime", lime_explain)
@@ -89,7 +94,8 @@ def help_text(command: str) -> str:
 
 
 def test_cli_help_lists_the_registered_methods() -> None:
-    assert "Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,grad-cam,cam,guided-grad-" \
+    assert f"Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,{','.join(GRADIENTS)}," \
+           "grad-cam,cam,guided-grad-" \
            "cam,occlusion,lime)or'all'" in help_text("explain")
     assert "Layerforgrad-camandguided-grad-cam" in help_text("explain")
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \

@@ -23,6 +23,7 @@ import torch
 
 from cnnlens.explain import grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
+from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 
 TARGETS = [0, 3, 6, 2]
 METHODS = {
@@ -33,11 +34,20 @@ METHODS = {
     "guided-grad-cam": functools.partial(guided_grad_cam, reduce=None),
     "smoothgrad": functools.partial(smoothgrad, n_samples=6, sigma=0.2, reduce=None, batch_size=5),
     "smoothgrad-guided": functools.partial(smoothgrad, method=guided_backprop, n_samples=4, reduce=None),
+    "input-x-gradient": functools.partial(input_x_gradient, reduce=None),
+    "deconvnet": functools.partial(deconvnet, reduce=None),
+    "deeplift": functools.partial(deeplift, baseline="blur", reduce=None),
+    "deeplift-shap": functools.partial(deeplift_shap, n_baselines=3, batch_size=5, reduce=None),
+    "gradient-shap": functools.partial(gradient_shap, n_baselines=3, n_samples=4, sigma=0.1, batch_size=5, reduce=None),
+    "vargrad": functools.partial(vargrad, n_samples=4, reduce=None),
+    "smoothgrad-squared": functools.partial(smoothgrad_squared, n_samples=4, reduce=None),
 }
+#: The methods that draw random numbers: seeded through their generator.
+RANDOM = {"smoothgrad", "smoothgrad-guided", "deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}
 
 
 def _run(name: str, model: torch.nn.Module, images: torch.Tensor, fast: bool) -> torch.Tensor:
-    kw = {"generator": torch.Generator().manual_seed(5)} if name.startswith("smoothgrad") else {}
+    kw = {"generator": torch.Generator().manual_seed(5)} if name in RANDOM else {}
     return METHODS[name](model, images, TARGETS, fast=fast, **kw)
 
 

@@ -21,6 +21,7 @@ from zoo_models import NO_RELU, ZOO, build_view_tanh
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
 from cnnlens.explain import lime as lime_map
 from cnnlens.explain.smoothgrad import smoothgrad
+from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 
 #: Each method with small settings; all take fast=.
 METHODS = {
@@ -28,12 +29,23 @@ METHODS = {
     "smoothgrad": functools.partial(smoothgrad, n_samples=3, batch_size=4),
     "guided-backprop": guided_backprop,
     "integrated-gradients": functools.partial(integrated_gradients, n_steps=4, batch_size=8),
+    "input-x-gradient": input_x_gradient,
+    "deconvnet": deconvnet,
+    "deeplift": deeplift,
+    "deeplift-shap": functools.partial(deeplift_shap, n_baselines=2, batch_size=3),
+    "gradient-shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=4),
+    "vargrad": functools.partial(vargrad, n_samples=3, batch_size=4),
+    "smoothgrad-squared": functools.partial(smoothgrad_squared, n_samples=3, batch_size=4),
     "grad-cam": grad_cam,
     "guided-grad-cam": guided_grad_cam,
     "occlusion": functools.partial(occlusion, patch=6, stride=6),
     "lime": functools.partial(lime_map, n_samples=24, n_segments=8),
 }
 RANDOM = {"smoothgrad", "lime"}  # seeded through a generator argument
+RANDOM |= {"deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}
+#: Rules for ReLUs: a model that computes none is refused (with the rule's name).
+RELU_RULES = {"guided-backprop": "guided backprop guides ReLUs", "guided-grad-cam": "guided backprop guides ReLUs",
+              "deconvnet": "the deconvnet rectifies the gradients of ReLUs"}
 
 
 def _call(name: str, model: torch.nn.Module, images: torch.Tensor, *, fast: bool, **kw: object) -> torch.Tensor:
@@ -50,8 +62,8 @@ def _images(shape: tuple[int, int, int], dtype: torch.dtype = torch.float32) -> 
 @pytest.mark.parametrize("model_name", list(ZOO))
 def test_every_method_on_every_zoo_model_fast_equals_the_model_itself(model_name, method):
     build, shape = ZOO[model_name]
-    if method in {"guided-backprop", "guided-grad-cam"} and model_name in NO_RELU:
-        with pytest.raises(ValueError, match="guided backprop guides ReLUs"):
+    if method in RELU_RULES and model_name in NO_RELU:
+        with pytest.raises(ValueError, match=RELU_RULES[method]):
             _call(method, build(), _images(shape), fast=True)
         return
     model = build().double()
@@ -145,8 +157,11 @@ def test_torchscript_models_work_or_say_that_layers_cannot_be_hooked(method, wra
     if method in {"grad-cam", "guided-grad-cam", "cam"}:
         with pytest.raises(TypeError, match="TorchScript archive, whose layers cannot be hooked"):
             cam(model, images, [0, 1]) if method == "cam" else _call(method, model, images, fast=True)
-    elif method == "guided-backprop":  # its ReLUs run inside the compiled graph: nothing to guide
-        with pytest.raises(ValueError, match="guided backprop guides ReLUs"):
+    elif method in {"guided-backprop", "deconvnet"}:  # its ReLUs run inside the compiled graph: nothing to guide
+        with pytest.raises(ValueError, match=RELU_RULES[method]):
+            _call(method, model, images, fast=True)
+    elif method in {"deeplift", "deeplift-shap"}:  # nor anything to rescale
+        with pytest.raises(ValueError, match="rescales the model's nonlinearities, and this TorchScript archive"):
             _call(method, model, images, fast=True)
     else:
         exact = _call(method, eager, images, fast=False)

@@ -20,6 +20,13 @@ from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain.guided_backprop import guided_backprop
 from cnnlens.explain.integrated_gradients import integrated_gradients
+from cnnlens.explain.input_x_gradient import input_x_gradient
+from cnnlens.explain.deconvnet import deconvnet
+from cnnlens.explain.deeplift import deeplift
+from cnnlens.explain.deeplift_shap import deeplift_shap
+from cnnlens.explain.gradient_shap import gradient_shap
+from cnnlens.explain.vargrad import vargrad
+from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.cam import cam
 from cnnlens.explain.guided_grad_cam import guided_grad_cam
@@ -28,6 +35,7 @@ from cnnlens.explain.lime import lime, lime_explain
 
 METHODS = registry.functions()
 
-__all__ = ["METHODS", "cam", "clear_caches", "deterministic", "grad_cam", "guided_backprop", "guided_grad_cam",
-           "integrated_gradients", "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry",
-           "saliency", "set_deterministic", "smoothgrad"]
+__all__ = ["METHODS", "cam", "clear_caches", "deconvnet", "deeplift", "deeplift_shap", "deterministic", "grad_cam",
+           "gradient_shap", "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients",
+           "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry", "saliency",
+           "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad"]

@@ -393,3 +393,13 @@ def check_batch_size(batch_size: int | None, device: torch.device) -> int:
     if not is_int(batch_size, 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     return batch_size
+
+
+def own_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """``generator``, or (None) a fresh randomly seeded one on ``device``: torch's global generator is never
+    drawn from (a caller's ``torch.manual_seed`` sequence stays as it was)."""
+    if generator is not None:
+        return generator
+    fresh = torch.Generator(device=device)
+    fresh.seed()
+    return fresh

@@ -1,7 +1,8 @@
 """SmoothGrad (Smilkov et al. 2017): any gradient method averaged over noisy copies of the image.
 
 ``SG(x) = 1/n sum_s M(x + eps_s)``, ``eps_s ~ N(0, (sigma * (max x - min x))^2)`` per image;
-SmoothGrad-Squared (Hooker et al. 2019) averages ``M(x + eps_s)^2``. ``M`` is any *gradient method*:
+SmoothGrad-Squared (Hooker et al. 2019) averages ``M(x + eps_s)^2``, VarGrad (Adebayo et al. 2018) takes
+their variance ``mean_s M^2 - (mean_s M)^2``. ``M`` is any *gradient method*:
 a callable ``M(model, images[M,C,H,W], target=int64 tensor[M], reduce=None) -> [M,C,H,W]``, the cnnlens
 call shape itself, so :func:`~cnnlens.explain.saliency.saliency`, ``guided_backprop`` and
 ``integrated_gradients`` all qualify (options through ``functools.partial``).
@@ -35,9 +36,10 @@ class GradientMethod(Protocol):
                  reduce: Reduce = ...) -> torch.Tensor: ...
 
 
-def _noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_size: int,
-                   generator: torch.Generator | None, progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(noisy images, their image indices)`` in chunks of ``batch_size``, drawn one noise sample at a time."""
+def noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_size: int,
+                  generator: torch.Generator | None, progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(noisy images, their image indices)`` in chunks of ``batch_size``, drawn one noise sample at a time
+    (the stream's image ``k`` is noise sample ``k // N`` of image ``k % N``)."""
     n = images.shape[0]
     scale = sigma * (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3)))
     draw_device = generator.device if generator is not None else images.device
@@ -59,12 +61,14 @@ def _noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_siz
 @method("smoothgrad", "SmoothGrad", kind="gradient", options={"n_samples": 12}, in_report=1)
 def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                method: GradientMethod = saliency, n_samples: int = 50, sigma: float = 0.15,
-               squared: bool = False, batch_size: int | None = None, generator: torch.Generator | None = None,
-               progress: bool = False, reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
+               squared: bool = False, variance: bool = False, batch_size: int | None = None,
+               generator: torch.Generator | None = None, progress: bool = False, reduce: Reduce = "max_abs",
+               fast: bool = True) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): ``mean_s method(x + eps_s)``, ``eps_s ~ N(0, (sigma * range(x))^2)``.
 
     ``sigma`` is relative to each image's max - min (the paper's 10-20%). ``squared=True`` averages the
-    squares (SmoothGrad-Squared). ``batch_size`` noisy images go through ``method`` at a time (None: the
+    squares (SmoothGrad-Squared), ``variance=True`` gives their variance over the samples (VarGrad; Captum's
+    ``nt_type="vargrad"``: ``mean M^2 - (mean M)^2``, here clamped at 0 against rounding). ``batch_size`` noisy images go through ``method`` at a time (None: the
     device's default). Returns ``[N,H,W]`` after ``reduce``, raw ``[N,C,H,W]`` with ``reduce=None``;
     this is Captum's ``NoiseTunnel(method).attribute(nt_type="smoothgrad")`` given the same noise.
     ``fast`` (default): ``method`` differentiates the checked prepared copy
@@ -79,6 +83,8 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     if not callable(method):
         raise TypeError(f"method must be a gradient method like saliency or guided_backprop, got {type(method).__name__}")
     check_int(n_samples, "n_samples", 1)
+    if squared and variance:
+        raise ValueError("squared and variance are two statistics of the samples: pass at most one of them")
     if not is_number(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a number >= 0 (a fraction of each image's value range), got {sigma!r}")
     bs = core.check_batch_size(batch_size, images.device)
@@ -88,15 +94,19 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
         net = accel.prepared(model, example=x) if fast else model
         logits = core.predict_logits(net, x)
         t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=lambda: logits, device=x.device)
-        total = torch.zeros_like(x)
-        for noisy, img in _noisy_batches(x, n_samples, float(sigma), bs, generator, progress):
+        total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
+        for noisy, img in noisy_batches(x, n_samples, float(sigma), bs, generator, progress):
             attr = method(net, noisy, t[img], reduce=None, **extra)
             if not isinstance(attr, torch.Tensor) or attr.shape != noisy.shape:
                 got = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr).__name__
                 raise ValueError(f"method must return raw attributions shaped like its images {tuple(noisy.shape)} "
                                  f"when called with reduce=None, got {got}")
-            total.index_add_(0, img, attr.detach() ** 2 if squared else attr.detach())
-    return core.reduce_channels(total / n_samples, reduce)
+            attr = attr.detach()
+            total.index_add_(0, img, attr ** 2 if squared else attr)
+            if variance:
+                total_sq.index_add_(0, img, attr ** 2)
+    mean = total / n_samples
+    return core.reduce_channels((total_sq / n_samples - mean ** 2).clamp(min=0) if variance else mean, reduce)
 
 
 def _takes_fast(method: GradientMethod) -> bool:

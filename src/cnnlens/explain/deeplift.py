@@ -1,0 +1,179 @@
+"""DeepLIFT with the Rescale rule (Shrikumar, Greenside & Kundaje 2017): the difference of the target score
+from its value at a baseline, distributed back to the input by multipliers instead of gradients.
+
+``DeepLIFT(x) = (x - b) * m``, where ``m`` is backpropagated like a gradient except that every
+elementwise nonlinearity ``y = f(z)`` uses the finite-difference multiplier ``(f(z) - f(z_b)) / (z - z_b)``
+(its derivative where ``|z - z_b| < eps``) and max-pooling sends ``max(o, o_b) - o_b`` to the input's
+argmax and ``o - max(o, o_b)`` to the baseline's (Captum's rule: both keep summation-to-delta). For a
+network of linear layers, ReLU-like activations and max-pools, ``sum DeepLIFT(x) = logit_t(x) - logit_t(b)``
+exactly. Image and baseline run as one batch ``[x; b]``; a ``TorchFunctionMode`` active for the one call
+replaces the backward of every nonlinearity the forward pass computes (``nn.ReLU``, ``F.relu``, in place or
+not, reused modules; ELU, LeakyReLU, sigmoid, tanh, softplus, GELU, SiLU, ...; ``nn.MaxPool2d`` and
+``F.max_pool2d``); the model is not modified.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from cnnlens._checks import is_number
+from cnnlens._types import Reduce, Target
+from cnnlens.explain import accel, core
+from cnnlens.explain.guided_backprop import with_backward_rule
+from cnnlens.explain.integrated_gradients import make_baseline
+from cnnlens.explain.registry import method
+
+#: Elementwise nonlinearities whose backward becomes the rescale multiplier (the modules call these).
+ELEMENTWISE = frozenset({
+    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_,
+    F.elu, F.elu_, F.leaky_relu, F.leaky_relu_, F.hardtanh, F.hardtanh_, F.relu6, F.selu, F.celu,
+    torch.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, F.sigmoid, torch.tanh, torch.Tensor.tanh,
+    torch.Tensor.tanh_, F.tanh, F.softplus, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+})
+#: The 2-D max-pooling entry points (``nn.MaxPool2d`` calls the first two).
+MAX_POOLS = frozenset({F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d})
+
+
+def _pool_arguments(input: torch.Tensor, kernel_size: object, stride: object = None, padding: object = 0,
+                    dilation: object = 1, ceil_mode: bool = False, return_indices: bool = False) -> dict[str, object]:
+    """The arguments of a max-pool call, by name (``torch.max_pool2d`` spells 'no stride' ``[]``)."""
+    return {"kernel_size": kernel_size, "stride": stride if stride not in ([], ()) else None, "padding": padding,
+            "dilation": dilation, "ceil_mode": ceil_mode}
+
+
+def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: float):
+    """The rescale multiplier of elementwise ``op`` on the pair batch ``[z; z_b]`` (both halves alike)."""
+
+    def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        dz, dy = before[:n] - before[n:], out[:n] - out[n:]
+        small = dz.abs() < eps
+        ratio = dy / torch.where(small, torch.ones_like(dz), dz)
+        multiplier = torch.cat([ratio, ratio])
+        if bool(small.any()):  # no difference to rescale: the derivative, at each half's own input
+            with torch.enable_grad():
+                z = before.detach().requires_grad_(True)
+                (slope,) = torch.autograd.grad(op(z.clone()).sum(), z)
+            multiplier = torch.where(torch.cat([small, small]), slope, multiplier)
+        return lambda grad: grad * multiplier
+
+    return rule
+
+
+def _max_pool_rule(pool: dict[str, object], n: int, eps: float):
+    """Captum's max-pool rule on ``[x; x_b]``: ``max(o, o_b) - o_b`` to x's argmax, ``o - max(o, o_b)`` to
+    the baseline's, divided by the input difference (the gradient where it is below ``eps``)."""
+
+    def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        _, index = F.max_pool2d(before, **pool, return_indices=True)
+        index = index.flatten(2)
+        top = torch.maximum(out[:n], out[n:])
+        delta_out = torch.cat([top - out[n:], out[:n] - top])
+        dx = before[:n] - before[n:]
+        small = torch.cat([dx.abs() < eps] * 2)
+        dx = torch.cat([dx, dx])
+
+        def grad_input(grad: torch.Tensor) -> torch.Tensor:
+            def scatter(values: torch.Tensor) -> torch.Tensor:  # sums where windows overlap (unpooling overwrites)
+                flat = values.new_zeros(*before.shape[:2], before.shape[2] * before.shape[3])
+                return flat.scatter_add_(2, index, values.flatten(2)).view_as(before)
+
+            moved = scatter(grad * delta_out)
+            moved = torch.cat([moved[:n] + moved[n:]] * 2)
+            return torch.where(small, scatter(grad), moved / torch.where(small, torch.ones_like(dx), dx))
+
+        return grad_input
+
+    return rule
+
+
+class _Rescale(TorchFunctionMode):
+    """DeepLIFT's backward for every nonlinearity computed on the pair batch ``[x; b]`` (``2 n`` rows)
+    while active; ``count`` says how many."""
+
+    def __init__(self, n: int, eps: float) -> None:
+        super().__init__()
+        self.n, self.eps, self.count = n, eps, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        kwargs = kwargs or {}
+        x = args[0] if args else None
+        paired = isinstance(x, torch.Tensor) and x.requires_grad and x.dim() >= 1 and x.shape[0] == 2 * self.n
+        if not paired or "out" in kwargs or (func not in ELEMENTWISE and func not in MAX_POOLS):
+            return func(*args, **kwargs)
+        self.count += 1
+        if func in ELEMENTWISE:
+            op = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+            return with_backward_rule(op, x, _elementwise_rule(op, self.n, self.eps), keep_input=True)
+        if x.dim() != 4:  # an unbatched or odd pooling: its gradient
+            self.count -= 1
+            return func(*args, **kwargs)
+        bound = inspect.signature(_pool_arguments).bind(*args, **kwargs).arguments
+        pool = _pool_arguments(*args, **kwargs)
+        out = with_backward_rule(lambda t: F.max_pool2d(t, **pool), x, _max_pool_rule(pool, self.n, self.eps))
+        if bound.get("return_indices", False) or func is F.max_pool2d_with_indices:
+            return out, F.max_pool2d(x.detach(), **pool, return_indices=True)[1]
+        return out
+
+
+def deeplift_pair(net: nn.Module, images: torch.Tensor, baselines: torch.Tensor, target: Target,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Raw DeepLIFT ``[N,C,H,W]`` of ``images`` against same-shaped ``baselines`` on ``net`` (already guarded),
+    the resolved targets and how many nonlinearities were rescaled."""
+    n = images.shape[0]
+    pair = torch.cat([images, baselines]).detach().requires_grad_(True)
+    with _Rescale(n, eps) as mode:
+        logits = net(pair)
+    t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits[:n].detach(), device=images.device)
+    # both halves' scores: each half then carries the same gradient, which the max-pool rule needs
+    score = core.target_scores(logits[:n], t).sum() + core.target_scores(logits[n:], t).sum()
+    (grad,) = torch.autograd.grad(score, pair)
+    return (images - baselines) * grad[:n], t, mode.count
+
+
+def check_rescaled(model: nn.Module, count: int, name: str) -> None:
+    """A TorchScript model computes its nonlinearities inside its compiled graph, where DeepLIFT cannot
+    rescale them: raise rather than return gradient x difference under DeepLIFT's name."""
+    if count == 0 and any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise ValueError(f"{name} rescales the model's nonlinearities, and this TorchScript archive computes them "
+                         "inside its compiled graph, out of reach; explain the eager model, or use integrated "
+                         "gradients instead")
+
+
+def check_eps(eps: float) -> None:
+    if not is_number(eps) or not eps > 0:
+        raise ValueError(f"eps must be a positive number (below it an input difference counts as none), got {eps!r}")
+
+
+@method("deeplift", "DeepLIFT", kind="gradient")
+def deeplift(model: nn.Module, images: torch.Tensor, target: Target = None, *,
+             baseline: str | float | torch.Tensor = "zeros", eps: float = 1e-10, reduce: Reduce = "sum",
+             fast: bool = True) -> torch.Tensor:
+    """DeepLIFT, Rescale rule (Shrikumar et al. 2017): ``(x - b) * m``, ``m`` the gradient with every
+    nonlinearity's derivative replaced by ``(f(z) - f(z_b)) / (z - z_b)``.
+
+    ``baseline``: as in :func:`~cnnlens.explain.integrated_gradients.integrated_gradients` (``"zeros"``,
+    the default as in Captum, is a black image for cnnlens's [0,1] inputs; ``"mean"``, ``"blur"``, a number
+    or a tensor). Returns ``[N,H,W]`` summed over channels (signed; for ReLU / max-pool networks the sum
+    over pixels is exactly ``logit_t(x) - logit_t(b)``), raw ``[N,C,H,W]`` with ``reduce=None``: Captum's
+    ``DeepLift`` (which rescales listed module types only, ``nn.ReLU`` among them; here also ``F.relu``,
+    reused modules and GELU / SiLU / Hardswish, whose plain gradient Captum keeps; max-pools with overlapping
+    windows add where Captum's unpooling overwrites). ``fast``: as in
+    :func:`~cnnlens.explain.saliency.saliency`.
+
+    >>> maps = deeplift(model, images, target=3, baseline="blur")
+    """
+    core.check_images(images)
+    check_eps(eps)
+    x = images.detach()
+    base = make_baseline(x, baseline)
+    with core.guarded(model, images):
+        net = accel.prepared(model, example=x) if fast else model
+        attr, _, count = deeplift_pair(net, x, base, target, float(eps))
+    check_rescaled(model, count, "DeepLIFT")
+    return core.reduce_channels(attr, reduce)
