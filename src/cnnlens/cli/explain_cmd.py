@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlens.cli._options import RegistryOption, parse_methods, parse_options
+from cnnlens.jobs.cli import job_options, run_job
 from cnnlens.viz.defaults import LIME_TOP_K, MASK_PERCENTILE
 from cnnlens.data.imageset import ImageSet
 
@@ -296,11 +297,12 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
               help="The images, e.g. fer:test.csv or folder:DIR: needed with --model and for an imported run; for "
                    "a trained run, another dataset than its own (labels matched by class name; unlabelled images "
                    "are explained for the predicted class).")
+@job_options
 def command(run_dir: Path | None, methods: str, images: str | None, per_class_k: int | None, misclassified_k: int | None,
             out: Path, split: str | None, target: str, layer: str | None, option_items: tuple[str, ...],
             mask_percentile: float, lime_top_k: int, seed: int, device: str, batch_size: int | None, overwrite: bool,
             model_spec: str | None, weights: Path | None, classes: str | None, input_shape: str | None,
-            data: str | None) -> None:
+            data: str | None, **job: Any) -> None:
     """Explain chosen images of a run (or of your own model) with several methods.
 
     Writes, per image, a grid of every method (IMG_grid.png), the saliency three-panel figure
@@ -314,7 +316,14 @@ def command(run_dir: Path | None, methods: str, images: str | None, per_class_k:
       cnnlens explain runs/fer --misclassified 8 --target true --out wrong
       cnnlens explain --model mynet:build --weights net.pt --data fer:test.csv \\
                       --classes angry,happy --input-shape 1,48,48 --out ex
+      cnnlens explain runs/fer --split test --methods grad-cam --out test-maps --engine ray   # every image, resumable
     """
+    if job["engine"] is not None:  # the whole split as a dataset job (cnnlens.jobs)
+        if sum(v is not None for v in (images, per_class_k, misclassified_k)):
+            raise click.UsageError("--engine explains every image of --split: drop --images/--per-class/--misclassified")
+        return run_job(run_dir=run_dir, out=out, methods=methods, option_items=option_items, split=split, data=data,
+                       seed=seed, device=device, batch_size=batch_size, overwrite=overwrite, layer=layer, target=target,
+                       model_spec=model_spec, weights=weights, classes=classes, input_shape=input_shape, **job)
     from rich.console import Console
 
     from cnnlens._atomic import check_output, output_dir

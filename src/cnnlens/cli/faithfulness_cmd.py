@@ -4,11 +4,13 @@ method on a run's images, with baselines and confidence intervals, written as a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cnnlens.cli._options import RegistryOption, parse_methods, parse_options
 from cnnlens.faithfulness.deletion import SUBSTRATES
+from cnnlens.jobs.cli import faithfulness_job_options, run_job
 
 
 def _step(text: str) -> int | float:
@@ -63,11 +65,12 @@ def _step(text: str) -> int | float:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds random baselines, noise and the bootstrap.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Perturbed images per forward pass.")
+@faithfulness_job_options
 def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: int, n_randomization_images: int,
             randomization_methods: str, split: str | None, data_spec: str | None, mask_dir: Path | None, step: str,
             deletion_substrate: str, insertion_substrate: str,
             option_items: tuple[str, ...], out_dir: Path | None, overwrite: bool, seed: int, device: str,
-            batch_size: int | None) -> None:
+            batch_size: int | None, save_maps: bool = False, **job: Any) -> None:
     """Measure whether each explanation method tells the truth about the model in RUN_DIR.
 
     \b
@@ -83,7 +86,14 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
       cnnlens faithfulness runs/faces --methods saliency,grad-cam,occlusion --n-images 100
       cnnlens faithfulness runs/food --masks food-masks/ --out runs/food/faith --overwrite
       cnnlens faithfulness runs/imported --data folder:photos --methods saliency,grad-cam
+      cnnlens faithfulness runs/faces --split test --methods grad-cam --out scores --engine ray   # per image, resumable
     """
+    if job["engine"] is not None:  # every image of the split, deletion/insertion AUC per image (cnnlens.jobs)
+        return run_job(run_dir=run_dir, out=out_dir, methods=methods, option_items=option_items, split=split or
+                       ("val" if data_spec is None else None), data=data_spec, seed=seed, device=device,
+                       batch_size=None, overwrite=overwrite, scores=("deletion", "insertion"), save_maps=save_maps,
+                       step=_step(step), deletion_substrate=deletion_substrate, insertion_substrate=insertion_substrate,
+                       **job)
     from cnnlens._atomic import check_output
     from cnnlens.explain.runner import check_methods, check_options
     from cnnlens.faithfulness.runner import evaluate_run_faithfulness
