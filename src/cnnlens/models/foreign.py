@@ -314,7 +314,8 @@ class Scored(nn.Module):
 
 def model_label(model: nn.Module, model_section: Any = None) -> str:
     """How a model is named for people: a built-in's name, an imported model's builder (``pkg.mod:build``,
-    its class) or "TorchScript archive", else the class of the user's model (never the adapter's)."""
+    its class), "TorchScript archive" or "Keras model (its name)", else the class of the user's model
+    (never the adapter's)."""
     section = model_section if isinstance(model_section, dict) else {}
     inner = getattr(model, MODEL_ATTR, model) if isinstance(model, Scored) else model
     if section.get("name"):
@@ -323,6 +324,9 @@ def model_label(model: nn.Module, model_section: Any = None) -> str:
         return f"{section['builder']} ({type(inner).__name__})"
     if section.get("torchscript") or isinstance(inner, torch.jit.ScriptModule):
         return "TorchScript archive"
+    keras_model = getattr(inner, "keras_model", None)  # cnnlens.models.keras.KerasModel
+    if section.get("keras") or keras_model is not None:
+        return f"Keras model ({keras_model.name})" if keras_model is not None else "Keras model"
     return type(inner).__name__
 
 
@@ -375,8 +379,13 @@ def detect_scores(model: nn.Module, input_shape: tuple[int, int, int], *, output
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
         return "logits", None  # check_scores says what is wrong with it
     out = out.double()
-    last = [type(m).__name__ for m in model.modules() if next(m.children(), None) is None]
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    last = [type(m).__name__ for m in leaves]
     ends = f" (it ends in nn.{last[-1]})" if last and last[-1] in ("Softmax", "LogSoftmax") else ""
+    keras_layer = getattr(leaves[-1], "keras_layer", None) if leaves else None  # cnnlens.models.keras views
+    activation = getattr(getattr(keras_layer, "activation", None), "__name__", "")
+    if activation in ("softmax", "sigmoid", "log_softmax"):
+        ends = f" (its last Keras layer, {keras_layer.name}, applies {activation})"
     if bool((out >= -1e-7).all()) and bool(((out.sum(1) - 1).abs() < PROBABILITY_TOLERANCE).all()):
         return "probabilities", (f"the model outputs probabilities{ends}: every row of a probe batch is non-negative "
                                  "and sums to 1, so cnnlens explains the log-probability log p (the log of its output) "

@@ -19,7 +19,7 @@ class LayerRow:
 
     Attributes:
         name: qualified module name, as ``model.named_modules()`` and every ``layer=`` argument spell it.
-        type: the module's class name (``Conv2d``).
+        type: the module's class name (``Conv2d``; a Keras layer's own, ``Conv2D``).
         output_shape: the output's shape for a batch of one, batch dimension included (``(1, 64, 48, 48)``);
             for a module returning several tensors, a tuple of such shapes.
         params: parameters held directly by this module (counted once, on its first call).
@@ -77,7 +77,9 @@ def summary(model: nn.Module, input_shape: Sequence[int], *, device: torch.devic
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             own = list(module.parameters(recurse=False)) if id(module) not in seen else []
             seen.add(id(module))
-            rows.append(LayerRow(name=name, type=type(module).__name__, output_shape=_shape(output),
+            kind = getattr(module, "layer_type", None)  # a Keras layer's view names its Keras class (Conv2D)
+            rows.append(LayerRow(name=name, type=kind if isinstance(kind, str) else type(module).__name__,
+                                 output_shape=_shape(output),
                                  params=sum(p.numel() for p in own),
                                  trainable_params=sum(p.numel() for p in own if p.requires_grad)))
         return hook

@@ -1,9 +1,9 @@
-"""``import_model``: a model trained elsewhere becomes a run folder that every cnnlens command takes.
+"""``import_model`` / ``import_keras``: a model trained elsewhere becomes a run folder that every cnnlens command takes.
 
 The run folder holds ``config.json`` (the model section names the builder and its arguments, or the
 TorchScript archive; the output selector, what the scores are, the preprocessing and the class names)
 and the weights as ``weights.safetensors`` (``model.pt`` for a TorchScript archive, which holds its
-own). Before anything is written the model is built, its weights loaded strictly, and it is run on a
+own; ``model.keras`` / ``model.h5`` for a Keras model, :func:`import_keras`). Before anything is written the model is built, its weights loaded strictly, and it is run on a
 zero batch, which must give ``[1, len(classes)]`` scores; the folder is written atomically.
 
 >>> run, notes = import_model("runs/mine", weights="net.pt", builder="mypackage.nets:build",
@@ -31,6 +31,8 @@ from cnnlens.train import run as runfiles
 
 #: File name of an imported TorchScript archive inside the run folder.
 TORCHSCRIPT_FILE = "model.pt"
+#: File name (before its suffix, .keras or .h5) of an imported Keras model inside the run folder.
+KERAS_FILE = "model"
 #: ``scores=`` values: detect from the model's outputs, or say what they are.
 SCORE_CHOICES = ("auto", *foreign.SCORES)
 
@@ -87,6 +89,67 @@ def import_model(out: PathArg, *, weights: PathArg, classes: Sequence[str], inpu
         section = {"builder": builder, "kwargs": dict(builder_kwargs or {}), "root": foreign.builder_root(builder)}
     model.eval()
 
+    def write(folder: Path) -> None:
+        if archive:
+            shutil.copyfile(weights, folder / TORCHSCRIPT_FILE)
+        else:
+            runfiles.save_weights(folder / runfiles.WEIGHTS_FILE, model)
+
+    return _write_run(out, model, section, write, source=weights, key="weights", names=names, shape=shape,
+                      prep=prep, output=output, scores=scores, overwrite=overwrite)
+
+
+def import_keras(out: PathArg, *, keras_file: PathArg, classes: Sequence[str], input_shape: Sequence[int] | None = None,
+                 preprocess: Preprocess | None = None, scores: str = "auto", trust_code: bool = False,
+                 overwrite: bool = False) -> tuple[runfiles.Run, list[str]]:
+    """Write the run folder ``out`` for a Keras 3 model file; return the loaded run and notes to show.
+
+    The file (``.keras``, or a legacy ``.h5``) is copied into the run as ``model.keras`` / ``model.h5`` and
+    read with ``keras.saving.load_model(compile=False)`` on the PyTorch backend, inside the adapter
+    :class:`cnnlens.models.keras.KerasModel` (``[N,C,H,W]`` images, layers by their Keras names).
+
+    Args:
+        out, classes, preprocess, scores, overwrite: as for :func:`import_model`.
+        keras_file: the Keras model file.
+        input_shape: ``(C, H, W)``; default the model's own input shape (needed where it leaves H or W open).
+        trust_code: load a file whose layers hold Python code (a ``Lambda`` layer): refused otherwise,
+            since loading it runs that code. Recorded in the run, which then loads it the same way.
+
+    Needs the ``keras`` extra (``pip install 'cnnlens[keras]'``). Errors leave ``out`` as it was.
+    """
+    from cnnlens.models import keras as kerasmodels
+
+    names = _classes(classes)
+    if scores not in SCORE_CHOICES:
+        raise ValueError(f"scores must be one of {', '.join(SCORE_CHOICES)}; got {scores!r}")
+    source = Path(keras_file)
+    _atomic.check_output(out, kind="run", overwrite=overwrite, inputs=[source])
+    model = kerasmodels.KerasModel(kerasmodels.load_keras(source, trust_code=trust_code)).eval()
+    own = model.input_shape
+    if input_shape is None:
+        if any(v is None for v in own):
+            raise foreign.ForeignModelError(f"{source} takes images of any size ({'x'.join(map(str, own))}); give "
+                                            "the size to explain with --input-shape C,H,W", "--input-shape")
+        input_shape = own
+    shape = _shape(input_shape)
+    if any(v is not None and v != s for v, s in zip(own, shape)):
+        raise foreign.ForeignModelError(f"--input-shape {','.join(map(str, shape))} does not fit {source}, which takes "
+                                        f"{'x'.join('any' if v is None else str(v) for v in own)} (C,H,W)", "--input-shape")
+    try:
+        prep = dataclasses.replace(preprocess or Preprocess(), channels=shape[0], size=shape[1:])
+    except ValueError as exc:  # mean/std for another number of channels
+        raise foreign.ForeignModelError(str(exc), "--normalize") from None
+    stored = KERAS_FILE + (".keras" if source.suffix.lower() == ".keras" else ".h5")
+    section: dict[str, Any] = {"keras": stored, "trust_code": bool(trust_code)}
+    return _write_run(out, model, section, lambda folder: shutil.copyfile(source, folder / stored), source=source,
+                      key="keras", names=names, shape=shape, prep=prep, output=None, scores=scores, overwrite=overwrite)
+
+
+def _write_run(out: PathArg, model: torch.nn.Module, section: dict[str, Any], write: Any, *, source: Path, key: str,
+               names: tuple[str, ...], shape: tuple[int, int, int], prep: Preprocess, output: foreign.Output,
+               scores: str, overwrite: bool) -> tuple[runfiles.Run, list[str]]:
+    """Detect the scores, check the adapted model, and write the run folder atomically (``write(folder)``
+    puts the model's file there); the run must load back and compute the same scores."""
     notes: list[str] = []
     if scores == "auto":
         scores, note = foreign.detect_scores(model, shape, output=output, preprocess=prep)
@@ -102,14 +165,11 @@ def import_model(out: PathArg, *, weights: PathArg, classes: Sequence[str], inpu
         "preprocess": prep.to_dict(),
         "data": None,
         "train": None,
-        "imported": {"weights": str(weights.resolve()), "sha256": _sha256(weights)},
+        "imported": {key: str(source.resolve()), "sha256": _sha256(source)},
     }
-    with _atomic.output_dir(out, kind="run", overwrite=overwrite, inputs=[weights]) as tmp:
+    with _atomic.output_dir(out, kind="run", overwrite=overwrite, inputs=[source]) as tmp:
         runfiles.write_json(tmp / runfiles.CONFIG_FILE, manifest)
-        if archive:
-            shutil.copyfile(weights, tmp / TORCHSCRIPT_FILE)
-        else:
-            runfiles.save_weights(tmp / runfiles.WEIGHTS_FILE, model)
+        write(tmp)
         _check_reloads(tmp, scored, shape)
     return runfiles.load_run(out), notes
 

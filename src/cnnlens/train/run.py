@@ -163,16 +163,17 @@ def read_manifest(run_dir: PathArg) -> dict[str, Any]:
 #: The kinds of model a run's config.json names (its "model" section holds exactly one of these keys):
 #: a cnnlens model by name (trained by ``cnnlens train``), a builder ``package.module:callable`` and its
 #: keyword arguments (``cnnlens import``; weights in weights.safetensors), or a TorchScript archive in the
-#: run folder (``cnnlens import`` of a ``torch.jit.save`` file; it holds its own weights).
-MODEL_KINDS = ("name", "builder", "torchscript")
+#: run folder (``cnnlens import`` of a ``torch.jit.save`` file; it holds its own weights), or a Keras model
+#: file in the run folder (``cnnlens import --keras``; read by :mod:`cnnlens.models.keras`).
+MODEL_KINDS = ("name", "builder", "torchscript", "keras")
 
 
 def check_model_section(model: Any, source: str) -> None:
     """Raise ValueError unless ``model`` is a valid "model" section of config.json (see :data:`MODEL_KINDS`)."""
     from cnnlens.models.foreign import SCORES
 
-    forms = ('{"name": str, "kwargs": {...}}, {"builder": "package.module:callable", "kwargs": {...}} or '
-             '{"torchscript": "model.pt"}')
+    forms = ('{"name": str, "kwargs": {...}}, {"builder": "package.module:callable", "kwargs": {...}}, '
+             '{"torchscript": "model.pt"} or {"keras": "model.keras"}')
     kinds = [k for k in MODEL_KINDS if isinstance(model, dict) and k in model]
     if len(kinds) != 1 or not isinstance(model[kinds[0]], str) or not model[kinds[0]]:
         raise ValueError(f"{source}: 'model' must be one of {forms}, got {model!r}")
@@ -181,8 +182,8 @@ def check_model_section(model: Any, source: str) -> None:
         raise ValueError(f"{source}: 'model' must be one of {forms}, got {model!r}")
     if kind == "builder" and ":" not in model["builder"]:
         raise ValueError(f"{source}: model 'builder' must be package.module:callable, got {model['builder']!r}")
-    if kind == "torchscript" and Path(model["torchscript"]).name != model["torchscript"]:
-        raise ValueError(f"{source}: model 'torchscript' must be a file name inside the run folder, got {model['torchscript']!r}")
+    if kind in ("torchscript", "keras") and Path(model[kind]).name != model[kind]:
+        raise ValueError(f"{source}: model {kind!r} must be a file name inside the run folder, got {model[kind]!r}")
     output = model.get("output")
     if output is not None and not (is_int(output) or isinstance(output, str)):
         raise ValueError(f"{source}: model 'output' must be an index (int), a key (str) or null, got {output!r}")
@@ -513,12 +514,18 @@ def load_run(path: PathArg, device: str | torch.device = "cpu") -> Run:
         raise ValueError(f"{run_dir} is not a cnnlens run folder: no such folder")
     manifest = read_manifest(run_dir)
     section, train = manifest["model"], manifest["train"]
-    archive = section.get("torchscript")
-    if archive is None and not (run_dir / WEIGHTS_FILE).is_file():
+    archive, keras_file = section.get("torchscript"), section.get("keras")
+    if archive is None and keras_file is None and not (run_dir / WEIGHTS_FILE).is_file():
         raise ValueError(missing_weights(run_dir) if train is not None else
                          f"{run_dir / WEIGHTS_FILE} (the imported model's weights) is missing; run `cnnlens import` again")
     dev = resolve_device(device)
-    if archive is not None:
+    if keras_file is not None:
+        from cnnlens.models.keras import KerasModel, load_keras
+
+        if not (run_dir / keras_file).is_file():
+            raise ValueError(f"{run_dir / keras_file} (the imported Keras model) is missing; run `cnnlens import` again")
+        model = KerasModel(load_keras(run_dir / keras_file, trust_code=section.get("trust_code") is True))
+    elif archive is not None:
         from cnnlens.models.foreign import load_torchscript
 
         if not (run_dir / archive).is_file():

@@ -28,5 +28,9 @@ def model_section(ctx: ReportContext) -> dict[str, Any] | None:
     csv = ctx.assets.csv("layers", ["layer", "type", "output_shape", "params", "trainable_params"],
                          [(r.name, r.type, _shape(r.output_shape), r.params, r.trainable_params) for r in rows])
     sentences = text.model_sentences(name, total, trainable, len(rows), input_shape)
+    scores = getattr(ctx.model, "scores", "logits")  # cnnlens.models.foreign.Scored says what the model outputs
+    if scores in ("probabilities", "log_probabilities"):
+        sentences.append(f"The model outputs {scores.replace('_', '-')}, not logits: every method explains the "
+                         "log-probability log p of a class as its score.")
     return {"id": "model", "title": "Model", "text": sentences, "rows": table, "total": f"{total:,}",
             "trainable": f"{trainable:,}", "files": [csv]}
