@@ -27,6 +27,8 @@ from cnnlens.explain.deeplift_shap import deeplift_shap
 from cnnlens.explain.gradient_shap import gradient_shap
 from cnnlens.explain.vargrad import vargrad
 from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
+from cnnlens.explain.guided_ig import guided_ig
+from cnnlens.explain.blur_ig import blur_ig
 
 METHODS = {
     "saliency": saliency,
@@ -44,6 +46,8 @@ METHODS = {
     "gradient_shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=2),
     "vargrad": functools.partial(vargrad, n_samples=3, batch_size=2),
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2),
+    "guided_ig": functools.partial(guided_ig, n_steps=4),
+    "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5),
 }
 #: The methods that draw random numbers (a generator makes them repeatable).
 RANDOM = {"smoothgrad", "smoothgrad_guided", "deeplift_shap", "gradient_shap", "vargrad", "smoothgrad_squared"}
@@ -65,6 +69,8 @@ EXACT = {
     "gradient_shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=2, fast=False),
     "vargrad": functools.partial(vargrad, n_samples=3, batch_size=2, fast=False),
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2, fast=False),
+    "guided_ig": functools.partial(guided_ig, n_steps=4, fast=False),
+    "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5, fast=False),
 }
 
 
@@ -126,6 +132,7 @@ FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoo
            "smoothgrad_guided": 2, "grad_cam": 1, "cam": 1, "guided_grad_cam": 3, "input_x_gradient": 1,
            "deconvnet": 1, "deeplift": 1, "deeplift_shap": 3, "gradient_shap": 2, "vargrad": 3,
            "smoothgrad_squared": 2}
+FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -13,7 +13,7 @@ from cnnlens.explain.lime import lime, lime_explain
 
 #: the gradient and reference methods after integrated gradients (none in the report's defaults)
 GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "gradient-shap", "vargrad",
-             "smoothgrad-squared"]
+             "smoothgrad-squared", "guided-ig", "blur-ig"]
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
             "occlusion", "lime"]
 

@@ -24,6 +24,7 @@ import torch
 from cnnlens.explain import grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
+from cnnlens.explain import blur_ig, guided_ig
 
 TARGETS = [0, 3, 6, 2]
 METHODS = {
@@ -41,6 +42,8 @@ METHODS = {
     "gradient-shap": functools.partial(gradient_shap, n_baselines=3, n_samples=4, sigma=0.1, batch_size=5, reduce=None),
     "vargrad": functools.partial(vargrad, n_samples=4, reduce=None),
     "smoothgrad-squared": functools.partial(smoothgrad_squared, n_samples=4, reduce=None),
+    "guided-ig": functools.partial(guided_ig, n_steps=8, reduce=None),
+    "blur-ig": functools.partial(blur_ig, n_steps=8, max_sigma=6.0, batch_size=7, reduce=None),
 }
 #: The methods that draw random numbers: seeded through their generator.
 RANDOM = {"smoothgrad", "smoothgrad-guided", "deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}

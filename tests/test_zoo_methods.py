@@ -22,6 +22,7 @@ from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, int
 from cnnlens.explain import lime as lime_map
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
+from cnnlens.explain import blur_ig, guided_ig
 
 #: Each method with small settings; all take fast=.
 METHODS = {
@@ -36,6 +37,10 @@ METHODS = {
     "gradient-shap": functools.partial(gradient_shap, n_baselines=2, n_samples=3, batch_size=4),
     "vargrad": functools.partial(vargrad, n_samples=3, batch_size=4),
     "smoothgrad-squared": functools.partial(smoothgrad_squared, n_samples=3, batch_size=4),
+    # fraction=1: every feature moves at once, so the path does not hinge on near-ties of |gradient| (a 1e-16
+    # difference between the fast copy and the model can swap two features at the quantile, as on the GELU model)
+    "guided-ig": functools.partial(guided_ig, n_steps=4, fraction=1.0),
+    "blur-ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=8),
     "grad-cam": grad_cam,
     "guided-grad-cam": guided_grad_cam,
     "occlusion": functools.partial(occlusion, patch=6, stride=6),

@@ -27,6 +27,8 @@ from cnnlens.explain.deeplift_shap import deeplift_shap
 from cnnlens.explain.gradient_shap import gradient_shap
 from cnnlens.explain.vargrad import vargrad
 from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
+from cnnlens.explain.guided_ig import guided_ig
+from cnnlens.explain.blur_ig import blur_ig
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.cam import cam
 from cnnlens.explain.guided_grad_cam import guided_grad_cam
@@ -35,7 +37,7 @@ from cnnlens.explain.lime import lime, lime_explain
 
 METHODS = registry.functions()
 
-__all__ = ["METHODS", "cam", "clear_caches", "deconvnet", "deeplift", "deeplift_shap", "deterministic", "grad_cam",
-           "gradient_shap", "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients",
+__all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift", "deeplift_shap", "deterministic", "grad_cam",
+           "gradient_shap", "guided_backprop", "guided_grad_cam", "guided_ig", "input_x_gradient", "integrated_gradients",
            "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry", "saliency",
            "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad"]

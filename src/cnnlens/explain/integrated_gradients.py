@@ -75,19 +75,22 @@ def quadrature(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (k + offset) / n, torch.full((n,), 1.0 / n, dtype=torch.float64)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N,C,H,W]`` with reflected borders (a constant image stays constant)."""
+def gaussian_blur(images: torch.Tensor, sigma: float, *, border: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of ``[N,C,H,W]``: ``border="reflect"`` reflects the image (a constant image
+    stays constant; kernel radius ``ceil(3 sigma)``, at most the image's size - 1); ``"zeros"`` pads with
+    zeros and truncates the kernel at ``int(4 sigma + 0.5)`` as ``scipy.ndimage.gaussian_filter(mode="constant")``
+    does (Blur IG's path)."""
     n, c, h, w = images.shape
     out = images.reshape(n * c, 1, h, w)
     for dim, size in ((2, h), (3, w)):
-        radius = min(math.ceil(3 * sigma), size - 1)
+        radius = min(math.ceil(3 * sigma), size - 1) if border == "reflect" else int(4 * sigma + 0.5)
         if radius < 1:
             continue
         x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
         kernel = torch.exp(-0.5 * (x / sigma) ** 2)
         kernel = (kernel / kernel.sum()).reshape(1, 1, *((-1, 1) if dim == 2 else (1, -1)))
         pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
-        out = F.conv2d(F.pad(out, pad, mode="reflect"), kernel)
+        out = F.conv2d(F.pad(out, pad, mode="reflect") if border == "reflect" else F.pad(out, pad), kernel)
     return out.reshape(n, c, h, w)
 
 
