@@ -79,7 +79,8 @@ def test_any_callable_method_and_batch_size_independence(tmp_path):
 def test_bad_inputs_are_clear_errors_and_leave_nothing_behind(tmp_path):
     model = make_random_model(1)
     data = dataset(4)
-    with pytest.raises(ValueError, match="method must be one of 'saliency', 'grad-cam' or a callable"):
+    with pytest.raises(ValueError, match="method must be one of 'saliency', 'grad-cam', 'grad-cam-pp', 'xgrad-cam', "
+                                         "'layer-cam', 'hires-cam', 'eigen-cam' or a callable"):
         stream_explain(model, data, "lime", out=tmp_path / "m.npy")
     with pytest.raises(ValueError, match="out must name a .npy file"):
         stream_explain(model, data, out=tmp_path / "m.csv")
