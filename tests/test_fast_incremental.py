@@ -422,3 +422,26 @@ def test_occlusion_fast_option_is_incremental_occlusion():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
         occlusion(model, x, fast=True, precision="half")
+
+
+def test_plans_are_kept_per_model_and_shape_while_the_model_stays_the_same() -> None:
+    from cnnlens.explain import accel
+
+    model = make_random_model(1, seed=4).eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plan = local_plan(model, x)
+        assert local_plan(model, x) is plan  # no second trace
+        assert local_plan(model, x[:1]) is not plan  # another shape: its own plan
+        model.stem[0].weight.data.view(-1)[7] += 0.5  # changed through .data: the plan's folded copy is stale
+        fresh = local_plan(model, x)
+        assert fresh is not plan
+        torch.testing.assert_close(fresh(x), model(x), rtol=1e-4, atol=1e-5)
+        accel.clear_caches()
+        assert local_plan(model, x) is not fresh
+        handle = model.stem[0].register_forward_hook(lambda *a: None)
+        try:
+            with pytest.raises(NotDecomposable, match="hooks"):
+                local_plan(model, x)
+        finally:
+            handle.remove()

@@ -62,14 +62,16 @@ def masked_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "
 
 def clear_caches() -> None:
     """Forget every process-wide cache of the speed layer in one call: the prepared copies of models, the
-    measured batch sizes, and Winograd's choices and transformed weights (where that module was loaded).
+    measured batch sizes, the graph plans of incremental occlusion and LIME's tables, and Winograd's choices
+    and transformed weights (where those modules were loaded).
     Nothing here is needed for correctness (each cache is rebuilt on use); clear them to re-measure after
     changing ``torch.set_num_threads`` or to free memory."""
     tuning.clear_cache()
     _copies.clear_cache()
-    winograd = sys.modules.get("cnnlens.explain.accel.winograd")  # not imported just to clear it
-    if winograd is not None:
-        winograd.clear_cache()
+    for heavy in ("incremental", "winograd"):  # not imported just to clear them
+        module = sys.modules.get(f"cnnlens.explain.accel.{heavy}")
+        if module is not None:
+            module.clear_cache()
 
 
 __all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "architecture_key", "autocast", "check_precision", "clear_caches",

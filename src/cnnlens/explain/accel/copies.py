@@ -191,7 +191,7 @@ def _bits_sum(t: torch.Tensor) -> torch.Tensor:
 _INT_OF_WIDTH = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
 
 
-def _state(model: nn.Module) -> tuple[tuple, torch.Tensor]:
+def model_state(model: nn.Module) -> tuple[tuple, torch.Tensor]:
     """What a prepared copy depends on: the module tree, each tensor's storage and version, and its values.
 
     In-place updates through the tensor (optimiser steps, ``load_state_dict``) bump ``_version``; a new
@@ -259,7 +259,7 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
     copy with the model's own memory layout is tried, then the model itself, with one log line
     (``cnnlens.explain``, warning) saying why. ``model`` itself is also returned for a model carrying
     hooks (they must see the passes) or one that cannot be copied; a prepared copy is returned as it is.
-    The copy is rebuilt when the model's modules, parameters or buffers change (see :func:`_state`) and
+    The copy is rebuilt when the model's modules, parameters or buffers change (see :func:`model_state`) and
     dropped with the model.
 
     >>> grads = saliency(prepared(model, example=images), images)   # what saliency(model, images) does
@@ -267,7 +267,7 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
     if getattr(model, PREPARED_ATTR, False) or has_hooks(model):
         return model
     keep = tuple(sorted(keep))
-    key, sample = _state(model)
+    key, sample = model_state(model)
     entry = _PREPARED.get(model)
     if entry is None or entry[0] != key or not torch.equal(entry[1], sample):
         entry = (key, sample, {})

@@ -43,6 +43,7 @@ import logging
 import math
 import operator
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,7 +55,8 @@ from cnnlens._progress import progress_bar
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.accel.graph import Captured, capture
-from cnnlens.explain.accel.copies import VERIFY_TOLERANCE, autocast, check_precision, fold_conv_bn, has_hooks
+from cnnlens.explain.accel.copies import (VERIFY_TOLERANCE, autocast, check_precision, fold_conv_bn, has_hooks,
+                                          model_state)
 from cnnlens.explain.core import batch_ranges, class_score, to_channels_last
 
 #: Modules that act on each pixel on its own (in eval mode).
@@ -827,12 +829,40 @@ def full_step(layer: Spatial | Pointwise | Merge, inputs: list[torch.Tensor]) ->
     return layer.fn(*inputs)
 
 
+#: model -> (its state when planned, its tensors' bit sums, {example shape: LocalPlan, or why it does not decompose}).
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def clear_cache() -> None:
+    """Forget every cached plan (``cnnlens.explain.accel.clear_caches`` calls this)."""
+    _PLANS.clear()
+
+
 def local_plan(model: nn.Module, example: torch.Tensor) -> LocalPlan:
     """``model`` as a :class:`LocalPlan` for images shaped like ``example``; raises :class:`NotDecomposable`
-    saying which layer stops it and why (call in eval mode, as the methods do inside ``core.guarded``)."""
+    saying which layer stops it and why (call in eval mode, as the methods do inside ``core.guarded``).
+
+    Plans (and refusals) are kept per model and input shape while the model stays the same (the prepared
+    copies' rule, :func:`~cnnlens.explain.accel.copies.model_state`): reading the graph costs a trace
+    (~0.2 s for the small CNN), once per call of LIME or occlusion otherwise.
+    """
     if has_hooks(model):  # the user's hooks must see (and may change) every pass
         raise NotDecomposable("the model carries hooks, which its decomposition would not run")
-    return LocalPlan.build(model, example)
+    key, bits = model_state(model)
+    entry = _PLANS.get(model)
+    if entry is None or entry[0] != key or not torch.equal(entry[1], bits):
+        entry = (key, bits, {})
+        _PLANS[model] = entry
+    shape = (tuple(example.shape), example.dtype, str(example.device))
+    if shape not in entry[2]:
+        try:
+            entry[2][shape] = LocalPlan.build(model, example)
+        except NotDecomposable as why:
+            entry[2][shape] = str(why)
+    found = entry[2][shape]
+    if isinstance(found, str):
+        raise NotDecomposable(found)
+    return found
 
 
 @dataclass(frozen=True)
