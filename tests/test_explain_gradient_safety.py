@@ -20,6 +20,22 @@ from cnnlens.explain.guided_grad_cam import guided_grad_cam
 from cnnlens.explain.integrated_gradients import integrated_gradients, integrated_gradients_result
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
+from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
+                             xgrad_cam)
+
+
+def seeded_ss_cam(model: nn.Module, images: torch.Tensor, target: object = None, **kw: object) -> torch.Tensor:
+    """SS-CAM with a fresh seeded generator at every call, so that two calls draw the same noise."""
+    return ss_cam(model, images, target, n_samples=2, batch_size=8, generator=torch.Generator().manual_seed(0), **kw)
+
+
+#: The CAM family's new members, with small settings: fast (METHODS) and on the model itself (EXACT).
+CAMS = {
+    "grad_cam_pp": grad_cam_pp, "xgrad_cam": xgrad_cam, "layer_cam": layer_cam, "hires_cam": hires_cam,
+    "eigen_cam": eigen_cam, "score_cam": functools.partial(score_cam, batch_size=8), "ss_cam": seeded_ss_cam,
+    "is_cam": functools.partial(is_cam, n_samples=2, batch_size=8),
+    "ablation_cam": functools.partial(ablation_cam, batch_size=8),
+}
 from cnnlens.explain.input_x_gradient import input_x_gradient
 from cnnlens.explain.deconvnet import deconvnet
 from cnnlens.explain.deeplift import deeplift
@@ -39,6 +55,7 @@ METHODS = {
     "grad_cam": grad_cam,
     "cam": cam,
     "guided_grad_cam": guided_grad_cam,
+    **CAMS,
     "input_x_gradient": input_x_gradient,
     "deconvnet": deconvnet,
     "deeplift": deeplift,
@@ -62,6 +79,7 @@ EXACT = {
     "grad_cam": functools.partial(grad_cam, fast=False),
     "cam": cam,
     "guided_grad_cam": functools.partial(guided_grad_cam, fast=False),
+    **{name: functools.partial(fn, fast=False) for name, fn in CAMS.items()},
     "input_x_gradient": functools.partial(input_x_gradient, fast=False),
     "deconvnet": functools.partial(deconvnet, fast=False),
     "deeplift": functools.partial(deeplift, fast=False),
@@ -132,6 +150,9 @@ FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoo
            "smoothgrad_guided": 2, "grad_cam": 1, "cam": 1, "guided_grad_cam": 3, "input_x_gradient": 1,
            "deconvnet": 1, "deeplift": 1, "deeplift_shap": 3, "gradient_shap": 2, "vargrad": 3,
            "smoothgrad_squared": 2}
+# the CAMs: 1 is the default layer's probe, 2 the pass that hooks the layer, 3 the first masked / ablated batch
+FAIL_ON.update({"grad_cam_pp": 2, "xgrad_cam": 2, "layer_cam": 2, "hires_cam": 2, "eigen_cam": 2, "score_cam": 3,
+                "ss_cam": 3, "is_cam": 3, "ablation_cam": 3})
 FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
 
 

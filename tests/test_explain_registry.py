@@ -11,11 +11,13 @@ from cnnlens.explain import METHODS, registry
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.lime import lime, lime_explain
 
+CAMS = ["grad-cam-pp", "xgrad-cam", "layer-cam", "hires-cam", "score-cam", "ss-cam", "is-cam", "ablation-cam",
+        "eigen-cam"]
 #: the gradient and reference methods after integrated gradients (none in the report's defaults)
 GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "gradient-shap", "vargrad",
              "smoothgrad-squared", "guided-ig", "blur-ig"]
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
-            "occlusion", "lime"]
+            *CAMS, "occlusion", "lime"]
 
 
 def toy(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
@@ -26,9 +28,11 @@ def toy(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> 
 def test_built_in_methods_and_their_facts() -> None:
     assert registry.names() == BUILT_IN == list(METHODS)
     assert registry.names(kind="perturbation") == ["occlusion", "lime"]
-    assert registry.names(kind="cam") == ["grad-cam", "cam", "guided-grad-cam"]
-    assert registry.names(streamable=True) == ["saliency", "grad-cam"]
-    assert registry.names(layer=True) == ["grad-cam", "guided-grad-cam"]
+    assert registry.names(kind="cam") == ["grad-cam", "cam", "guided-grad-cam", *CAMS]
+    assert registry.names(streamable=True) == ["saliency", "grad-cam", "grad-cam-pp", "xgrad-cam", "layer-cam",
+                                               "hires-cam", "eigen-cam"]  # the one-pass methods
+    assert registry.names(layer=True) == ["grad-cam", "guided-grad-cam", *CAMS]
+    assert not any(registry.get(m).in_report is not None or registry.get(m).class_average for m in CAMS)
     assert not any(registry.get(m).in_report is not None or registry.get(m).class_average for m in GRADIENTS)
     assert set(GRADIENTS) <= set(registry.names(kind="gradient"))
     g, li = registry.get("grad-cam"), registry.get("lime")
@@ -96,8 +100,8 @@ def help_text(command: str) -> str:
 def test_cli_help_lists_the_registered_methods() -> None:
     assert f"Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,{','.join(GRADIENTS)}," \
            "grad-cam,cam,guided-grad-" \
-           "cam,occlusion,lime)or'all'" in help_text("explain")
-    assert "Layerforgrad-camandguided-grad-cam" in help_text("explain")
+           f"cam,{','.join(CAMS)},occlusion,lime)or'all'" in help_text("explain")
+    assert "Layerforgrad-camandguided-grad-camand" + "and".join(CAMS) + "(default" in help_text("explain")
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \
         in help_text("report")
     assert "[default:saliency,guided-backprop,grad-cam]" in help_text("report")

@@ -20,6 +20,8 @@ from zoo_models import NO_RELU, ZOO, build_view_tanh
 
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
 from cnnlens.explain import lime as lime_map
+from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
+                             xgrad_cam)
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
@@ -43,14 +45,26 @@ METHODS = {
     "blur-ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=8),
     "grad-cam": grad_cam,
     "guided-grad-cam": guided_grad_cam,
+    "grad-cam-pp": grad_cam_pp,
+    "xgrad-cam": xgrad_cam,
+    "layer-cam": layer_cam,
+    "hires-cam": hires_cam,
+    "score-cam": functools.partial(score_cam, batch_size=16),
+    "ss-cam": functools.partial(ss_cam, n_samples=2, batch_size=16),
+    "is-cam": functools.partial(is_cam, n_samples=2, batch_size=16),
+    "ablation-cam": functools.partial(ablation_cam, batch_size=16),
+    "eigen-cam": eigen_cam,
     "occlusion": functools.partial(occlusion, patch=6, stride=6),
     "lime": functools.partial(lime_map, n_samples=24, n_segments=8),
 }
-RANDOM = {"smoothgrad", "lime"}  # seeded through a generator argument
+RANDOM = {"smoothgrad", "lime", "ss-cam"}  # seeded through a generator argument
 RANDOM |= {"deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}
 #: Rules for ReLUs: a model that computes none is refused (with the rule's name).
 RELU_RULES = {"guided-backprop": "guided backprop guides ReLUs", "guided-grad-cam": "guided backprop guides ReLUs",
               "deconvnet": "the deconvnet rectifies the gradients of ReLUs"}
+#: The methods that read a layer (none can hook a layer inside a TorchScript archive).
+LAYER_METHODS = {"grad-cam", "guided-grad-cam", "cam", "grad-cam-pp", "xgrad-cam", "layer-cam", "hires-cam", "score-cam",
+                 "ss-cam", "is-cam", "ablation-cam", "eigen-cam"}
 
 
 def _call(name: str, model: torch.nn.Module, images: torch.Tensor, *, fast: bool, **kw: object) -> torch.Tensor:
@@ -159,7 +173,7 @@ def test_torchscript_models_work_or_say_that_layers_cannot_be_hooked(method, wra
     scripted = torch.jit.script(eager)
     model = Holder(scripted) if wrap else scripted
     images = _images(shape, torch.float64)
-    if method in {"grad-cam", "guided-grad-cam", "cam"}:
+    if method in LAYER_METHODS:
         with pytest.raises(TypeError, match="TorchScript archive, whose layers cannot be hooked"):
             cam(model, images, [0, 1]) if method == "cam" else _call(method, model, images, fast=True)
     elif method in {"guided-backprop", "deconvnet"}:  # its ReLUs run inside the compiled graph: nothing to guide

@@ -32,6 +32,15 @@ from cnnlens.explain.blur_ig import blur_ig
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.cam import cam
 from cnnlens.explain.guided_grad_cam import guided_grad_cam
+from cnnlens.explain.grad_cam_pp import grad_cam_pp
+from cnnlens.explain.xgrad_cam import xgrad_cam
+from cnnlens.explain.layer_cam import layer_cam
+from cnnlens.explain.hires_cam import hires_cam
+from cnnlens.explain.score_cam import score_cam
+from cnnlens.explain.ss_cam import ss_cam
+from cnnlens.explain.is_cam import is_cam
+from cnnlens.explain.ablation_cam import ablation_cam
+from cnnlens.explain.eigen_cam import eigen_cam
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.lime import lime, lime_explain
 
@@ -41,3 +50,5 @@ __all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift",
            "gradient_shap", "guided_backprop", "guided_grad_cam", "guided_ig", "input_x_gradient", "integrated_gradients",
            "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry", "saliency",
            "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad"]
+__all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "layer_cam", "score_cam", "ss_cam",
+            "xgrad_cam"]  # the CAM family
