@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cnnlens.cli import main
@@ -65,3 +66,39 @@ def test_faithfulness_engine_local_scores_every_image(run_dir: Path, tmp_path: P
     assert ((got.scores["grad-cam:insertion_auc"] >= 0) & (got.scores["grad-cam:insertion_auc"] <= 1)).all()
     missing = invoke("faithfulness", run_dir, "--methods", "grad-cam", "--engine", "local")
     assert missing.exit_code != 0 and "--out DIR" in missing.output
+
+
+def test_report_reads_the_explanations_of_a_job(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlens.jobs.job import maps_from_job
+    from cnnlens.train import load_run
+
+    job = tmp_path / "maps"
+    res = invoke("explain", run_dir, "--split", "val", "--methods", "grad-cam", "--out", job, "--engine", "local")
+    assert res.exit_code == 0, res.output
+    run = load_run(run_dir)
+    val = run.dataset("val")
+    stored = load_explanations(job)
+    got = maps_from_job(job, run.model, val, [5, 2], stored.targets[[5, 2]], ["grad-cam", "saliency"])
+    assert list(got) == ["grad-cam"] and np.array_equal(got["grad-cam"], stored.maps["grad-cam"][[5, 2]])
+    assert maps_from_job(job, run.model, val, [5], [int(stored.targets[5]) + 1], ["grad-cam"]) == {}  # other class
+    with pytest.raises(ValueError, match="other images"):
+        maps_from_job(job, run.model, run.dataset("train"), [0], [0], ["grad-cam"])
+    with torch.no_grad():
+        next(run.model.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="other model weights"):
+        maps_from_job(job, run.model, val, [0], [0], ["grad-cam"])
+
+    import cnnlens.explain.runner as runner
+
+    real = runner.run_methods
+
+    def no_grad_cam(model, images, targets=None, methods=None, **kw):  # type: ignore[no-untyped-def]
+        assert "grad-cam" not in (methods or []), "the report computed Grad-CAM instead of reading the job"
+        return real(model, images, targets, methods, **kw)
+
+    monkeypatch.setattr(runner, "run_methods", no_grad_cam)
+    report = invoke("report", run_dir, "--out", tmp_path / "report", "--split", "val", "--methods", "grad-cam",
+                    "--average-methods", "none", "--filter-layers", "none", "--feature-map-layers", "none",
+                    "--explanations", job, "--no-progress")
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "report" / "index.html").is_file()

@@ -74,12 +74,15 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per perturbation pass (default: per device).")
 @click.option("--title", default=None, help="Page title (default: 'cnnlens report: RUN').")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the stages.")
+@click.option("--explanations", "explanations", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="A dataset job of this run and split (`cnnlens explain RUN --split S --engine ...`): the explanations "
+                   "section reads its maps from there instead of computing them.")
 def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | None, data_spec: str | None,
             images_per_class: int,
             examples_per_class: int, methods: str, occlusion_stride: int, occlusion_patch: int, occlusion_fill: str,
             lime_samples: int, smoothgrad_samples: int, ig_steps: int, average_methods: str, average_images: int,
             filter_layers: str | None, filters_per_layer: int, am_steps: int, feature_map_layers: str | None, seed: int,
-            device: str, batch_size: int | None, title: str | None, progress: bool) -> None:
+            device: str, batch_size: int | None, title: str | None, progress: bool, explanations: str | None = None) -> None:
     """Write the report of the run in RUN_DIR: data, model, training, evaluation, explanations per class,
     class-average maps, filters and (once `cnnlens faithfulness` has run) faithfulness, as one HTML page
     that opens from disk with no network.
@@ -105,7 +108,7 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | N
             average_methods=average or (), average_images=average_images,
             filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
             am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
-            device=device, batch_size=batch_size, title=title, progress=progress)
+            device=device, batch_size=batch_size, title=title, progress=progress, explanations=explanations)
         page = build_report(run_dir, out_dir, options=options, overwrite=overwrite, data=data_spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

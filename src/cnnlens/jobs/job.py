@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -183,3 +184,31 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
                            "images_per_second": round(todo / seconds, 3) if seconds > 0 else None,
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts})
     return JobResult(Path(out), source.n, todo, store.n_shards, skipped, seconds, engine)
+
+
+def maps_from_job(path: PathArg, model: nn.Module, images: Source, ids: Sequence[int], targets: Sequence[int],
+                  methods: Sequence[str]) -> dict[str, np.ndarray]:
+    """The maps of ``methods`` for the images ``ids`` of ``images`` toward ``targets``, read from the dataset job
+    at ``path``: only the methods it holds, and only where it explained the same classes. The job must have run
+    on this model (same weights) and these images (same bytes), else a ValueError says which differs. What the
+    report's explanations section takes instead of computing the maps again.
+
+    >>> maps_from_job("fer-test-maps", run.model, run.dataset("test"), [3, 17], [0, 4], ["grad-cam"])["grad-cam"].shape
+    (2, 48, 48)
+    """
+    from cnnlens.jobs.shards import read_manifest, read_rows
+
+    manifest = read_manifest(Path(path))
+    if manifest is None:
+        raise ValueError(f"{path} is not a dataset job folder (written by `cnnlens explain ... --engine`)")
+    if manifest["model"]["sha256"] != model_hash(model):
+        raise ValueError(f"{path} was computed with other model weights than this run's; explain this run with --engine, "
+                         "or leave --explanations out")
+    if manifest["data"]["sha256"] != images_of(images).digest():
+        raise ValueError(f"{path} was computed on other images ({manifest['data'].get('split', 'another split')}, "
+                         f"{manifest['n_images']} images) than the report's; give a job of the same split")
+    held = [m for m in methods if m in manifest["work"]["methods"]] if manifest["work"]["save_maps"] else []
+    if not held:
+        return {}
+    maps, explained = read_rows(path, ids, held)
+    return maps if np.array_equal(explained, np.asarray(targets, dtype=np.int64)) else {}

@@ -170,7 +170,7 @@ def open_store(path: PathArg, manifest: Mapping[str, Any], *, overwrite: bool = 
     path = Path(path)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **_json_roundtrip(manifest)}
     remove_stale(path)
-    old = _read_manifest(path) if output_kind(path) == KIND else None
+    old = read_manifest(path) if output_kind(path) == KIND else None
     if old is not None:
         check_output(path, kind=KIND, overwrite=True, inputs=inputs)  # nothing foreign inside, not an input
         diff = _differences(old, doc)
@@ -196,7 +196,8 @@ def record_run(store: ShardStore, entry: Mapping[str, Any]) -> None:
     write_text(store.path / MANIFEST, json.dumps(store.manifest, indent=2) + "\n")
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | None:
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of the job folder ``path``, or None where it has none of this format."""
     try:
         doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -261,7 +262,7 @@ def load_explanations(path: PathArg, *, methods: Sequence[str] | None = None, ma
     """
     pq = require_pyarrow()
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     if manifest is None:
         raise ValueError(f"{path} is not a dataset job folder: no {MANIFEST} of format {FORMAT} "
                          "(written by `cnnlens explain/faithfulness ... --engine local|ray`)")
@@ -300,7 +301,38 @@ def load_explanations(path: PathArg, *, methods: Sequence[str] | None = None, ma
         scores={c: table.column(c).to_numpy() for c in wanted if c.endswith("_auc")})
 
 
+def read_rows(path: PathArg, ids: Sequence[int], methods: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The maps of ``methods`` (float32 ``[len(ids),H,W]``) and the explained classes of the images ``ids``, in
+    that order, reading only the shards that hold them (what the report takes from a job folder)."""
+    pq = require_pyarrow()
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ValueError(f"{path} is not a dataset job folder (written by `cnnlens explain ... --engine`)")
+    store = ShardStore(path, manifest)
+    if not manifest["work"]["save_maps"]:
+        raise ValueError(f"{path} holds no maps (a faithfulness job without --save-maps)")
+    h, w = manifest["map_shape"]
+    wanted = [int(i) for i in ids]
+    bad = [i for i in wanted if not 0 <= i < store.n_images]
+    if bad:
+        raise ValueError(f"image {bad[0]} is not in {path} (it holds images 0..{store.n_images - 1})")
+    rows: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+    for k in sorted({i // store.shard_size for i in wanted}):
+        if not store.file(k).is_file():
+            raise ValueError(f"{path} is an unfinished job ({shard_name(k)} is missing); run its command again to resume it")
+        table = pq.read_table(store.file(k), columns=["id", "target", *(f"{m}:map" for m in methods)])
+        start = k * store.shard_size
+        for i in (i for i in wanted if i // store.shard_size == k):
+            r = i - start
+            maps = {m: np.asarray(table.column(f"{m}:map")[r].values.to_numpy(zero_copy_only=False), dtype=np.float32)
+                    .reshape(h, w) for m in methods}
+            rows[i] = (maps, int(table.column("target")[r].as_py()))
+    maps = {m: np.stack([rows[i][0][m] for i in wanted]) if wanted else np.zeros((0, h, w), np.float32) for m in methods}
+    return maps, np.asarray([rows[i][1] for i in wanted], dtype=np.int64)
+
+
 def is_job_folder(path: PathArg) -> bool:
     """Whether ``path`` is a dataset job's folder (for the report and the CLI)."""
     path = Path(path)
-    return (path / MARKER).is_file() and _read_manifest(path) is not None and not foreign_entries(path)
+    return (path / MARKER).is_file() and read_manifest(path) is not None and not foreign_entries(path)

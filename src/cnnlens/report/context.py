@@ -67,6 +67,8 @@ class ReportOptions:
         batch_size: perturbation batch size (None: cnnlens' default for the device).
         title: page title (default: "cnnlens report: <run name>").
         progress: show a progress bar over the stages.
+        explanations: a dataset job's folder (``cnnlens explain RUN --engine ...``, :mod:`cnnlens.jobs`): the maps of
+            the images shown are read from it for the methods it holds, instead of computed (same model and images).
     """
 
     split: str = "val"
@@ -93,6 +95,7 @@ class ReportOptions:
     batch_size: int | None = None
     title: str | None = None
     progress: bool = False
+    explanations: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("images_per_class", "examples_per_class", "occlusion_stride", "occlusion_patch",
@@ -234,6 +237,12 @@ class ReportContext:
         maps: dict[str, np.ndarray] = {}
         skipped: dict[str, str] = {}
         todo = [m for m in methods if (m, idx, tgt) not in self._maps]
+        if todo and idx and self.options.explanations is not None:  # read from a dataset job where it has them
+            from cnnlens.jobs.job import maps_from_job
+
+            for m, arr in maps_from_job(self.options.explanations, self.model, self.dataset, idx, tgt, todo).items():
+                self._maps[(m, idx, tgt)] = arr
+            todo = [m for m in todo if (m, idx, tgt) not in self._maps]
         if todo and idx:
             x = self.float_images(idx)
             t = torch.tensor(tgt, dtype=torch.long, device=self.device)
