@@ -4,7 +4,9 @@ Memory stays that of one batch whatever the number of images: images are read on
 (from an :class:`~cnnlens.data.imageset.ImageSet`, a tensor/array, or a ``.npy`` file opened for each
 batch), each batch's maps are appended to a ``.npy`` file with plain writes (no growing memory map),
 and the finished file is moved into place atomically. Time grows linearly with N; a rich progress
-bar shows the rate in images per second.
+bar shows the rate in images per second. For a job that resumes after a kill, stores several methods'
+maps with per-image predictions and faithfulness scores, or runs on a Ray cluster, see :mod:`cnnlens.jobs`
+(``explain_dataset``; ``cnnlens explain RUN --engine local|ray``).
 
 >>> res = stream_explain(model, "test_images.npy", "grad-cam", out="maps.npy", progress=True)
 >>> maps = res.load()            # float32 [N,H,W], memory-mapped
