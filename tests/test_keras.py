@@ -399,3 +399,17 @@ def test_keras_on_another_backend_is_refused(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(ForeignModelError, match="KERAS_BACKEND=tensorflow is set, .* set KERAS_BACKEND=torch"):
         kerasmodels.require_keras()
+
+
+def test_model_randomization_reinitialises_keras_layers_on_a_copy():
+    from cnnlens.explain import saliency
+    from cnnlens.faithfulness.randomization import model_randomization
+
+    model = sequential_cnn()
+    net = Scored(KerasModel(model), scores="probabilities")
+    before = [w.copy() for w in model.get_weights()]
+    res = model_randomization(net, images(2, 1), {"saliency": saliency}, mode="independent")
+    assert res.layers == ("model.dense", "model.conv+model.bn")  # BatchNormalization joins its convolution
+    assert torch.isfinite(res.spearman["saliency"]).all() and (res.spearman["saliency"] < 0.9).all()
+    for w, v in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, v)  # the copy was randomised, not the model

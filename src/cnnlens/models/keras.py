@@ -252,6 +252,10 @@ class KerasBatchNorm(KerasLayer, nn.BatchNorm2d):
     def running_var(self) -> torch.Tensor:  # type: ignore[override]
         return self._parameters["moving_variance"]
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # torch's BatchNorm adds a num_batches_tracked entry to old state dicts; Keras's variables have none
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for name, value in (("gamma", 1.0), ("beta", 0.0), ("moving_mean", 0.0), ("moving_variance", 1.0)):
