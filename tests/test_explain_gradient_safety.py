@@ -20,6 +20,9 @@ from cnnlens.explain.guided_grad_cam import guided_grad_cam
 from cnnlens.explain.integrated_gradients import integrated_gradients, integrated_gradients_result
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
+from cnnlens.explain.rise import rise
+from cnnlens.explain.kernel_shap import kernel_shap
+from cnnlens.explain.feature_ablation import feature_ablation
 from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
                              xgrad_cam)
 
@@ -65,6 +68,9 @@ METHODS = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2),
     "guided_ig": functools.partial(guided_ig, n_steps=4),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5),
+    "rise": functools.partial(rise, n_masks=12, batch_size=5),
+    "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4),
+    "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4),
 }
 #: The methods that draw random numbers (a generator makes them repeatable).
 RANDOM = {"smoothgrad", "smoothgrad_guided", "deeplift_shap", "gradient_shap", "vargrad", "smoothgrad_squared"}
@@ -89,6 +95,9 @@ EXACT = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2, fast=False),
     "guided_ig": functools.partial(guided_ig, n_steps=4, fast=False),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5, fast=False),
+    "rise": functools.partial(rise, n_masks=12, batch_size=5, fast=False),
+    "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4, fast=False),
+    "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4, fast=False),
 }
 
 
@@ -154,6 +163,7 @@ FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoo
 FAIL_ON.update({"grad_cam_pp": 2, "xgrad_cam": 2, "layer_cam": 2, "hires_cam": 2, "eigen_cam": 2, "score_cam": 3,
                 "ss_cam": 3, "is_cam": 3, "ablation_cam": 3})
 FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
+FAIL_ON |= {"rise": 2, "kernel_shap": 3, "feature_ablation": 2}  # 1: the clean images; then the perturbed batches
 
 
 @pytest.mark.parametrize("name", list(METHODS))

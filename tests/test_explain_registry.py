@@ -18,6 +18,9 @@ GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "grad
              "smoothgrad-squared", "guided-ig", "blur-ig"]
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
             *CAMS, "occlusion", "lime"]
+#: the perturbation methods after LIME (none in the report's defaults)
+PERTURBATIONS = ["rise", "kernel-shap", "feature-ablation"]
+BUILT_IN += PERTURBATIONS
 
 
 def toy(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> torch.Tensor:
@@ -27,7 +30,8 @@ def toy(model: torch.nn.Module, images: torch.Tensor, target: object = None) -> 
 
 def test_built_in_methods_and_their_facts() -> None:
     assert registry.names() == BUILT_IN == list(METHODS)
-    assert registry.names(kind="perturbation") == ["occlusion", "lime"]
+    assert registry.names(kind="perturbation") == ["occlusion", "lime", *PERTURBATIONS]
+    assert not any(registry.get(m).in_report is not None or registry.get(m).class_average for m in PERTURBATIONS)
     assert registry.names(kind="cam") == ["grad-cam", "cam", "guided-grad-cam", *CAMS]
     assert registry.names(streamable=True) == ["saliency", "grad-cam", "grad-cam-pp", "xgrad-cam", "layer-cam",
                                                "hires-cam", "eigen-cam"]  # the one-pass methods
@@ -100,7 +104,7 @@ def help_text(command: str) -> str:
 def test_cli_help_lists_the_registered_methods() -> None:
     assert f"Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,{','.join(GRADIENTS)}," \
            "grad-cam,cam,guided-grad-" \
-           f"cam,{','.join(CAMS)},occlusion,lime)or'all'" in help_text("explain")
+           f"cam,{','.join(CAMS)},occlusion,lime,{','.join(PERTURBATIONS)})or'all'" in help_text("explain")
     assert "Layerforgrad-camandguided-grad-camand" + "and".join(CAMS) + "(default" in help_text("explain")
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \
         in help_text("report")

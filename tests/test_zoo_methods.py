@@ -20,6 +20,7 @@ from zoo_models import NO_RELU, ZOO, build_view_tanh
 
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
 from cnnlens.explain import lime as lime_map
+from cnnlens.explain import feature_ablation, kernel_shap, rise
 from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
                              xgrad_cam)
 from cnnlens.explain.smoothgrad import smoothgrad
@@ -56,8 +57,11 @@ METHODS = {
     "eigen-cam": eigen_cam,
     "occlusion": functools.partial(occlusion, patch=6, stride=6),
     "lime": functools.partial(lime_map, n_samples=24, n_segments=8),
+    "rise": functools.partial(rise, n_masks=16, batch_size=8),
+    "kernel-shap": functools.partial(kernel_shap, n_samples=24, n_segments=8),
+    "feature-ablation": functools.partial(feature_ablation, n_segments=8),
 }
-RANDOM = {"smoothgrad", "lime", "ss-cam"}  # seeded through a generator argument
+RANDOM = {"rise", "kernel-shap", "smoothgrad", "lime", "ss-cam"}  # seeded through a generator argument
 RANDOM |= {"deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}
 #: Rules for ReLUs: a model that computes none is refused (with the rule's name).
 RELU_RULES = {"guided-backprop": "guided backprop guides ReLUs", "guided-grad-cam": "guided backprop guides ReLUs",

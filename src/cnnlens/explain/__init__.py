@@ -43,6 +43,9 @@ from cnnlens.explain.ablation_cam import ablation_cam
 from cnnlens.explain.eigen_cam import eigen_cam
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.lime import lime, lime_explain
+from cnnlens.explain.rise import rise
+from cnnlens.explain.kernel_shap import kernel_shap
+from cnnlens.explain.feature_ablation import feature_ablation
 
 METHODS = registry.functions()
 
@@ -52,3 +55,4 @@ __all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift",
            "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad"]
 __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "layer_cam", "score_cam", "ss_cam",
             "xgrad_cam"]  # the CAM family
+__all__ += ["feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
