@@ -31,6 +31,7 @@ from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size
 from cnnlens.explain.accel import fast_forward
 from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
+from cnnlens.faithfulness.order import pixel_ranks  # noqa: F401  (also importable from here)
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
 from cnnlens.faithfulness.road import noisy_linear_imputation
 from cnnlens.faithfulness.stats import mean_ci
@@ -150,21 +151,6 @@ def substrate_images(images: torch.Tensor, substrate: str, blur_sigma: float | N
 def random_maps(n: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[N,H,W]`` uniform noise: as an attribution it ranks the pixels in a random (seeded) order."""
     return torch.rand(n, height, width, generator=check_generator(generator))
-
-
-def pixel_ranks(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[N,H*W]`` rank of each pixel in the removal order (0 = highest attribution, removed first).
-
-    Equal values are ordered at random (seeded), so a constant map gives the random-order baseline and
-    large tied regions (a ReLU'd Grad-CAM's zeros) are not removed in raster order.
-    """
-    flat = maps.detach().flatten(1)
-    n, p = flat.shape
-    g = check_generator(generator)
-    shuffle = torch.rand(n, p, generator=g).argsort(dim=1).to(flat.device)  # one random permutation per row
-    order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
-    ranks = torch.empty_like(order)
-    return ranks.scatter_(1, order, torch.arange(p, device=flat.device).expand(n, p).contiguous())
 
 
 def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,

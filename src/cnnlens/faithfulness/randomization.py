@@ -239,3 +239,72 @@ def model_randomization(model: nn.Module, images: torch.Tensor, methods: Mapping
     return RandomizationResult(mode=mode, layers=tuple(g.name for g in groups), spearman=spear, ssim=sim,
                                example_maps={k: torch.stack(v) for k, v in example.items()},
                                example_index=example_index)
+
+
+@dataclass(frozen=True)
+class MprtResult:
+    """Quantus's MPRT for N images: ``layers`` randomised in order, ``similarity`` ``[L,N]`` the Spearman
+    correlation of each stage's |map| to the original's, ``score`` ``[N]`` its mean over the layers."""
+
+    order: str
+    layers: tuple[str, ...]
+    similarity: torch.Tensor
+    score: torch.Tensor
+
+
+#: Quantus's layer orders: cascading from the output ("top_down") or one layer at a time.
+MPRT_ORDERS = ("top_down", "independent")
+
+
+def _reset(module: nn.Module, seed: int) -> None:
+    """``module.reset_parameters()`` drawn after ``torch.manual_seed(seed)`` (as Quantus does it), with torch's
+    global random state saved and restored around it: the user's random stream is left where it was."""
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        module.reset_parameters()
+
+
+def mprt(model: nn.Module, images: torch.Tensor, explain: Explainer, target: Target = None, *,
+         order: str = "top_down", seed: int = 42, maps: torch.Tensor | None = None) -> MprtResult:
+    """Model Parameter Randomisation Test as Quantus's ``MPRT`` defines it (Adebayo et al. 2018); lower is better.
+
+    The layers are the modules with a ``reset_parameters`` method, in registration order, reversed for
+    ``order="top_down"`` (cascading from the output; ``"independent"``: one layer at a time on the
+    intact model). Each is re-initialised by its own ``reset_parameters()`` after seeding torch with
+    ``seed + 1``, on a copy, and every image re-explained; ``similarity[l, i]`` is the Spearman correlation
+    of ``|map|`` (divided by its maximum, which ranks do not see) to the original's. ``score`` is its mean
+    over the layers. Quantus's ``return_average_correlation`` means to return that, but also averages in
+    the original-vs-original similarity (it skips a key ``"orig"`` but stores ``"original"``), pulling every
+    score towards 1 by ``1 / (L + 1)``; the tests show both. cnnlens's own check
+    (:func:`model_randomization`) joins each normalisation layer to the layer before it and goes in
+    forward-pass order; this one is Quantus's, for numbers comparable with it.
+    """
+    core.check_images(images)
+    check_choice(order, MPRT_ORDERS, "order")
+    n, _, h, w = images.shape
+    images = images.detach()
+    with core.guarded(model), torch.inference_mode():
+        logits = core.predict_logits(model, images)
+    t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
+    original = (explain(model, images, t) if maps is None else maps).detach()
+    check_maps(original, "maps", n=n, size=(h, w))
+    copy_ = copy.deepcopy(model)
+    for p in copy_.parameters():
+        p.grad = None
+    saved = copy.deepcopy(copy_.state_dict())
+    layers = [(name, m) for name, m in copy_.named_modules() if hasattr(m, "reset_parameters")]
+    if not layers:
+        raise ValueError("model has no layer with reset_parameters() to randomise")
+    if order == "top_down":
+        layers = layers[::-1]
+    similarity = torch.empty(len(layers), n, dtype=torch.float64)
+    for k, (_, module) in enumerate(layers):
+        if order == "independent":
+            copy_.load_state_dict(saved)
+        _reset(module, seed + 1)
+        randomized = explain(copy_, images, t).detach()
+        check_maps(randomized, "maps of the randomised model", n=n, size=(h, w))
+        similarity[k] = spearman(original, randomized).cpu()
+    return MprtResult(order=order, layers=tuple(name for name, _ in layers), similarity=similarity,
+                      score=similarity.mean(0))
