@@ -265,12 +265,81 @@ def render(payload: dict, json_path: Path) -> str:
                      "8,192; inside a stream the resident memory moves between ~290 and ~560 MiB as freed blocks "
                      "are reused, and returns to ~290 MiB.")
         lines.append("")
+    lines += _before_after(payload, json_path)
+    lines += _partial_runs(payload, json_path)
     if info["device"] == "cpu":
         lines += ["## CUDA", "",
                   "Not measured: no CUDA device was available for this run. On a GPU, "
                   "`python benchmarks/run.py --device cuda` writes `docs/benchmarks-cuda.md` and "
                   "`benchmarks/results/cuda.json` (batch sizes are then searched among 32..1024).", ""]
     return "\n".join(lines)
+
+
+#: The full run from before the explain/ layout (issue 12), kept to compare against: ``<device>-before-layout.json``.
+BASELINE = "{device}-before-layout.json"
+
+
+def _summaries(payload: dict) -> dict[tuple[str, str], dict]:
+    return {(r["model"], r["method"]): r["summary"] for r in payload["results"]}
+
+
+def _before_after(payload: dict, json_path: Path) -> list[str]:
+    """Each case's speed relative to the best peer and to its floor, before the layout and now (both
+    measured within their own run, so unlike seconds they survive a change of machine or load)."""
+    base_path = json_path.parent / BASELINE.format(device=payload["machine"]["device"])
+    if base_path == json_path or not base_path.exists():
+        return []
+    base = json.loads(base_path.read_text())
+    before, after = _summaries(base), _summaries(payload)
+    shared = [k for k in after if k in before]
+    if not shared:
+        return []
+    gf = (base["machine"].get("matmul_gflops"), payload["machine"].get("matmul_gflops"))
+    lines = ["## Before and after the explain/ layout (issue 12)", "",
+             f"`{base_path.name}` is the full run of {base['date'][:10]}, before the layout moved; this run is of "
+             f"{payload['date'][:10]}. Seconds are not comparable across the two runs (the machines measured "
+             + (f"{gf[0]:.0f} and {gf[1]:.0f} GFLOP/s of float32 matmul" if all(gf) else "differently") +
+             "), so each case is compared by what its own run measured beside it: the speedup over the best peer "
+             "and the time over the pass-count floor (lower is better). A change within ~15% is this machine's "
+             "noise between runs (peers and cnnlens slow down unevenly when the cores are shared).", "",
+             "| model | method | vs best peer, before | now | time / floor, before | now |",
+             "|---|---|---|---|---|---|"]
+    for k in shared:
+        b, a = before[k], after[k]
+        fb = b["cnnlens_best"] / b["floor"] if b.get("floor") else None
+        fa = a["cnnlens_best"] / a["floor"] if a.get("floor") else None
+        lines.append(f"| {k[0]} | {k[1]} | {ratio(b.get('speedup_vs_best_peer'))} | {ratio(a.get('speedup_vs_best_peer'))} "
+                     f"| {'-' if fb is None else f'{fb:.2f}'} | {'-' if fa is None else f'{fa:.2f}'} |")
+    new = [k for k in after if k not in before]
+    if new:
+        lines.append(f"- new since then: {', '.join(f'{m} / {meth}' for m, meth in new)}")
+    lines.append("")
+    return lines
+
+
+def _partial_runs(payload: dict, json_path: Path) -> list[str]:
+    """A line per case of the partial runs (``--models``/``--methods``) beside this run's JSON, newest first."""
+    device = payload["machine"]["device"]
+    found = sorted((p for p in json_path.parent.glob(f"{device}-*.json")
+                    if p != json_path and p.name != BASELINE.format(device=device)),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    rows = []
+    for p in found:
+        try:
+            part = json.loads(p.read_text())
+            cases = part["results"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a benchmark payload (e.g. another script's results)
+        for r in cases:
+            s = r.get("summary", {})
+            rows.append(f"| {p.name} | {str(part.get('date', ''))[:16]} | {r['model']} | {r['method']} "
+                        f"| {ratio(s.get('speedup_vs_best_peer'))} | {s.get('peer_best_name', '-')} |")
+    if not rows:
+        return []
+    return ["## Partial runs", "",
+            "Runs of a few cases (`--models`, `--methods`), each with its own doc beside its JSON in "
+            "`benchmarks/results/`; the full run above does not include them.", "",
+            "| results | date | model | method | vs best peer | best peer |", "|---|---|---|---|---|---|", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
