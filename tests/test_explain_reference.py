@@ -170,6 +170,18 @@ def test_deeplift_sums_to_the_score_difference_on_max_pool_nets_in_float64(rando
     torch.testing.assert_close(shap.sum(dim=(1, 2)), scores(m64, x64, TARGETS).detach() - mean_base, rtol=0, atol=1e-12)
 
 
+def test_deeplift_fast_float32_agrees_with_float64_where_the_image_is_as_black_as_the_baseline(random_model_and_images):
+    # A black baseline (and a black region of the image) ties every max-pool window; ties are broken by the
+    # first input, not by float32 rounding, so the fast copy's kernels route the baseline's share alike.
+    model, images = random_model_and_images
+    images = images.clone()
+    images[:, :, :, :6] = 0.0
+    exact = deeplift(copy.deepcopy(model).double(), images.double(), TARGETS, reduce=None, fast=False)
+    for fast in (False, True):
+        ours = deeplift(model, images, TARGETS, reduce=None, fast=fast)
+        torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-4 * float(exact.abs().max()))
+
+
 class ReusedFunctional(nn.Module):
     """One ReLU module used twice, F.relu, Tensor.relu_, F.max_pool2d and an in-place residual add."""
 
@@ -270,7 +282,8 @@ def test_vargrad_and_smoothgrad_squared_match_captum_noise_tunnel(random_model_a
 def test_vargrad_of_a_linear_model_is_zero_and_of_a_relu_is_the_bernoulli_variance():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
     x = torch.rand(3, 1, 2, 2)
-    assert vargrad(linear, x, 1, n_samples=5, generator=torch.Generator().manual_seed(0), reduce=None).abs().max() < 1e-12
+    w = float(linear[1].weight.abs().max())
+    assert vargrad(linear, x, 1, n_samples=5, generator=torch.Generator().manual_seed(0), reduce=None).max() < 1e-6 * w * w
     # logit = ReLU(p0) + ReLU(p1) on the image [0, 1] (range 1, so sigma=1 is noise of std 1): pixel 0's
     # gradient is 1 where its noise is > 0 (probability q over the draws), else 0: variance q (1 - q)
     relu = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(2, 1, bias=False)).eval()

@@ -3,7 +3,8 @@ from its value at a baseline, distributed back to the input by multipliers inste
 
 ``DeepLIFT(x) = (x - b) * m``, where ``m`` is backpropagated like a gradient except that every
 elementwise nonlinearity ``y = f(z)`` uses the finite-difference multiplier ``(f(z) - f(z_b)) / (z - z_b)``
-(its derivative where ``|z - z_b| < eps``) and max-pooling sends ``max(o, o_b) - o_b`` to the input's
+(its derivative where ``|z - z_b|`` is below ``eps`` or
+rounding noise, :data:`NOISE_ULPS`) and max-pooling sends ``max(o, o_b) - o_b`` to the input's
 argmax and ``o - max(o, o_b)`` to the baseline's (Captum's rule: both keep summation-to-delta). For a
 network of linear layers, ReLU-like activations and max-pools, ``sum DeepLIFT(x) = logit_t(x) - logit_t(b)``
 exactly. Image and baseline run as one batch ``[x; b]``; a ``TorchFunctionMode`` active for the one call
@@ -47,12 +48,25 @@ def _pool_arguments(input: torch.Tensor, kernel_size: object, stride: object = N
             "dilation": dilation, "ceil_mode": ceil_mode}
 
 
+#: Differences below this many units of the last place of a layer's largest value (per image) are rounding
+#: noise: float32 computes the image's and the baseline's equal values (a black region against a black
+#: baseline) a few ulps apart, and the ratio of two rounding errors would be an arbitrary multiplier.
+NOISE_ULPS = 100
+
+
+def no_difference(x: torch.Tensor, n: int, eps: float) -> torch.Tensor:
+    """``[n, ...]`` bool: where the pair batch ``[x; x_b]`` differs by less than ``eps`` plus rounding noise."""
+    d = (x[:n] - x[n:]).abs()
+    scale = torch.maximum(x[:n].abs(), x[n:].abs()).flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
+    return d < eps + NOISE_ULPS * torch.finfo(x.dtype).eps * scale
+
+
 def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: float):
     """The rescale multiplier of elementwise ``op`` on the pair batch ``[z; z_b]`` (both halves alike)."""
 
     def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         dz, dy = before[:n] - before[n:], out[:n] - out[n:]
-        small = dz.abs() < eps
+        small = no_difference(before, n, eps)
         ratio = dy / torch.where(small, torch.ones_like(dz), dz)
         multiplier = torch.cat([ratio, ratio])
         if bool(small.any()):  # no difference to rescale: the derivative, at each half's own input
@@ -70,12 +84,17 @@ def _max_pool_rule(pool: dict[str, object], n: int, eps: float):
     the baseline's, divided by the input difference (the gradient where it is below ``eps``)."""
 
     def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        _, index = F.max_pool2d(before, **pool, return_indices=True)
+        # The argmax, with values within rounding noise of each other counted as tied (the first one wins): a
+        # constant baseline ties every window, and float32 kernels of another layout would otherwise pick
+        # any of the tied inputs by their rounding.
+        grain = (NOISE_ULPS * torch.finfo(before.dtype).eps * before.abs().flatten(1).amax(1)).clamp(
+            min=torch.finfo(before.dtype).tiny).view(-1, 1, 1, 1)
+        _, index = F.max_pool2d(torch.round(before / grain) * grain, **pool, return_indices=True)
         index = index.flatten(2)
         top = torch.maximum(out[:n], out[n:])
         delta_out = torch.cat([top - out[n:], out[:n] - top])
         dx = before[:n] - before[n:]
-        small = torch.cat([dx.abs() < eps] * 2)
+        small = torch.cat([no_difference(before, n, eps)] * 2)
         dx = torch.cat([dx, dx])
 
         def grad_input(grad: torch.Tensor) -> torch.Tensor:
