@@ -102,7 +102,9 @@ def run_job(*, run_dir: Path | None, out: Path | None, methods: str, option_item
     model, images, description = _source(run_dir, model_spec, weights, classes, input_shape, data, split, device)
     if inputs is None:
         inputs = [*run_inputs(run_dir), spec_path(data)] if run_dir is not None else [weights, spec_path(data)]
-    dev = "cuda" if device.startswith("cuda") or (device == "auto" and _cuda()) else "cpu"
+    from cnnlens.train.run import resolve_device
+
+    dev = str(resolve_device(device))  # checked by _source already
     try:
         res = explain_dataset(model, images, chosen, out=out, options=options, seed=seed,
                               target="labels" if target == "true" else "predicted", save_maps=save_maps,
@@ -121,12 +123,6 @@ def run_job(*, run_dir: Path | None, out: Path | None, methods: str, option_item
                "(read it with cnnlens.jobs.load_explanations)")
     if scores:
         _print_scores(out)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _print_scores(out: Path) -> None:
