@@ -240,12 +240,14 @@ def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "ex"
     _sentinel(out)
-    res = CliRunner().invoke(main, ["explain", str(tmp_path), "--out", str(out)])
+    run = tmp_path / "run"
+    run.mkdir()
+    res = CliRunner().invoke(main, ["explain", str(run), "--out", str(out)])
     assert res.exit_code == 1 and "already exists; pass --overwrite" in res.output
     _intact(out)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")  # a folder cnnlens did not write: not even --overwrite
-    res = CliRunner().invoke(main, ["explain", str(tmp_path), "--out", str(tmp_path / "mine"), "--overwrite"])
+    res = CliRunner().invoke(main, ["explain", str(run), "--out", str(tmp_path / "mine"), "--overwrite"])
     assert res.exit_code == 1 and "not written by cnnlens" in " ".join(res.output.split())
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 

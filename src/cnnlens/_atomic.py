@@ -283,7 +283,7 @@ def check_output(path: PathArg, *, kind: str, overwrite: bool = False, inputs: I
             # inside a run folder is where outputs belong; inside the user's own data (an image folder, whose
             # new subfolder would become a class) or masks it would change what the next command reads
             raise OutputRefused(f"--out {path} is inside the input folder {given}, which cnnlens did not write (your "
-                                "data): the output would be added to it. Choose an --out outside it")
+                                "data, say): the output would be added to it. Choose an --out outside it")
     if path.is_symlink():
         raise OutputRefused(f"--out {path} is a symbolic link; give the folder it points to ({target}) or another --out")
     if not path.exists():

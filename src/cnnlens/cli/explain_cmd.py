@@ -142,7 +142,7 @@ def run_source(run_dir: Path, split: str | None, device: torch.device, data: str
 def choose_images(source: Source, probs: torch.Tensor, images: str | None, per_class_k: int | None,
                   misclassified_k: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The split's indices to explain and a description of how they were chosen."""
-    from cnnlens.explain.runner import by_index, misclassified, per_class
+    from cnnlens.explain.selection import by_index, misclassified, per_class
 
     labels = source.dataset.labels
     n = len(source.dataset)
