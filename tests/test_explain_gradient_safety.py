@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_model_untouched, make_random_model
+from conftest import assert_model_untouched, make_random_model, quick_xrai
 from torch import nn
 
 from cnnlens.explain import accel
@@ -68,6 +68,7 @@ METHODS = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2),
     "guided_ig": functools.partial(guided_ig, n_steps=4),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5),
+    "xrai": quick_xrai,
     "rise": functools.partial(rise, n_masks=12, batch_size=5),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4),
     "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4),
@@ -95,6 +96,7 @@ EXACT = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2, fast=False),
     "guided_ig": functools.partial(guided_ig, n_steps=4, fast=False),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5, fast=False),
+    "xrai": functools.partial(quick_xrai, fast=False),
     "rise": functools.partial(rise, n_masks=12, batch_size=5, fast=False),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4, fast=False),
     "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4, fast=False),
@@ -163,6 +165,7 @@ FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoo
 FAIL_ON.update({"grad_cam_pp": 2, "xgrad_cam": 2, "layer_cam": 2, "hires_cam": 2, "eigen_cam": 2, "score_cam": 3,
                 "ss_cam": 3, "is_cam": 3, "ablation_cam": 3})
 FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
+FAIL_ON |= {"xrai": 3}  # its target pass, then integrated gradients' clean logits and first steps
 FAIL_ON |= {"rise": 2, "kernel_shap": 3, "feature_ablation": 2}  # 1: the clean images; then the perturbed batches
 
 

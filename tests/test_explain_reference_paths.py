@@ -121,3 +121,58 @@ def test_an_image_equal_to_its_baseline_gets_nothing_and_the_others_are_batch_in
     blurred = [blur_ig(model, x, [0, 1, 2], n_steps=5, max_sigma=4.0, batch_size=bs, fast=False) for bs in (1, 4, 64)]
     for b in blurred[1:]:
         torch.testing.assert_close(b, blurred[0], rtol=1e-5, atol=1e-7)
+
+
+def test_xrai_matches_pair_given_the_same_attribution_and_segments(model_and_images):
+    from cnnlens.explain.integrated_gradients import integrated_gradients
+    from cnnlens.explain.xrai import xrai, xrai_segments
+
+    model, images = model_and_images
+    images = images[:1]
+    black, white = (images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images),
+                    images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images))
+    attr = sum(integrated_gradients(model, images, 3, baseline=b, n_steps=6, reduce=None, fast=False)
+               for b in (black, white)) / 2
+    segments = xrai_segments(images[0])
+    # the segments are PAIR's own: Felzenszwalb at its six scales on the 224x224 image, dilated
+    from saliency.core.xrai import _get_segments_felzenszwalb
+
+    theirs = _get_segments_felzenszwalb(hwc(images[0]))
+    assert len(theirs) == segments.shape[0] > 20
+    assert all(np.array_equal(segments[j].numpy(), theirs[j]) for j in range(len(theirs)))
+    for algorithm in ("full", "fast"):
+        ours = xrai(model, images, 3, n_steps=6, algorithm=algorithm, fast=False)
+        params = pair.XRAIParameters(algorithm=algorithm)
+        oracle = pair.XRAI().GetMask(hwc(images[0]), None, segments=[m.numpy() for m in segments],
+                                     base_attribution=hwc(attr[0]), extra_parameters=params)
+        np.testing.assert_allclose(ours[0].numpy(), oracle, rtol=0, atol=1e-12 * np.abs(oracle).max())
+        assert len(np.unique(oracle)) >= 3  # several regions, not one (16x16 images, 50-pixel minimum)
+
+
+def test_xrai_regions_by_hand():
+    from cnnlens.explain.xrai import xrai_regions
+
+    attr = torch.tensor([[4.0, 2, 0, 0], [4, 2, 0, -2]])
+    column = lambda *cs: torch.zeros(2, 4, dtype=torch.bool).index_fill_(1, torch.tensor(cs), True)  # noqa: E731
+    masks = torch.stack([column(0, 1), column(0), column(2, 3), column(1, 2)])  # A, B, C, D
+    # full: B (mean 4) first; then A adds column 1 (gain 2), beating D (cols 1-2: 1) and C (-0.5); then D adds
+    # column 2 (0) before C's columns 2-3 (-0.5); C's last column 3 gains (0 - 2) / 2 = -1
+    torch.testing.assert_close(xrai_regions(attr, masks, min_pixel_diff=1), torch.tensor([[4.0, 2, 0, -1]] * 2))
+    # stop once 30% is covered (after B and A): the rest gets its own mean, -0.5
+    torch.testing.assert_close(xrai_regions(attr, masks, min_pixel_diff=1, area_threshold=0.3),
+                               torch.tensor([[4.0, 2, -0.5, -0.5]] * 2))
+    # masks adding fewer pixels than min_pixel_diff drop out: with 3, only A and C (4 pixels each) count
+    torch.testing.assert_close(xrai_regions(attr, masks, min_pixel_diff=3), torch.tensor([[3.0, 3, -0.5, -0.5]] * 2))
+
+
+def test_xrai_bad_options_name_the_argument():
+    from cnnlens.explain.xrai import xrai
+
+    model, x = make_random_model(1), torch.rand(2, 1, 8, 8)
+    for kw, match in [({"algorithm": "greedy"}, "algorithm must be one of 'full', 'fast'"),
+                      ({"area_threshold": 0}, r"area_threshold must be a number in \(0, 1\]"),
+                      ({"min_pixel_diff": 0}, "min_pixel_diff must be an int >= 1"),
+                      ({"segments": [torch.ones(1, 8, 8, dtype=torch.bool)]}, "segments must be one bool tensor"),
+                      ({"attributions": torch.rand(2, 8, 7)}, r"attributions must be a tensor \[N,C,H,W\] or \[N,H,W\]")]:
+        with pytest.raises(ValueError, match=match):
+            xrai(model, x, **kw)

@@ -26,6 +26,7 @@ from cnnlens.explain import (eigen_cam, grad_cam, grad_cam_pp, guided_backprop, 
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
+from conftest import quick_xrai
 
 TARGETS = [0, 3, 6, 2]
 METHODS = {
@@ -50,6 +51,7 @@ METHODS = {
     "smoothgrad-squared": functools.partial(smoothgrad_squared, n_samples=4, reduce=None),
     "guided-ig": functools.partial(guided_ig, n_steps=8, reduce=None),
     "blur-ig": functools.partial(blur_ig, n_steps=8, max_sigma=6.0, batch_size=7, reduce=None),
+    "xrai": quick_xrai,
 }
 #: The methods that draw random numbers: seeded through their generator.
 RANDOM = {"smoothgrad", "smoothgrad-guided", "deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}

@@ -15,7 +15,7 @@ import logging
 
 import pytest
 import torch
-from conftest import assert_model_untouched
+from conftest import assert_model_untouched, quick_xrai
 from zoo_models import NO_RELU, ZOO, build_view_tanh
 
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
@@ -44,6 +44,7 @@ METHODS = {
     # difference between the fast copy and the model can swap two features at the quantile, as on the GELU model)
     "guided-ig": functools.partial(guided_ig, n_steps=4, fraction=1.0),
     "blur-ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=8),
+    "xrai": quick_xrai,
     "grad-cam": grad_cam,
     "guided-grad-cam": guided_grad_cam,
     "grad-cam-pp": grad_cam_pp,

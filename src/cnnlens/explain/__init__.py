@@ -29,6 +29,7 @@ from cnnlens.explain.vargrad import vargrad
 from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
 from cnnlens.explain.guided_ig import guided_ig
 from cnnlens.explain.blur_ig import blur_ig
+from cnnlens.explain.xrai import xrai
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.cam import cam
 from cnnlens.explain.guided_grad_cam import guided_grad_cam
@@ -52,7 +53,7 @@ METHODS = registry.functions()
 __all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift", "deeplift_shap", "deterministic", "grad_cam",
            "gradient_shap", "guided_backprop", "guided_grad_cam", "guided_ig", "input_x_gradient", "integrated_gradients",
            "is_deterministic", "lime", "lime_explain", "masked_image", "occlusion", "registry", "saliency",
-           "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad"]
+           "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad", "xrai"]
 __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "layer_cam", "score_cam", "ss_cam",
             "xgrad_cam"]  # the CAM family
 __all__ += ["feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
