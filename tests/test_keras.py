@@ -413,3 +413,10 @@ def test_model_randomization_reinitialises_keras_layers_on_a_copy():
     assert torch.isfinite(res.spearman["saliency"]).all() and (res.spearman["saliency"] < 0.9).all()
     for w, v in zip(model.get_weights(), before):
         np.testing.assert_array_equal(w, v)  # the copy was randomised, not the model
+
+
+@pytest.mark.parametrize("version", ["2.15.0", "3.8.0", "4.0.0"])
+def test_keras_versions_whose_safe_mode_cnnlens_does_not_trust_are_refused(monkeypatch, version):
+    monkeypatch.setattr(keras, "__version__", version)
+    with pytest.raises(ForeignModelError, match=f"Keras 3.12 or later .*found Keras {version}; install it with pip"):
+        kerasmodels.require_keras()

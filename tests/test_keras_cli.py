@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from test_import import FER, faces, invoke, message  # noqa: F401 (faces: the 35 synthetic FER faces, a fixture)
 from test_keras import functional_cnn, keras_output, lambda_model, saved, sequential_cnn
 
-from cnnlens.cli import main
 from cnnlens.data.preprocess import Preprocess
 from cnnlens.models.foreign import ForeignModelError, Scored
 from cnnlens.models.keras import KerasModel
@@ -21,26 +20,6 @@ from cnnlens.train import load_run
 from cnnlens.train.importing import import_keras
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-FER = "angry,disgust,fear,happy,sad,surprise,neutral"
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [*map(str, args)])
-
-
-def message(res: Result) -> str:
-    return " ".join(res.output.split())
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """35 synthetic 48x48 gray faces in the Kaggle FER layout (classes Angry..Neutral)."""
-    from cnnlens.data.synth import write_faces
-
-    out = tmp_path_factory.mktemp("faces") / "faces"
-    write_faces(out, 35, seed=1)
-    return out
 
 
 @pytest.fixture(scope="module")

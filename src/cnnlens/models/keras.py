@@ -70,9 +70,11 @@ def require_keras() -> ModuleType:
     except ImportError as exc:
         raise ForeignModelError(f"reading a Keras model needs Keras 3 ({exc}); install it with {INSTALL}", OPTION) from None
     version = getattr(keras, "__version__", "0")
-    if not version.startswith("3."):
-        raise ForeignModelError(f"cnnlens reads Keras models with Keras 3, found Keras {version}; install it with "
-                                f"{INSTALL}", OPTION)
+    parts = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+    if not (3, 12) <= parts < (4, 0):
+        raise ForeignModelError(f"cnnlens reads Keras models with Keras 3.12 or later (earlier versions' safe mode "
+                                f"could be bypassed by a crafted file), found Keras {version}; install it with {INSTALL}",
+                                OPTION)
     backend = keras.backend.backend()
     if backend != BACKEND:
         raise ForeignModelError(f"Keras was imported with the {backend!r} backend before cnnlens set KERAS_BACKEND="
@@ -171,7 +173,7 @@ class KerasLayer(nn.Module):
                 value = variable.value
                 if isinstance(value, nn.Parameter) and value.is_floating_point():
                     name = variable.name
-                    while name in self._parameters or hasattr(type(self), name):
+                    while hasattr(self, name):  # a Keras variable named like an attribute ("weight")
                         name += "_"
                     self.register_parameter(name, value)
 
