@@ -46,7 +46,8 @@ def test_subset_of_filters_in_given_order_and_regularisers():
     # the bright and dark filters want smooth images, which blur, L2 and TV leave reachable
     net = distinct_filter_net().eval()
     res = activation_maximization(net, "1", [3, 2], input_shape=(1, 16, 16), steps=48, lr=0.1, blur=0.5,
-                                  l2=0.1, tv=0.05, jitter=2, generator=torch.Generator().manual_seed(1))
+                                  l2=0.1, tv=0.05, jitter=2, parameterization="pixel", transforms=None,
+                                  generator=torch.Generator().manual_seed(1))
     assert res.units == (3, 2)
     a = filter_means(net, res.images)
     torch.testing.assert_close(res.activation, torch.stack([a[0, 3], a[1, 2]]))
@@ -69,7 +70,7 @@ def test_every_filter_when_none_and_rgb_fourier_runs():
 def test_class_scores_rise():
     net = distinct_filter_net().eval()
     res = activation_maximization(net, class_scores=[0, 1, 2], input_shape=(1, 16, 16), steps=32, lr=0.1,
-                                  generator=torch.Generator().manual_seed(0))
+                                  parameterization="pixel", generator=torch.Generator().manual_seed(0))
     assert res.layer is None and res.units == (0, 1, 2)
     with torch.no_grad():
         logits = net(res.images)
@@ -135,6 +136,13 @@ def test_errors_leave_the_model_untouched():
     ((None, [0]), {"class_scores": [0]}, ValueError, "filters= applies to a layer"),
     (("0", [0]), {"parameterization": "cppn"}, ValueError, "parameterization must be 'pixel' or 'fourier'"),
     (("0", [0]), {"parameterization": "fourier", "blur": 1.0}, ValueError, "blur= applies to the 'pixel'"),
+    (("0", [0]), {"objective": "class"}, ValueError, "objective must be 'channel' or 'neuron'"),
+    (("0", [0]), {"position": (1, 1)}, ValueError, "position= applies to objective='neuron'"),
+    (("0", [0]), {"objective": "neuron", "position": (8, 0)}, ValueError, r"position must be \(row, column\) inside the layer's 8x8"),
+    (("0", [0]), {"diversity": 1.0}, ValueError, "pass images_per_unit >= 2"),
+    ((), {"class_scores": [0], "objective": "neuron"}, ValueError, "apply to a layer"),
+    (("0", [0]), {"transforms": 3}, TypeError, "transforms must be True"),
+    (("0", [0]), {"images_per_unit": 0}, ValueError, "images_per_unit must be an int >= 1"),
     (("0", [0]), {"input_shape": (8, 8)}, ValueError, r"input_shape must be \(C, H, W\)"),
     (("0", [0]), {"steps": -1}, ValueError, "steps must be an int >= 0"),
     (("0", [0]), {"lr": 0.0}, ValueError, "lr > 0"),

@@ -62,11 +62,16 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--average-images", type=click.IntRange(min=1), default=_D.average_images, show_default=True,
               help="Images per class in each class-average map.")
 @click.option("--filter-layers", default=None, metavar="LAYERS",
-              help="Layers for activation maximisation, comma-separated, or 'none' (default: the middle and the last convolution).")
+              help="Layers whose filters are shown, comma-separated, or 'none' (default: the ReLU after the middle and the last convolution).")
 @click.option("--filters-per-layer", type=click.IntRange(min=1), default=_D.filters_per_layer, show_default=True,
-              help="Filters shown per activation-maximisation layer.")
+              help="Filters shown per filter layer.")
+@click.option("--filter-rule", default=_D.filter_rule, show_default=True, metavar="RULE",
+              help="How the filters are chosen: 'activation' (highest mean activation on the split) or "
+                   "'contribution:CLASS' (highest gradient x activation toward that class).")
+@click.option("--exemplars", type=click.IntRange(min=1), default=_D.exemplars, show_default=True,
+              help="Real image patches shown beside each filter's synthetic image.")
 @click.option("--am-steps", type=click.IntRange(min=1), default=_D.am_steps, show_default=True,
-              help="Gradient-ascent steps of activation maximisation.")
+              help="Adam steps of the synthetic (activation-maximisation) images.")
 @click.option("--feature-map-layers", default=None, metavar="LAYERS",
               help="Layers whose outputs are shown for one image, or 'none' (default: the first and the last convolution).")
 @click.option("--seed", type=int, default=_D.seed, show_default=True, help="Seeds LIME, SmoothGrad, sampling and activation maximisation.")
@@ -81,7 +86,8 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | N
             images_per_class: int,
             examples_per_class: int, methods: str, occlusion_stride: int, occlusion_patch: int, occlusion_fill: str,
             lime_samples: int, smoothgrad_samples: int, ig_steps: int, average_methods: str, average_images: int,
-            filter_layers: str | None, filters_per_layer: int, am_steps: int, feature_map_layers: str | None, seed: int,
+            filter_layers: str | None, filters_per_layer: int, filter_rule: str, exemplars: int, am_steps: int,
+            feature_map_layers: str | None, seed: int,
             device: str, batch_size: int | None, title: str | None, progress: bool, explanations: str | None = None) -> None:
     """Write the report of the run in RUN_DIR: data, model, training, evaluation, explanations per class,
     class-average maps, filters and (once `cnnlens faithfulness` has run) faithfulness, as one HTML page
@@ -107,7 +113,7 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | N
             occlusion_fill=occlusion_fill, lime_samples=lime_samples, smoothgrad_samples=smoothgrad_samples, ig_steps=ig_steps,
             average_methods=average or (), average_images=average_images,
             filter_layers=_names(filter_layers, "--filter-layers"), filters_per_layer=filters_per_layer,
-            am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
+            filter_rule=filter_rule, exemplars=exemplars, am_steps=am_steps, feature_map_layers=_names(feature_map_layers, "--feature-map-layers"), seed=seed,
             device=device, batch_size=batch_size, title=title, progress=progress, explanations=explanations)
         page = build_report(run_dir, out_dir, options=options, overwrite=overwrite, data=data_spec)
     except ValueError as exc:

@@ -29,7 +29,7 @@ from cnnlens.report.sections.data import data_section
 from cnnlens.report.sections.evaluation import evaluation_section
 from cnnlens.report.sections.explanations import explanations_section
 from cnnlens.report.sections.faithfulness import faithfulness_section
-from cnnlens.report.sections.filters import filters_section
+from cnnlens.report.sections.filters import filters_section, parse_filter_rule
 from cnnlens.report.sections.model import model_section
 from cnnlens.report.sections.training import training_section
 
@@ -107,6 +107,8 @@ def check_options(options: ReportOptions, inputs: ReportInputs) -> None:
                 get_layer(inputs.model, layer)
             except ValueError as exc:
                 raise ValueError(f"ReportOptions.{field}: {exc}") from None
+
+    parse_filter_rule(options.filter_rule, inputs.dataset.classes)
 
     for field in ("methods", "average_methods"):
         names = getattr(options, field)

@@ -56,9 +56,12 @@ class ReportOptions:
         smoothgrad_samples / ig_steps: noisy copies for SmoothGrad, steps for integrated gradients.
         average_methods / average_images: methods (default :func:`default_average_methods`) and images per
             class for the class-average maps.
-        filter_layers: layers for activation maximisation (None: the middle and the last conv layer).
-        filters_per_layer / am_steps / am_lr: filters shown per layer, gradient-ascent steps and rate
-            (0.1: twice cnnlens' default, so that 32 steps get well away from the starting noise).
+        filter_layers: layers whose filters are shown (None: the ReLU after the middle and the last conv layer).
+        filters_per_layer / exemplars: filters shown per layer, real image patches shown per filter.
+        filter_rule: how the filters are chosen: ``"activation"`` (highest mean activation on the split) or
+            ``"contribution:CLASS"`` (highest mean gradient x activation toward that class's logit).
+        am_steps / am_lr: Adam steps and rate of the synthetic images (64: the neuron images of the demo
+            model change little after that, docs/feature-visualization.md; the library default is 128).
         feature_map_layers: layers whose outputs are shown for one image (None: the first and the last conv layer).
         feature_maps: channels shown per feature-map layer.
         mask_percentile: the masked original keeps pixels with saliency at or above this percentile.
@@ -85,8 +88,10 @@ class ReportOptions:
     average_images: int = 16
     filter_layers: tuple[str, ...] | None = None
     filters_per_layer: int = 8
-    am_steps: int = 32
-    am_lr: float = 0.1
+    exemplars: int = 6
+    filter_rule: str = "activation"
+    am_steps: int = 64
+    am_lr: float = 0.05
     feature_map_layers: tuple[str, ...] | None = None
     feature_maps: int = 12
     mask_percentile: float = MASK_PERCENTILE
@@ -100,11 +105,14 @@ class ReportOptions:
     def __post_init__(self) -> None:
         for name in ("images_per_class", "examples_per_class", "occlusion_stride", "occlusion_patch",
                      "lime_samples", "smoothgrad_samples", "ig_steps", "average_images",
-                     "filters_per_layer", "am_steps", "feature_maps"):
+                     "filters_per_layer", "exemplars", "am_steps", "feature_maps"):
             v = getattr(self, name)
             check_count(v, f"ReportOptions.{name}")
         if self.batch_size is not None and not is_int(self.batch_size, 1):
             raise ValueError(f"ReportOptions.batch_size must be a positive int or None, got {self.batch_size!r}")
+        rule = self.filter_rule.partition(":") if isinstance(self.filter_rule, str) else None
+        if rule is None or not (rule == ("activation", "", "") or (rule[0] == "contribution" and rule[2])):
+            raise ValueError(f"ReportOptions.filter_rule must be 'activation' or 'contribution:CLASS', got {self.filter_rule!r}")
         if not is_number(self.am_lr) or not self.am_lr > 0:
             raise ValueError(f"ReportOptions.am_lr must be a positive number, got {self.am_lr!r}")
         if not is_number(self.mask_percentile) or not 0.0 <= self.mask_percentile <= 100.0:

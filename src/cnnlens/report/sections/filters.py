@@ -1,15 +1,21 @@
-"""Section 7, Filters: what chosen layers' filters respond to most (activation maximisation, the seeds'
-gradient ascent), and what two layers output for one image (the seeds' "filter outputs")."""
+"""Section 7, Filters: what chosen layers' filters respond to most, in pictures a person can read: per
+filter the synthetic image of one neuron (readable activation maximisation, Olah et al. 2017) beside the
+real image patches that excite it most (dataset exemplars, one streaming pass over the split), the filters
+chosen by what the data says (mean activation, or contribution to a class) and the dead ones named; the
+class-model images (Simonyan et al. 2014); and what two layers output for one image (the seeds' "filter
+outputs")."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.explain.activation_max import activation_maximization
+from cnnlens.explain.activation_max import activation_maximization, class_model_images
+from cnnlens.explain.exemplars import choose_filters, dataset_exemplars
 from cnnlens.explain.feature_maps import feature_maps
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext
@@ -23,11 +29,25 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def rectifier_after(model: nn.Module, conv: str) -> str:
+    """The first ``nn.ReLU`` registered after layer ``conv`` and before the next convolution (where a filter
+    "fires" means > 0), or ``conv`` itself when there is none."""
+    names = [(name, m) for name, m in model.named_modules()]
+    start = next(i for i, (name, _) in enumerate(names) if name == conv)
+    for name, m in names[start + 1:]:
+        if isinstance(m, nn.Conv2d):
+            break
+        if isinstance(m, nn.ReLU):
+            return name
+    return conv
+
+
 def default_filter_layers(model: nn.Module) -> list[str]:
-    """Activation-maximisation layers: the middle and the last convolution. (The first one's mean
-    activation is maximised by a flat bright or dark image, which shows little.)"""
+    """Filter layers: the rectified outputs (the ReLU after) of the middle and the last convolution. (The
+    first one's filters are edges and blobs that its weights already show.)"""
     convs = conv_layers(model)
-    return list(dict.fromkeys([convs[len(convs) // 2], convs[-1]])) if convs else []
+    chosen = list(dict.fromkeys([convs[len(convs) // 2], convs[-1]])) if convs else []
+    return list(dict.fromkeys(rectifier_after(model, c) for c in chosen))
 
 
 def default_feature_map_layers(model: nn.Module) -> list[str]:
@@ -62,27 +82,106 @@ def value_sentence(out: torch.Tensor) -> str:
     return parts[0] + ("; " + ", ".join(shares) if shares else "")
 
 
-def _act_max(ctx: ReportContext, layer: str, channels: int) -> dict[str, Any]:
+def _rgb(image: torch.Tensor) -> np.ndarray:
+    """A [C,H,W] float image in [0,1] as uint8 for a tile, without stretching (so tiles compare)."""
+    return image_hwc(image.clamp(0, 1).cpu())
+
+
+def parse_filter_rule(rule: str, classes: Sequence[str]) -> tuple[str, int | None]:
+    """``ReportOptions.filter_rule`` read against the classes: ``("activation", None)`` or
+    ``("contribution", class index)`` (the class given by name or index).
+
+    >>> parse_filter_rule("contribution:Happy", ["Angry", "Happy"])
+    ('contribution', 1)
+    """
+    kind, _, cls = rule.partition(":")
+    if kind == "activation":
+        return kind, None
+    names = list(classes)
+    if cls in names:
+        return kind, names.index(cls)
+    if cls.isdigit() and int(cls) < len(names):
+        return kind, int(cls)
+    raise ValueError(f"ReportOptions.filter_rule: unknown class {cls!r} in {rule!r}; pass 'activation' or "
+                     f"'contribution:CLASS' with one of {names}")
+
+
+def _filters(ctx: ReportContext, layer: str) -> dict[str, Any]:
+    """One layer: choose its filters from one streaming pass over the split, optimise one neuron image per
+    chosen filter (all in one batch) and pair it with the filter's top exemplars."""
     o = ctx.options
-    units = list(range(min(o.filters_per_layer, channels)))
-    res = activation_maximization(ctx.model, layer, units, input_shape=tuple(ctx.dataset.input_shape),
-                                  steps=o.am_steps, lr=o.am_lr, generator=torch.Generator().manual_seed(o.seed))
-    act, start = res.activation.cpu().numpy(), res.start_activation.cpu().numpy()
-    ctx.assets.npy(f"filters-{_safe(layer)}", res.images.cpu().numpy())
-    tiles = [_tile(ctx, f"filters-{_safe(layer)}-{u}", res.images[j].cpu(), f"#{u}: {act[j]:.2f}",
-                   f"{layer}, filter {u}: mean activation {act[j]:.3f} (from {start[j]:.3f} on noise)")
-             for j, u in enumerate(res.units)]
-    best = int(np.argmax(act))
-    which = f"filter {res.units[0]}" if len(res.units) == 1 else f"filters {res.units[0]}-{res.units[-1]}"
-    sentence = (f"{layer}: {which} of {channels}, {o.am_steps} ascent steps; mean activation "
-                f"rose from {start.mean():.2f} on noise to {act.mean():.2f}; strongest filter {res.units[best]} ({act[best]:.2f}).")
-    return {"layer": layer, "tiles": tiles, "sentence": sentence,
-            "record": {"layer": layer, "filters": list(res.units), "activation": act.tolist(), "start_activation": start.tolist()}}
+    rule, target = parse_filter_rule(o.filter_rule, ctx.classes)
+    n, bs = len(ctx.dataset), 128
+    ex = dataset_exemplars(ctx.model, layer, (ctx.float_images(range(i, min(i + bs, n))) for i in range(0, n, bs)),
+                           k=o.exemplars, target=target)
+    class_name = ctx.classes[target] if target is not None else None
+    choice = choose_filters(ex, o.filters_per_layer, rule, class_name=class_name)
+    safe, rf = _safe(layer), ex.field
+    centre = (rf.output[0] // 2, rf.output[1] // 2)
+    rows, record = [], {"layer": layer, "rule": choice.rule, "reason": choice.reason, "dead": list(choice.dead),
+                        "receptive_field": {"size": list(rf.size), "stride": list(rf.stride), "offset": list(rf.offset)},
+                        "filters": []}
+    dead = f" Never fire on {ex.count} images: filter{'s' * (len(choice.dead) != 1)} {_list(choice.dead)}." if choice.dead else ""
+    if not choice.units:
+        return {"layer": layer, "rows": [], "record": record,
+                "sentence": f"{layer}: no filter fires (> 0) on any of the {ex.count} images; nothing to show.{dead}"}
+    res = activation_maximization(ctx.model, layer, list(choice.units), objective="neuron", position=centre,
+                                  input_shape=tuple(ctx.dataset.input_shape), steps=o.am_steps, lr=o.am_lr,
+                                  generator=torch.Generator().manual_seed(o.seed))
+    synth = torch.stack([rf.crop(im.cpu(), *centre) for im in res.images])
+    ctx.assets.npy(f"filters-{safe}", res.images.cpu().numpy())
+    reached = 0
+    for j, u in enumerate(choice.units):
+        act, best = float(res.activation[j]), float(ex.values[u, 0])
+        reached += act >= best
+        tiles = [figure(ctx.assets.png(f"filters-{safe}-{u}", _rgb(synth[j])), f"synthetic: {act:.2f}",
+                        title=f"{layer}, filter {u}: the synthetic image of its centre neuron ({rf.size[0]}x{rf.size[1]} "
+                              f"receptive field), activation {act:.3f}", kind="filter")]
+        for r in range(ex.values.shape[1]):
+            idx = int(ex.index[u, r])
+            if idx < 0:
+                break
+            name = ctx.dataset.names[idx]
+            tiles.append(figure(ctx.assets.png(f"filters-{safe}-{u}-top{r + 1}", _rgb(ex.crops[u, r])),
+                                f"{float(ex.values[u, r]):.2f}",
+                                title=f"{layer}, filter {u}: exemplar {r + 1}, {name}, peak activation "
+                                      f"{float(ex.values[u, r]):.3f} at output position {tuple(ex.position[u, r].tolist())}",
+                                kind="filter"))
+        rows.append({"unit": u, "label": f"#{u}", "mean": f"{float(ex.mean[u]):.2f}",
+                     "firing": text.pct(float(ex.firing[u])), "tiles": tiles})
+        record["filters"].append({"filter": u, "synthetic_activation": act, "exemplar_activation": ex.values[u].tolist(),
+                                  "exemplar_index": ex.index[u].tolist(), "mean_activation": float(ex.mean[u]),
+                                  "firing": float(ex.firing[u]), "score": float(choice.score[u])})
+    sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum, "
+                f"random shifts, scales and rotations) maximises the filter's centre neuron and is cut to its "
+                f"{rf.size[0]}x{rf.size[1]} receptive field, like the {ex.values.shape[1]} real patches beside it; "
+                f"{reached} of {len(choice.units)} reach the best real patch's activation.{dead}")
+    return {"layer": layer, "rows": rows, "sentence": sentence, "record": record}
+
+
+def _list(units: tuple[int, ...], most: int = 12) -> str:
+    shown = ", ".join(str(u) for u in units[:most])
+    return shown + (f" and {len(units) - most} more" if len(units) > most else "")
+
+
+def _classes(ctx: ReportContext) -> tuple[list[dict[str, Any]], str]:
+    """Class-model images (Simonyan et al. 2014), one per class, in one batch."""
+    o = ctx.options
+    res = class_model_images(ctx.model, list(range(len(ctx.classes))), input_shape=tuple(ctx.dataset.input_shape),
+                             steps=o.am_steps, lr=o.am_lr, generator=torch.Generator().manual_seed(o.seed))
+    ctx.assets.npy("class-models", res.images.cpu().numpy())
+    tiles = [figure(ctx.assets.png(f"class-model-{k}", _rgb(res.images[k])), f"{name}: {float(res.activation[k]):.1f}",
+                    title=f"What the model thinks {name} looks like: logit {float(res.activation[k]):.2f} "
+                          f"(from {float(res.start_activation[k]):.2f} on the starting noise)", kind="filter")
+             for k, name in enumerate(ctx.classes)]
+    sentence = (f"Class-model images (Simonyan et al. 2014): per class, {o.am_steps} steps of ascent on its logit "
+                f"minus an L2 penalty, from the same readable parameterisation; caption: the logit reached.")
+    return tiles, sentence
 
 
 def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
-    """Activation-maximisation grids for ``filter_layers`` (default: the middle and the last convolution)
-    and feature maps of the most confidently right image at two depths (``feature_map_layers``, default:
+    """Per filter of ``filter_layers`` (default: the ReLU after the middle and the last convolution), its
+    synthetic image beside its dataset exemplars; class-model images; and feature maps of the most confidently right image at two depths (``feature_map_layers``, default:
     the first and the last convolution). Absent for a model with neither named layers nor convolutions."""
     o = ctx.options
     am_layers = list(o.filter_layers) if o.filter_layers is not None else default_filter_layers(ctx.model)
@@ -97,10 +196,17 @@ def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
     outputs = feature_maps(ctx.model, x, every)  # also gives each layer's channel count
     sentences, grids, records = [], [], []
     for layer in am_layers:
-        block = _act_max(ctx, layer, int(outputs[layer].shape[1]))
-        grids.append({"layer": layer, "tiles": block["tiles"]})
+        if outputs[layer].dim() != 4:
+            sentences.append(f"{layer}: its output has shape {tuple(outputs[layer].shape[1:])}, not channels x height x "
+                             "width; no filter images shown.")
+            continue
+        block = _filters(ctx, layer)
+        grids.append({"layer": layer, "rows": block["rows"]})
         sentences.append(block["sentence"])
         records.append(block["record"])
+    class_tiles, class_sentence = _classes(ctx) if am_layers else ([], "")
+    if class_tiles:
+        sentences.append(class_sentence)
     name = ctx.dataset.names[pick]
     fm_blocks = []
     for layer in fm_layers:
@@ -122,6 +228,6 @@ def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
         image = figure(ctx.assets.png("feature-maps-input", image_hwc(ctx.dataset.images[pick])), name,
                        title=f"{name}: true {ctx.classes[int(ctx.labels[pick])]}, predicted "
                              f"{ctx.classes[int(ctx.predictions[pick])]} (p={conf[pick]:.2f})")
-    files = [ctx.assets.json("filters", {"activation_maximization": records, "feature_maps": {"image": name, "layers": fm_layers}})]
-    return {"id": "filters", "title": "Filters", "text": sentences, "grids": grids, "feature_maps": fm_blocks,
-            "image": image, "files": files}
+    files = [ctx.assets.json("filters", {"filters": records, "feature_maps": {"image": name, "layers": fm_layers}})]
+    return {"id": "filters", "title": "Filters", "text": sentences, "grids": grids, "class_models": class_tiles,
+            "feature_maps": fm_blocks, "image": image, "files": files}

@@ -1,0 +1,351 @@
+"""Readable feature visualisation (issue 14): the objective rises for a channel, a neuron and a class; a
+planted first-layer filter is recovered; batching units changes nothing; the transforms are what they
+say; receptive fields equal the hand-computed ones; streamed exemplars equal a brute-force top-k; dead
+filters are named; the model and torch's global generator are untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlens.explain.activation_max import activation_maximization, class_model_images, gram_diversity
+from cnnlens.explain.exemplars import choose_filters, dataset_exemplars
+from cnnlens.explain.receptive_field import ReceptiveField, receptive_field
+from cnnlens.explain.robustness import Transforms
+from cnnlens.models.small_cnn import SmallCNN
+from conftest import assert_model_untouched, make_random_model
+
+
+def planted_net(size: int = 7) -> nn.Sequential:
+    """conv(1 -> 2) holding a horizontal and a vertical step edge (zero mean, unit norm), ReLU, GAP, linear."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    kernels = torch.stack([torch.tanh(2 * yy), torch.tanh(2 * xx)])
+    kernels = kernels - kernels.mean((1, 2), keepdim=True)
+    kernels = kernels / kernels.flatten(1).norm(dim=1)[:, None, None]
+    conv = nn.Conv2d(1, 2, size, padding=size // 2)
+    with torch.no_grad():
+        conv.weight.copy_(kernels[:, None].float())
+        conv.bias.zero_()
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+
+
+def best_patch_correlation(image: torch.Tensor, kernel: torch.Tensor) -> float:
+    """Highest Pearson correlation between a k x k patch of ``image`` [H,W] and ``kernel``."""
+    k = kernel.shape[-1]
+    patches = F.unfold(image[None, None].double(), k)[0].T
+    patches = patches - patches.mean(1, keepdim=True)
+    w = kernel.flatten().double()
+    return float((patches @ w / (patches.norm(dim=1).clamp_min(1e-9) * w.norm())).max())
+
+
+# ------------------------------------------------------------------------------ activation maximisation
+
+
+@pytest.mark.parametrize("objective", ["channel", "neuron"])
+def test_readable_default_raises_the_objective_and_reports_it_truly(objective):
+    model = make_random_model(in_channels=3, seed=2)
+    res = activation_maximization(model, "relu_a", [0, 2, 7], objective=objective, input_shape=(3, 16, 16), steps=24,
+                                  generator=torch.Generator().manual_seed(0))
+    assert res.images.shape == (3, 3, 16, 16) and res.objective == objective
+    assert (res.activation > res.start_activation).all()
+    acts = {}
+    handle = model.relu_a.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o.clone()))
+    with torch.no_grad():
+        model(res.images)
+    handle.remove()
+    own = acts["a"][torch.arange(3), torch.tensor([0, 2, 7])]  # [3, 8, 8]
+    expected = own[:, 4, 4] if objective == "neuron" else own.mean((1, 2))
+    assert res.position == ((4, 4) if objective == "neuron" else None)
+    torch.testing.assert_close(res.activation, expected)
+    torch.testing.assert_close(res.peak, own.flatten(1).amax(1))
+
+
+def test_neuron_ascent_starts_where_the_relu_is_off():
+    # bias -5 turns the ReLU off everywhere at the start: a plain ReLU gradient is zero there for ever
+    net = planted_net()
+    with torch.no_grad():
+        net[0].bias.fill_(-1.0)
+    res = activation_maximization(net, "1", [0, 1], objective="neuron", input_shape=(1, 16, 16), steps=48,
+                                  generator=torch.Generator().manual_seed(0))
+    assert (res.start_activation == 0).all() and (res.activation > 0.5).all()
+
+
+def test_planted_edges_are_recovered():
+    net = planted_net()
+    kernels = net[0].weight[:, 0].detach()
+    res = activation_maximization(net, "1", [0, 1], input_shape=(1, 32, 32), steps=64,
+                                  generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        own, other = best_patch_correlation(res.images[i, 0], kernels[i]), best_patch_correlation(res.images[i, 0], kernels[1 - i])
+        assert own > 0.9 and own > other + 0.2  # the edge at its own orientation, not at the other one
+
+
+def test_class_model_images_raise_each_logit():
+    model = make_random_model(in_channels=1, num_classes=4, seed=5)
+    res = class_model_images(model, [0, 1, 2, 3], input_shape=(1, 16, 16), steps=48, lr=0.1,
+                             generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(res.images)
+    torch.testing.assert_close(res.activation, logits.diag())
+    assert res.objective == "class" and (res.activation > res.start_activation + 0.05).all()
+
+
+def test_batched_units_equal_one_at_a_time_in_float64():
+    model = make_random_model(in_channels=3, seed=4).double()
+    options = {"input_shape": (3, 16, 16), "steps": 12, "transforms": None, "init_std": 0.0, "objective": "neuron"}
+    together = activation_maximization(model, "relu_a", [1, 6, 2], **options)
+    for j, u in enumerate([1, 6, 2]):
+        alone = activation_maximization(model, "relu_a", [u], **options)
+        torch.testing.assert_close(together.images[j : j + 1], alone.images, rtol=0, atol=1e-10)
+        torch.testing.assert_close(together.activation[j : j + 1], alone.activation, rtol=0, atol=1e-10)
+
+
+def test_diversity_makes_a_units_images_differ():
+    model = make_random_model(in_channels=1, seed=6)
+    runs = {d: activation_maximization(model, "relu_a", [2], images_per_unit=3, diversity=d, input_shape=(1, 16, 16),
+                                       steps=24, generator=torch.Generator().manual_seed(1)) for d in (0.0, 20.0)}
+    assert runs[0.0].units == (2, 2, 2) and runs[0.0].images.shape[0] == 3
+
+    def similarity(images: torch.Tensor) -> float:
+        acts = {}
+        handle = model.relu_a.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o.clone()))
+        with torch.no_grad():
+            model(images)
+        handle.remove()
+        return float(gram_diversity(acts["a"], 3).mean())
+
+    assert similarity(runs[20.0].images) < similarity(runs[0.0].images) - 0.01
+
+
+def test_gram_diversity_by_hand():
+    a = torch.zeros(2, 2, 1, 2)
+    a[0, 0] = 1.0  # G_0 = [[2, 0], [0, 0]]
+    a[1, :, 0, 0] = 1.0  # G_1 = [[1, 1], [1, 1]]
+    # cos(G_0, G_1) = 2 / (2 * 2) = 0.5 for both
+    torch.testing.assert_close(gram_diversity(a, 2), torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(gram_diversity(a, 1), torch.zeros(2))
+
+
+def test_global_generator_and_model_untouched():
+    model = make_random_model(in_channels=1, seed=7).train()
+    model.fc.weight.requires_grad_(False)
+    modes = [m.training for m in model.modules()]
+    stats = model.bn_a.running_mean.clone()
+    state = torch.random.get_rng_state()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.eval()(x)
+    model.train()
+    for objective in ("channel", "neuron"):  # the neuron objective hooks the in-place ReLU's input
+        activation_maximization(model, "relu_a", [0, 1], objective=objective, input_shape=(1, 16, 16), steps=3,
+                                images_per_unit=2, diversity=1.0, generator=torch.Generator().manual_seed(0))
+    class_model_images(model, [1], input_shape=(1, 16, 16), steps=3, generator=torch.Generator().manual_seed(0))
+    dataset_exemplars(model, "relu_a", [x], target=2)
+    receptive_field(model, "relu_a", (1, 16, 16))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert_model_untouched(model, modes)
+    assert [p.requires_grad for p in model.parameters()] == [p is not model.fc.weight for p in model.parameters()]
+    assert torch.equal(model.bn_a.running_mean, stats)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------- transforms
+
+
+def test_transforms_scale_with_the_input_size():
+    assert Transforms.for_size(48, 48) == Transforms(pad=3, jitter=2, fine_jitter=1, scale=(0.9, 1.1), degrees=10.0)
+    assert Transforms.for_size(224, 224) == Transforms(pad=12, jitter=8, fine_jitter=4, scale=(0.9, 1.1), degrees=10.0)
+    assert Transforms.for_size(16, 16).pad == 1  # never below one pixel
+    x = torch.rand(2, 1, 8, 8)
+    assert Transforms()(x) is x
+
+
+def test_shift_only_transforms_move_whole_pixels_with_gray_fill():
+    x = torch.rand(5, 1, 12, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = Transforms(pad=1, jitter=1, fine_jitter=1)(x, torch.Generator().manual_seed(3))
+    for i in range(5):  # each image is its own shift by at most 3 pixels, gray where it came from outside
+        matches = []
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                shifted = torch.full_like(x[i], 0.5)
+                src = x[i][:, max(0, -dy) : 12 - max(0, dy), max(0, -dx) : 10 - max(0, dx)]
+                shifted[:, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]] = src
+                matches.append(torch.allclose(out[i], shifted, atol=1e-12))
+        assert sum(matches) == 1
+
+
+def test_rotation_turns_about_the_centre():
+    x = torch.full((1, 1, 9, 9), 0.5, dtype=torch.float64)
+    x[0, 0, 4, 6] = 1.0  # two pixels right of the centre
+    out = Transforms(degrees=45.0)(x, torch.Generator().manual_seed(0))
+    ys, xs = torch.meshgrid(torch.arange(9.0, dtype=torch.float64), torch.arange(9.0, dtype=torch.float64), indexing="ij")
+    w = (out[0, 0] - 0.5).clamp_min(0)
+    cy, cx = float((w * ys).sum() / w.sum()) - 4, float((w * xs).sum() / w.sum()) - 4
+    assert math.isclose(math.hypot(cy, cx), 2.0, abs_tol=0.25)  # still two pixels from the centre
+    assert abs(cy) > 0.2  # but turned off the row
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"pad": -1}, "Transforms.pad must be an int >= 0"),
+    ({"jitter": 1.5}, "Transforms.jitter must be an int"),
+    ({"scale": (1.2, 1.1)}, "Transforms.scale must be"),
+    ({"degrees": 200}, r"Transforms.degrees must be in \[0, 180\)"),
+])
+def test_transforms_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Transforms(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- receptive field
+
+
+@pytest.mark.parametrize(("layer", "size", "stride", "offset"), [
+    ("block1.conv", 3, 1, -1),   # 3x3 conv, padding 1
+    ("block1.pool", 4, 2, -1),   # + 2x2 max-pool
+    ("block2.conv", 8, 2, -3),   # + 3x3 conv at stride 2: 4 + 2 * 2
+    ("block2.relu", 8, 2, -3),
+    ("block3.conv", 18, 4, -7),  # + pool, + 3x3 conv at stride 4: 10 + 2 * 4
+])
+def test_receptive_field_of_small_cnn_by_hand(layer, size, stride, offset):
+    model = SmallCNN(in_channels=1, num_classes=3, input_size=48).eval()
+    rf = receptive_field(model, layer, (1, 48, 48))
+    assert (rf.size, rf.stride, rf.offset) == ((size, size), (stride, stride), (offset, offset))
+
+
+def test_receptive_field_strided_dilated_and_non_square():
+    model = nn.Sequential(nn.Conv2d(1, 4, 5, stride=2, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 3, dilation=2, padding=2),
+                          nn.ReLU(), nn.Conv2d(4, 2, (1, 3), padding=(0, 1)))
+    # conv5/s2: 5, stride 2, offset -2; dilated 3x3 (span 5) at stride 2: 5 + 4 * 2 = 13, offset -2 - 2 * 2 = -6;
+    # then 1x3: rows unchanged, columns 13 + 2 * 2 = 17, offset -6 - 2 = -8
+    rf = receptive_field(model, "4", (1, 32, 40))
+    assert rf == ReceptiveField(size=(13, 17), stride=(2, 2), offset=(-6, -8), output=(16, 20), input=(32, 40))
+    assert rf.box(0, 1) == (-6, -6, 7, 11)
+
+
+def test_crop_fills_outside_the_image():
+    rf = ReceptiveField(size=(3, 3), stride=(1, 1), offset=(-1, -1), output=(4, 4), input=(4, 4))
+    image = torch.arange(16.0).reshape(1, 4, 4)
+    torch.testing.assert_close(rf.crop(image, 0, 0, fill=-1.0), torch.tensor([[[-1.0, -1, -1], [-1, 0, 1], [-1, 4, 5]]]))
+    torch.testing.assert_close(rf.crop(image, 2, 1), image[:, 1:4, 0:3])
+
+
+def test_receptive_field_needs_a_feature_map():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(ValueError, match="not a feature map"):
+        receptive_field(model, "1", (1, 4, 4))
+
+
+# --------------------------------------------------------------------------------------- exemplars
+
+
+def test_streamed_exemplars_equal_a_brute_force_top_k(random_model_and_images):
+    model, _ = random_model_and_images
+    c = model.stem[0].in_channels
+    images = torch.rand(23, c, 16, 16, generator=torch.Generator().manual_seed(1))
+    ex = dataset_exemplars(model, "relu_a", (images[i : i + 5] for i in range(0, 23, 5)), k=4, target=3)
+    acts = {}
+    handle = model.relu_a.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o.clone()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    a = acts["a"]  # [23, 8, 8, 8]
+    peak, where = a.flatten(2).max(2)  # [N, C]
+    order = torch.sort(peak.T, dim=1, descending=True, stable=True).indices[:, :4]
+    torch.testing.assert_close(ex.values, peak.T.gather(1, order))
+    assert torch.equal(ex.index, order)
+    for ch in range(a.shape[1]):
+        for r in range(4):
+            i = int(order[ch, r])
+            pos = (int(where[i, ch]) // 8, int(where[i, ch]) % 8)
+            assert tuple(ex.position[ch, r].tolist()) == pos
+            torch.testing.assert_close(ex.crops[ch, r], ex.field.crop(images[i], *pos))
+    torch.testing.assert_close(ex.mean, a.mean((0, 2, 3)).double())
+    torch.testing.assert_close(ex.firing, (peak > 0).double().mean(0))
+    kept = {}
+
+    def keep(m, i, o):
+        kept["a"] = o
+        return o.clone()  # the in-place ReLU after it changes the clone
+
+    handle = model.relu_a.register_forward_hook(keep)  # the contribution of all images at once, by hand
+    logits = model(images)
+    handle.remove()
+    (g,) = torch.autograd.grad(logits[:, 3].sum(), kept["a"])
+    expected = (g * kept["a"]).sum((2, 3)).mean(0).double()
+    torch.testing.assert_close(ex.contribution, expected.detach(), rtol=1e-5, atol=1e-7)
+    assert ex.count == 23 and ex.target == 3
+
+
+def test_dead_filters_are_flagged_and_never_chosen():
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    with torch.no_grad():  # filters 0 and 2 answer to bright and to dark pixels; 1 and 3 can never fire
+        conv.weight.copy_(torch.tensor([1.0, 1.0, -1.0, 1.0])[:, None, None, None].expand(4, 1, 3, 3) / 9)
+        conv.bias.copy_(torch.tensor([0.0, -100.0, 1.0, -100.0]))
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    images = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ex = dataset_exemplars(model, "1", [images[:6], images[6:]], k=3)
+    choice = choose_filters(ex, 4)
+    assert choice.dead == (1, 3) and set(choice.units) == {0, 2}
+    assert choice.units == tuple(int(u) for u in torch.argsort(ex.mean.masked_fill(torch.tensor([False, True, False, True]), -1), descending=True)[:2])
+    assert "the 2 of 4 filters with the highest mean activation on 10 images; 2 never fire on them" in choice.reason
+    by_class = choose_filters(dataset_exemplars(model, "1", [images], k=2, target=1), 1, "contribution", class_name="Happy")
+    assert by_class.rule == "contribution" and "contribution (gradient x activation) to class Happy" in by_class.reason
+    with pytest.raises(ValueError, match="needs exemplars computed with target="):
+        choose_filters(ex, 2, "contribution")
+    with pytest.raises(ValueError, match="rule must be 'activation' or 'contribution'"):
+        choose_filters(ex, 2, "random")
+
+
+def test_exemplars_bad_inputs():
+    model = make_random_model(in_channels=1, seed=0)
+    with pytest.raises(ValueError, match="batches gave no images"):
+        dataset_exemplars(model, "relu_a", [])
+    with pytest.raises(ValueError, match="not a feature map"):
+        dataset_exemplars(model, "fc", [torch.rand(2, 1, 16, 16)])
+    with pytest.raises(ValueError, match="target 9 is out of range"):
+        dataset_exemplars(model, "relu_a", [torch.rand(2, 1, 16, 16)], target=9)
+    with pytest.raises(ValueError, match="unknown layer"):
+        dataset_exemplars(model, "nope", [torch.rand(2, 1, 16, 16)])
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def test_report_shows_each_filter_beside_its_exemplars(tmp_path):
+    import dataclasses
+    import json
+
+    from cnnlens.report import write_report
+    from test_report import TINY, tiny_inputs
+
+    inputs = tiny_inputs()
+    options = dataclasses.replace(TINY, methods=("saliency",), average_methods=(), exemplars=2, filters_per_layer=2,
+                                  filter_rule="contribution:Happy")
+    page = write_report(inputs, tmp_path / "r", options=options).read_text(encoding="utf-8")
+    record = json.loads((tmp_path / "r/data/filters.json").read_text())["filters"]
+    assert [r["layer"] for r in record] == ["relu_out", "head.1"]  # the ReLUs after the middle (conv_b) and the last conv
+    ex = dataset_exemplars(inputs.model, "relu_out", [inputs.dataset.float_images()], k=2, target=0)
+    choice = choose_filters(ex, 2, "contribution", class_name="Happy")
+    assert record[0]["rule"] == "contribution" and record[0]["reason"] == choice.reason
+    assert [f["filter"] for f in record[0]["filters"]] == list(choice.units)
+    assert record[0]["filters"][0]["exemplar_index"] == ex.index[choice.units[0]].tolist()
+    assert page.count('class="filter-row"') == sum(len(r["filters"]) for r in record)
+    assert "contribution (gradient x activation) to class Happy" in page
+    assert "What the model thinks each class looks like" in page and (tmp_path / "r/figures/class-model-0.png").is_file()
+
+
+def test_report_filter_rule_errors(tmp_path):
+    from cnnlens.report import ReportOptions, write_report
+    from test_report import tiny_inputs
+
+    with pytest.raises(ValueError, match="filter_rule must be 'activation' or 'contribution:CLASS'"):
+        ReportOptions(filter_rule="biggest")
+    with pytest.raises(ValueError, match="unknown class 'Angry'"):
+        write_report(tiny_inputs(), tmp_path / "r", options=ReportOptions(filter_rule="contribution:Angry"))
+    assert not (tmp_path / "r").exists()
