@@ -420,3 +420,10 @@ def test_keras_versions_whose_safe_mode_cnnlens_does_not_trust_are_refused(monke
     monkeypatch.setattr(keras, "__version__", version)
     with pytest.raises(ForeignModelError, match=f"Keras 3.12 or later .*found Keras {version}; install it with pip"):
         kerasmodels.require_keras()
+
+
+def test_layers_without_bias_have_bias_none_as_in_torch():
+    image = keras.Input((8, 8, 1))
+    x = layers.Conv2D(3, 3, use_bias=False, name="conv")(image)
+    net = KerasModel(keras.Model(image, layers.Dense(2, use_bias=False, name="dense")(layers.Flatten()(x))))
+    assert net.conv.bias is None and net.dense.bias is None and total_params(net) == 27 + 72 * 2

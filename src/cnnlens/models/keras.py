@@ -209,6 +209,8 @@ class KerasConv2D(KerasLayer, nn.Conv2d):
         self.dilation, self.groups = tuple(layer.dilation_rate), int(getattr(layer, "groups", 1))
         self.padding, self.padding_mode = layer.padding, "zeros"
         self.transposed, self.output_padding = False, (0, 0)
+        if "bias" not in self._parameters:  # use_bias=False: torch's convention, bias None
+            self.bias = None
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
@@ -222,6 +224,8 @@ class KerasDense(KerasLayer, nn.Linear):
     def __init__(self, layer: Any, channels_last: bool) -> None:
         KerasLayer.__init__(self, layer, channels_last)
         self.in_features, self.out_features = (int(s) for s in layer.kernel.shape)
+        if "bias" not in self._parameters:
+            self.bias = None
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
