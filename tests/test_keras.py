@@ -426,4 +426,4 @@ def test_layers_without_bias_have_bias_none_as_in_torch():
     image = keras.Input((8, 8, 1))
     x = layers.Conv2D(3, 3, use_bias=False, name="conv")(image)
     net = KerasModel(keras.Model(image, layers.Dense(2, use_bias=False, name="dense")(layers.Flatten()(x))))
-    assert net.conv.bias is None and net.dense.bias is None and total_params(net) == 27 + 72 * 2
+    assert net.conv.bias is None and net.dense.bias is None and total_params(net) == 27 + 108 * 2  # 3x3x1x3; 6x6x3 -> 2
