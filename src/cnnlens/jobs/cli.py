@@ -16,9 +16,10 @@ import click
 
 from cnnlens.jobs.job import DEFAULT_SHARD_SIZE, ENGINES
 
-JOB_HELP = ("Explain every image of --split into a resumable folder of Parquet shards at --out (read it with "
-            "cnnlens.jobs.load_explanations): local = this process, ray = a Ray cluster (pip install 'cnnlens[ray]'). "
-            "Re-running the same command resumes; without --engine, the command does what it says above.")
+JOB_HELP = ("Every image of --split, explained (faithfulness: also scored, deletion and insertion AUC per image; "
+            "--n-images and the randomisation check do not apply), into a resumable folder of Parquet shards at --out "
+            "(read it with cnnlens.jobs.load_explanations): local = this process, ray = a Ray cluster (pip install "
+            "'cnnlens[ray]'). Re-running the same command resumes; without --engine, the command does what it says above.")
 
 
 def job_options(command: Callable[..., Any]) -> Callable[..., Any]:

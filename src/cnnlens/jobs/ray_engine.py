@@ -103,7 +103,7 @@ def run_ray(store: ShardStore, model: nn.Module | str | Path, work: Work, images
             kwargs["num_gpus"] = int(np.ceil(workers * num_gpus))
             if object_store_memory is not None:
                 kwargs["object_store_memory"] = object_store_memory
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)  # "local": a new cluster, never one found in /tmp/ray
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
