@@ -220,3 +220,21 @@ def test_local_engine_holds_one_shard_at_a_time(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(local, "compute", spy)
     explain_dataset(make_random_model(1, 3), _images(10), ["saliency"], out=tmp_path / "j", shard_size=4)
     assert seen == [4, 4, 2]
+
+
+def test_skip_unsupported_leaves_out_a_method_that_refuses_the_model(tmp_path: Path) -> None:
+    class FlatHead(torch.nn.Module):  # no global average pooling: CAM refuses it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 16 * 16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    model = FlatHead().eval()
+    with pytest.raises(ValueError, match="CAM needs"):
+        explain_dataset(model, _images(3), ["saliency", "cam"], out=tmp_path / "a")
+    explain_dataset(model, _images(3), ["saliency", "cam"], out=tmp_path / "b", skip_unsupported=True)
+    got = load_explanations(tmp_path / "b")
+    assert list(got.maps) == ["saliency"] and "CAM needs" in got.manifest["skipped"]["cam"]

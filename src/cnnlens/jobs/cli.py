@@ -113,11 +113,16 @@ def run_job(*, run_dir: Path | None, out: Path | None, methods: str, option_item
                               deletion_substrate=deletion_substrate, insertion_substrate=insertion_substrate,
                               shard_size=shard_size, batch_size=batch_size, engine=engine, workers=workers,
                               ray_address=ray_address, device=dev, overwrite=overwrite, progress=True,
-                              description=description, inputs=inputs)
+                              description=description, inputs=inputs,
+                              skip_unsupported=methods.strip().lower() == "all")
     except (OutputRefused, CannotWrite, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     except (ValueError, TypeError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    from cnnlens.jobs.shards import read_manifest
+
+    for m, why in (read_manifest(Path(out)) or {}).get("skipped", {}).items():
+        click.echo(f"skipped {m}: {why}", err=True)
     skipped = f", {res.skipped} of {res.shards} shard(s) already complete" if res.skipped else ""
     rate = f" at {res.images_per_second:,.1f} images/s" if res.computed else ""
     click.echo(f"{engine}: {res.computed} of {res.n_images} image(s) computed{rate}{skipped}: {out}/ "

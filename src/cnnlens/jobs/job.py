@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from torch import nn
 from cnnlens._checks import check_int
 from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
-from cnnlens.explain import accel
+from cnnlens.explain import accel, registry
 from cnnlens.explain.runner import check_methods, check_options
 from cnnlens.jobs.local import run_local
 from cnnlens.jobs.shards import open_store, record_run, require_pyarrow
@@ -74,7 +75,7 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
                     engine: str = "local", workers: int = 1, cpus_per_worker: float = 1,
                     ray_address: str | None = None, device: str | torch.device = "cpu", overwrite: bool = False,
                     progress: bool = False, description: Mapping[str, Any] | None = None,
-                    inputs: Sequence[PathArg | None] = ()) -> JobResult:
+                    inputs: Sequence[PathArg | None] = (), skip_unsupported: bool = False) -> JobResult:
     """Explain every image of a split with ``methods`` (and score each map), into a folder of Parquet shards.
 
     ``model``: a module, or a run folder (``cnnlens train``/``import``: the model, its classes, its
@@ -89,6 +90,8 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
     them with ``cpus_per_worker`` CPUs each and one GPU each on CUDA; ``ray_address`` an existing cluster,
     None a local one). ``out``: created, or resumed when it holds the same job (complete shards are skipped),
     refused when it holds another one unless ``overwrite``; see :mod:`cnnlens.jobs.shards`.
+    ``skip_unsupported``: leave out a method that refuses this model on the first image (a ValueError/TypeError,
+    e.g. CAM without a global-average-pooling head; the manifest's ``skipped`` says why) instead of failing.
 
     >>> res = explain_dataset("runs/fer", split="test", methods=["grad-cam"], scores=["deletion"],
     ...                       out="runs/fer/test-explained", engine="ray", workers=4)
@@ -132,6 +135,20 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
                 scores=tuple(scores), step=step, deletion_substrate=deletion_substrate,
                 insertion_substrate=insertion_substrate, channel_mean=source.channel_mean() if needs_mean else None,
                 batch_size=batch_size, fast=fast, probe=probe_u8.cpu().numpy())
+    skipped: dict[str, str] = {}
+    if skip_unsupported:
+        kept = []
+        for m in names:
+            try:
+                resolve(module, dataclasses.replace(work, methods=(m,)), probe.to(dev))
+                registry.get(m).fn(module, probe[:1].to(dev), **{k: v for k, v in opts.get(m, {}).items()
+                                                                 if k not in ("generator",)})
+                kept.append(m)
+            except (ValueError, TypeError) as exc:
+                skipped[m] = str(exc)
+        if not kept:
+            raise ValueError("no method applies to this model: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
+        work = dataclasses.replace(work, methods=tuple(kept))
     work = resolve(module, work, probe.to(dev))
     from cnnlens import __version__
 
@@ -145,7 +162,7 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
                  "sha256": source.digest()},
         "n_images": source.n, "shard_size": shard_size, "n_shards": -(-source.n // shard_size),
         "map_shape": list(source.shape[1:]), "columns": ["name", *work.columns()],
-        "deterministic": accel.is_deterministic(),
+        "deterministic": accel.is_deterministic(), "skipped": skipped,
     }
     store = open_store(out, manifest, overwrite=overwrite, inputs=[run_dir, *inputs])
     pending = store.pending()
