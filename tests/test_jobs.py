@@ -238,3 +238,12 @@ def test_skip_unsupported_leaves_out_a_method_that_refuses_the_model(tmp_path: P
     explain_dataset(model, _images(3), ["saliency", "cam"], out=tmp_path / "b", skip_unsupported=True)
     got = load_explanations(tmp_path / "b")
     assert list(got.maps) == ["saliency"] and "CAM needs" in got.manifest["skipped"]["cam"]
+
+
+def test_the_users_model_is_left_as_it_was(tmp_path: Path) -> None:
+    model = make_random_model(1, num_classes=3, seed=5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    explain_dataset(model, _images(4), ["saliency", "grad-cam"], out=tmp_path / "j", scores=["deletion"])
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics too
+    assert all(p.grad is None for p in model.parameters())

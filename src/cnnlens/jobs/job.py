@@ -17,7 +17,7 @@ from torch import nn
 from cnnlens._checks import check_int
 from cnnlens._progress import progress_bar
 from cnnlens._types import PathArg
-from cnnlens.explain import accel, registry
+from cnnlens.explain import accel, core, registry
 from cnnlens.explain.runner import check_methods, check_options
 from cnnlens.jobs.local import run_local
 from cnnlens.jobs.shards import open_store, record_run, require_pyarrow
@@ -128,7 +128,7 @@ def explain_dataset(model: nn.Module | PathArg, images: Source | None = None, me
     classes = classes or source.classes
     probe_u8, _ = source.read(0, min(PROBE_IMAGES, source.n))
     probe = probe_u8.float().div(255.0) if probe_u8.dtype == torch.uint8 else probe_u8.float()
-    with torch.no_grad():
+    with core.guarded(module), torch.no_grad():  # eval mode: BatchNorm statistics stay as they were
         n_classes = int(module(probe.to(dev)).shape[1])
     needs_mean = {deletion_substrate, insertion_substrate} & {"dataset-mean", "road"} and scores
     work = Work(methods=tuple(names), options=opts, seed=seed, target=target, save_maps=save_maps, map_dtype=map_dtype,
