@@ -427,3 +427,26 @@ def test_layers_without_bias_have_bias_none_as_in_torch():
     x = layers.Conv2D(3, 3, use_bias=False, name="conv")(image)
     net = KerasModel(keras.Model(image, layers.Dense(2, use_bias=False, name="dense")(layers.Flatten()(x))))
     assert net.conv.bias is None and net.dense.bias is None and total_params(net) == 27 + 108 * 2  # 3x3x1x3; 6x6x3 -> 2
+
+
+def test_a_model_used_as_a_layer_shows_its_own_layers_inside_it(tmp_path):
+    block = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(4, 3, padding="same", name="c1"),
+                              layers.ReLU(name="r1")], name="block")
+    image = keras.Input((16, 16, 3))
+    head = layers.Dense(3, name="dense")(layers.GlobalAveragePooling2D(name="gap")(block(image)))
+    model = keras.Model(image, head)
+    net = KerasModel(load_keras(saved(model, tmp_path / "nested.keras")))
+    assert [n for n, _ in net.named_modules()][1:] == ["block", "block.c1", "block.r1", "gap", "dense"]
+    assert total_params(net) == model.count_params()
+    x = images(2, 3, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), keras_output(model, x), rtol=0, atol=0)
+    with core.hooks() as handles:
+        seen: list[torch.Tensor] = []
+        handles.append(net.block.c1.register_forward_hook(lambda m, args, out: seen.append(out)))
+        net(x)
+    torch.testing.assert_close(seen[0], keras_output(block, x, "c1"), rtol=0, atol=0)
+    scored = Scored(net)
+    with core.guarded(scored, x):
+        assert core.default_cam_layer(scored, x) == "model.block"  # the block's output is what GAP pools
+    assert core.get_layer(scored, "block.r1") is net.block.r1
