@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_import import FER, faces, invoke, message  # noqa: F401 (faces: the 35 synthetic FER faces, a fixture)
-from test_keras import functional_cnn, keras_output, lambda_model, saved, sequential_cnn
+from test_keras import functional_cnn, keras, keras_output, lambda_model, layers, saved, sequential_cnn
 
 from cnnlens.data.preprocess import Preprocess
 from cnnlens.models.foreign import ForeignModelError, Scored
@@ -114,3 +114,19 @@ def test_every_command_on_a_keras_run(fer_h5, faces, tmp_path):
     assert "explains the log-probability log p of a class" in page
     res = invoke("summary", run_dir)
     assert res.exit_code == 0 and "conv (Conv2D)" in res.output and "Total params: 16,191" in res.output, res.output
+
+
+def test_a_model_that_rescales_by_1_255_gets_a_note_on_its_pixel_range(tmp_path):
+    image = keras.Input((16, 16, 1))
+    x = layers.Flatten()(layers.Rescaling(1 / 255)(image))
+    path = saved(keras.Model(image, layers.Dense(2, activation="softmax")(x)), tmp_path / "r.keras")
+    run, notes = import_keras(tmp_path / "run", keras_file=path, classes=["a", "b"])
+    assert "starts with Rescaling(scale=1/255): it expects pixel values 0..255" in notes[0]
+    assert "--normalize 0/0.00392156862745098" in notes[0] and "probabilities" in notes[1]
+    run, notes = import_keras(tmp_path / "run255", keras_file=path, classes=["a", "b"],
+                              preprocess=Preprocess(mean=(0.0,), std=(1 / 255,)))
+    assert len(notes) == 1  # given: no note
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():  # the model then sees 0..255 again, and divides it back to [0, 1]
+        torch.testing.assert_close(run.model(x).exp(), keras_output(run.model.model.keras_model, x * 255), rtol=1e-5,
+                                   atol=1e-7)

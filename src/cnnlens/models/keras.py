@@ -401,6 +401,23 @@ class KerasModel(nn.Module):
         return f"Keras model {self.keras_model.name!r}, input {'x'.join(map(str, self.input_shape))}"
 
 
+#: ``--normalize`` for a model trained on 0..255 pixels: ``(x - 0) / (1/255)`` gives them back from ``[0, 1]``.
+PIXELS_0_255 = "0/0.00392156862745098"
+
+
+def rescaling_note(model: KerasModel, normalizes: bool) -> str | None:
+    """A sentence when the model starts with ``Rescaling(1/255)`` (it expects 0..255 pixels, cnnlens gives
+    ``[0, 1]``) and no normalisation was given; else None."""
+    first = next((layer for layer in model.keras_model.layers if type(layer).__name__ != "InputLayer"), None)
+    if normalizes or type(first).__name__ != "Rescaling" or float(getattr(first, "offset", 0.0) or 0.0) != 0.0:
+        return None
+    scale = getattr(first, "scale", None)
+    if not isinstance(scale, (int, float)) or abs(scale * 255 - 1) > 1e-6:
+        return None
+    return (f"the model starts with Rescaling(scale=1/255): it expects pixel values 0..255, and cnnlens gives it "
+            f"[0, 1] images; if it was trained on 0..255 pixels, import it again with --normalize {PIXELS_0_255}")
+
+
 def is_keras_file(path: PathArg) -> bool:
     """Whether ``path`` names a Keras model file by its suffix (``.keras``, ``.h5``, ``.hdf5``)."""
     return Path(path).suffix.lower() in SUFFIXES

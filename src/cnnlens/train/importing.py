@@ -141,16 +141,18 @@ def import_keras(out: PathArg, *, keras_file: PathArg, classes: Sequence[str], i
         raise foreign.ForeignModelError(str(exc), "--normalize") from None
     stored = KERAS_FILE + (".keras" if source.suffix.lower() == ".keras" else ".h5")
     section: dict[str, Any] = {"keras": stored, "trust_code": bool(trust_code)}
+    rescaling = kerasmodels.rescaling_note(model, prep.normalizes)
     return _write_run(out, model, section, lambda folder: shutil.copyfile(source, folder / stored), source=source,
-                      key="keras", names=names, shape=shape, prep=prep, output=None, scores=scores, overwrite=overwrite)
+                      key="keras", names=names, shape=shape, prep=prep, output=None, scores=scores, overwrite=overwrite,
+                      notes=[rescaling] if rescaling else [])
 
 
 def _write_run(out: PathArg, model: torch.nn.Module, section: dict[str, Any], write: Any, *, source: Path, key: str,
                names: tuple[str, ...], shape: tuple[int, int, int], prep: Preprocess, output: foreign.Output,
-               scores: str, overwrite: bool) -> tuple[runfiles.Run, list[str]]:
+               scores: str, overwrite: bool, notes: list[str] | None = None) -> tuple[runfiles.Run, list[str]]:
     """Detect the scores, check the adapted model, and write the run folder atomically (``write(folder)``
-    puts the model's file there); the run must load back and compute the same scores."""
-    notes: list[str] = []
+    puts the model's file there); the run must load back and compute the same scores. ``notes``: said first."""
+    notes = list(notes or [])
     if scores == "auto":
         scores, note = foreign.detect_scores(model, shape, output=output, preprocess=prep)
         notes += [note] if note else []
