@@ -542,9 +542,10 @@ def test_never_inside_an_input_folder_cnnlens_did_not_write(tmp_path: Path) -> N
     write(run, kind="run")
     before = snapshot(photos)
     with pytest.raises(OutputRefused, match="is inside the input folder .*which cnnlens did not write"):
-        write(photos / "eval", inputs=[run, photos])
+        write(photos / "eval", inputs=[run, _atomic.DataInput(photos)])
     assert snapshot(photos) == before
-    write(run / "eval", inputs=[run, photos])  # inside the run (cnnlens wrote it): where outputs belong
+    write(run / "eval", inputs=[run, _atomic.DataInput(photos)])  # inside the run: where outputs belong
+    write(photos / "eval", inputs=[photos])  # a plain input (a RUN that is not one yet) is only never replaced
 
 
 def test_evaluate_refuses_an_out_inside_its_folder_dataset(tiny: Path, tmp_path: Path) -> None:

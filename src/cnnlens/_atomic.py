@@ -11,7 +11,7 @@ POSIX. Output folders go through one helper, :func:`output_dir`, which every wri
   :data:`MARKER` file, or for outputs older than markers their own manifest), only when it holds the
   same kind of output, and only when it holds nothing cnnlens did not write; an empty folder may be used;
 - never a folder that is, or holds, one of the command's inputs (the run folder, data, masks), nor one
-  inside an input folder cnnlens did not write (the user's image folder or masks);
+  inside a data folder cnnlens did not write (:class:`DataInput`: the user's image folder);
 - temporary files and folders left by a killed process (its PID no longer runs) are removed by the next
   write to the same place.
 
@@ -279,7 +279,8 @@ def check_output(path: PathArg, *, kind: str, overwrite: bool = False, inputs: I
         if target in source.parents:
             raise OutputRefused(f"--out {path} holds the input {given}: replacing it would delete that input. "
                                 "Choose another --out")
-        if source in target.parents and source.is_dir() and not _written_by_cnnlens(source):
+        if (isinstance(given, DataInput) and source in target.parents and source.is_dir()
+                and not _written_by_cnnlens(source)):
             # inside a run folder is where outputs belong; inside the user's own data (an image folder, whose
             # new subfolder would become a class) or masks it would change what the next command reads
             raise OutputRefused(f"--out {path} is inside the input folder {given}, which cnnlens did not write (your "
@@ -311,6 +312,11 @@ def check_output(path: PathArg, *, kind: str, overwrite: bool = False, inputs: I
     if not overwrite:
         raise OutputRefused(f"--out {path} already exists; pass --overwrite to replace it (overwrite=True in Python; the old "
                             "folder stays until the new one is complete), or choose another --out")
+
+
+class DataInput(type(Path())):  # type: ignore[misc]  # the concrete Path class: Python 3.11 cannot subclass Path
+    """A command's data (a dataset's file or folder) among its ``inputs``: besides never being replaced, a
+    data folder cnnlens did not write never receives an output inside it (a run folder may: RUN/eval)."""
 
 
 def _written_by_cnnlens(path: Path) -> bool:

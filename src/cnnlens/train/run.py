@@ -81,11 +81,12 @@ def absolute_spec(spec: str) -> str:
 
 
 def spec_path(spec: str | None) -> Path | None:
-    """The file or folder a dataset spec names (``fer:train.csv`` -> ``train.csv``); None without one."""
+    """The file or folder a dataset spec names (``fer:train.csv`` -> ``train.csv``), as a
+    :class:`~cnnlens._atomic.DataInput` (no output goes inside a data folder); None without one."""
     if not spec:
         return None
     _, sep, where = spec.partition(":")
-    return Path(where) if sep and where else None
+    return _atomic.DataInput(where) if sep and where else None
 
 
 def run_inputs(run_dir: PathArg, manifest: Mapping[str, Any] | None = None) -> list[Path]:
