@@ -1,6 +1,8 @@
 """The one integer / number check: a bool is never an int, numpy integers only where asked, messages as the callers'."""
 
 import numpy as np
+import re
+
 import pytest
 
 from cnnlens._checks import check_count, check_int, is_int, is_number
@@ -24,3 +26,12 @@ def test_check_int_and_check_count_messages():
         check_count(0, "n_boot")
     with pytest.raises(ValueError, match=r"^n must be a positive int \(number of faces\), got 2.0$"):
         check_count(2.0, "n", hint=" (number of faces)", numpy=True)
+
+
+def test_check_choice_names_the_argument_the_choices_and_what_it_got() -> None:
+    from cnnlens._checks import check_choice
+
+    assert check_choice("val", ("train", "val"), "split") == "val"
+    for bad in ("holdout", "VAL", None, 1, ("val",)):
+        with pytest.raises(ValueError, match=rf"split must be one of 'train', 'val', got {re.escape(repr(bad))}$"):
+            check_choice(bad, ("train", "val"), "split")

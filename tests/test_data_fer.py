@@ -231,7 +231,7 @@ def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path):
 
 def test_bad_split_name(tmp_path):
     path, _ = _bad_file(tmp_path, "1," + " ".join(["7"] * P) + ",Training")
-    with pytest.raises(ValueError, match=r"split must be one of train, val, test, all; got 'training'"):
+    with pytest.raises(ValueError, match=r"split must be one of 'train', 'val', 'test', 'all', got 'training'"):
         load_fer(path, "training")
 
 

@@ -416,5 +416,5 @@ def test_crop_policy_works_on_each_photo_of_a_mixed_size_folder(tmp_path):
     assert int(squashed.images.amin(dim=(1, 2, 3)).min()) == 0  # the bands are still there
     via_preprocess = Preprocess(resize="crop", size=(16, 16)).load(spec)
     assert torch.equal(via_preprocess.images, cropped.images)
-    with pytest.raises(ValueError, match="resize must be one of squash, crop"):
+    with pytest.raises(ValueError, match="resize must be one of 'squash', 'crop', got"):
         load_dataset(spec, image_size=16, resize="stretch")

@@ -332,7 +332,7 @@ def test_not_a_run_folder(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--split", "holdout"], "split must be one of train, val, test"),
+    (["--split", "holdout"], "split must be one of 'train', 'val', 'test'"),
     (["--layer", "nope"], "unknown layer 'nope'; valid layer names: "),
     (["--per-class", "0"], "0 is not in the range x>=1"),
     (["--out", "RUN"], "is the input"),

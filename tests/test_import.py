@@ -115,7 +115,7 @@ def test_parse_normalize_errors(text: str, match: str) -> None:
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"mean": (0.5,)}, "mean and std go together"),
     ({"mean": (0.5, 0.5), "std": (0.2, 0.2), "channels": 3}, "give one value or 3"),
-    ({"resize": "stretch"}, "resize must be one of squash, crop"),
+    ({"resize": "stretch"}, "resize must be one of 'squash', 'crop', got 'stretch'"),
     ({"mean": (0.5,), "std": (-1.0,)}, "std must be positive"),
 ])
 def test_preprocess_bad_arguments(kwargs: dict, match: str) -> None:

@@ -16,9 +16,9 @@ def test_round_trip_through_json() -> None:
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd"),
-    ({"schedule": "step"}, "schedule must be one of onecycle, cosine, constant"),
-    ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of 'adam', 'sgd', got 'rmsprop'"),
+    ({"schedule": "step"}, "schedule must be one of 'onecycle', 'cosine', 'constant', got 'step'"),
+    ({"device": "tpu"}, "device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
     ({"val_fraction": 0.0}, "val_fraction must be strictly between 0 and 1"),
     ({"val_fraction": 1.0}, "val_fraction must be strictly between 0 and 1"),
     ({"epochs": 0}, "epochs must be >= 1"),

@@ -1,4 +1,4 @@
-"""The one integer and number check, so "a bool is not an int" is written once.
+"""The one integer, number and choice check, so "a bool is not an int" is written once.
 
 ``is_int`` / ``is_number`` are the tests; ``check_int`` and ``check_count`` raise the two messages cnnlens
 uses for them (``"<name> must be an int >= <minimum>, got ..."`` and ``"<name> must be a positive int,
@@ -38,3 +38,20 @@ def check_count(value: object, name: str, *, hint: str = "", numpy: bool = False
     if not is_int(value, 1, numpy=numpy):
         raise ValueError(f"{name} must be a positive int{hint}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError("<name> must be one of 'a', 'b', got ...")``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError("<name> must be one of 'a', 'b', got ...")``.
+
+    >>> check_choice(split, ("train", "val", "test"), "split")
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnlens._checks import check_choice
 from cnnlens.data._images import check_hw
 from cnnlens.data.errors import DataError
 from cnnlens.data.fer import FER_CLASSES, load_fer
@@ -83,8 +84,8 @@ def load_dataset(spec: str, split: str | None = None, *, image_size: int | tuple
     kind, path = parse_spec(spec)
     if split is None and kind not in ("fer", "synth"):
         split = "train"
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if split is not None:
+        check_choice(split, SPLITS, "split")
     if image_size is not None:
         image_size = check_hw(image_size)
     if kind == "food11":

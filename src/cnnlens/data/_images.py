@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlens._checks import check_count
+from cnnlens._checks import check_choice, check_count
 from cnnlens.data.errors import DataError, log
 
 #: File endings read as images (lower case).
@@ -100,8 +100,7 @@ RESIZE_POLICIES = ("squash", "crop")
 
 def check_resize(resize: str) -> str:
     """``resize`` if it names a policy of :data:`RESIZE_POLICIES`, else a ValueError naming them."""
-    if resize not in RESIZE_POLICIES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}; got {resize!r}")
+    check_choice(resize, RESIZE_POLICIES, "resize")
     return resize
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cnnlens._atomic import atomic_path
+from cnnlens._checks import check_choice
 from cnnlens._types import PathArg
 from cnnlens.data.errors import DataError, raise_or_skip
 from cnnlens.data.imageset import ImageSet
@@ -66,8 +67,8 @@ def load_fer(path: PathArg, split: str | None = "train", *, skip_bad_rows: bool 
     torch.Size([3589, 1, 48, 48])
     """
     path = Path(path)
-    if split is not None and split not in FER_SPLITS:
-        raise ValueError(f"split must be one of {', '.join(FER_SPLITS)}; got {split!r}")
+    if split is not None:
+        check_choice(split, FER_SPLITS, "split")
     if not path.is_file():
         raise DataError(path, f"no such file; expected a FER2013 CSV with header {_ACCEPTED_HEADERS}")
     raw = path.read_bytes()

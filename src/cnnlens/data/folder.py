@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlens._checks import check_choice
 from cnnlens._types import PathArg
 from cnnlens.data._images import (GRAY_MODES, IMAGE_SUFFIXES, check_hw, check_resize, decode_all, header,
                                   log_not_loaded, scan_folder)
@@ -80,8 +81,7 @@ def load_folder(root: PathArg, split: str = "train", *, image_size: int | tuple[
     [1, 2]
     """
     root = Path(root)
-    if split not in (*SPLIT_FOLDERS, "all"):
-        raise ValueError(f"split must be one of {', '.join((*SPLIT_FOLDERS, 'all'))}; got {split!r}")
+    check_choice(split, (*SPLIT_FOLDERS, "all"), "split")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (gray), 3 (RGB) or None (automatic), got {channels!r}")
     given = None if classes is None else _check_classes(classes)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlens._checks import check_choice
 from cnnlens._types import PathArg
 from cnnlens.data._images import IMAGE_SUFFIXES, check_hw, check_resize, decode_all, log_not_loaded, scan_folder
 from cnnlens.data.errors import DataError, raise_or_skip
@@ -50,8 +51,7 @@ def load_food11(root: PathArg, split: str = "train", *, image_size: int | tuple[
     root = Path(root)
     size = check_hw(FOOD11_SIZE if image_size is None else image_size)
     check_resize(resize)
-    if split not in (*FOOD11_FOLDERS, "all"):
-        raise ValueError(f"split must be one of {', '.join((*FOOD11_FOLDERS, 'all'))}; got {split!r}")
+    check_choice(split, (*FOOD11_FOLDERS, "all"), "split")
     if not root.is_dir():
         raise DataError(root, "no such folder; expected a Food-11 folder with training/, validation/, evaluation/")
     folders = list(FOOD11_FOLDERS.values()) if split == "all" else [FOOD11_FOLDERS[split]]

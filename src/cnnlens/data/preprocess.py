@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cnnlens._checks import is_int, is_number
+from cnnlens._checks import check_choice, is_int, is_number
 from cnnlens.data.imageset import ImageSet
 
 #: Resize policies for images of another size than the model's: ``squash`` resizes to H x W (the aspect
@@ -64,8 +64,7 @@ class Preprocess:
             if self.channels is not None and len(self.mean) not in (1, self.channels):
                 raise ValueError(f"mean/std have {len(self.mean)} values for {self.channels}-channel images; give one "
                                  f"value or {self.channels}")
-        if self.resize not in RESIZE:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE)}; got {self.resize!r}")
+        check_choice(self.resize, RESIZE, "resize")
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
             raise ValueError(f"channels must be 1 (gray), 3 (RGB) or None, got {self.channels!r}")
         if self.size is not None:

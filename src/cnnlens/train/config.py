@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cnnlens._checks import check_choice
 from cnnlens.train.augment import default_flip
 
 #: Optimisers :func:`cnnlens.train.train` knows.
@@ -91,9 +92,9 @@ class TrainConfig:
             object.__setattr__(self, "flip", default_flip(self.data))
         if not self.model:
             raise ValueError("model must be a model name such as 'small_cnn'")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("device", self.device, DEVICES)
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        check_choice(self.device, DEVICES, "device")
         _check_range("val_fraction", self.val_fraction, 0.0, 1.0, "strictly between 0 and 1", open_low=True, open_high=True)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1)", open_high=True)
         _check_range("momentum", self.momentum, 0.0, 1.0, "in [0, 1)", open_high=True)
@@ -162,11 +163,6 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         if accepted and isinstance(value, accepted) and (isinstance(value, bool) == (part == "bool")):
             return
     raise TypeError(f"{name} must be {annotation}, got {value!r} ({type(value).__name__})")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_range(name: str, value: float, low: float, high: float, words: str, *,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlens import _atomic
-from cnnlens._checks import is_int
+from cnnlens._checks import check_choice, is_int
 from cnnlens._types import PathArg
 from cnnlens.data.imageset import ImageSet
 from cnnlens.data.preprocess import Preprocess
@@ -423,8 +423,7 @@ class Run:
             raise ValueError(f"{self.path} holds an imported model with no dataset of its own; name one with --data SPEC "
                              "(e.g. folder:photos, fer:test.csv; in Python run.dataset(split, data=SPEC))")
         split = "val" if split is None else split
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        check_choice(split, SPLITS, "split")
         data = self.manifest["data"]
         spec = data_spec(self.manifest)
         kwargs = {"image_size": data.get("image_size"), "resize": self.preprocess.resize,
