@@ -146,7 +146,11 @@ def _takes(layer: Any, arg: str) -> bool:
 
 
 def _graph(model: Any) -> Any:
-    """The functional graph a Sequential or functional model runs (None for a subclassed model)."""
+    """The functional graph a Sequential or functional model runs (None for a subclassed model).
+
+    Its ``_run_through_graph(inputs, operation_fn)`` is what Keras's own ``Functional.call`` runs, calling
+    ``operation_fn(layer)`` for each node: cnnlens passes its views there (:func:`_run`). The method is
+    Keras-internal (Keras 3.0 to 3.15 at least); the tests run every model through it."""
     graph = getattr(model, "_functional", None) or model  # a Sequential runs its inner functional model
     return graph if hasattr(graph, "_run_through_graph") and hasattr(graph, "operations") else None
 
