@@ -111,19 +111,19 @@ def test_infidelity_matches_captum_given_the_same_perturbations(random_model_and
 
 
 def test_infidelity_of_the_gradient_under_tiny_noise_is_near_zero_by_hand():
-    # p_0 = s / (s + 1) with s = w . x (logits log s and 0): its gradient w / (s + 1)^2 predicts the change
+    # p_0 = s / (s + 1) with s = w . x + 5 (logits log s and 0): its gradient w / (s + 1)^2 predicts the change
     # under noise of std 1e-4 up to second order, so its infidelity is ~1e-6 of a random map's
     w = torch.randn(1, 1, 6, 6, generator=seeded(0), dtype=torch.float64)
 
     class Ratio(nn.Module):
         def forward(self, x):
-            s = (x * w).sum((1, 2, 3))
+            s = (x * w).sum((1, 2, 3)) + 5
             return torch.stack([torch.log(s), torch.zeros_like(s)], 1)
 
     w.abs_()
-    x = torch.rand(2, 1, 6, 6, generator=seeded(1), dtype=torch.float64) + 5  # s > 0
+    x = torch.rand(2, 1, 6, 6, generator=seeded(1), dtype=torch.float64)
     noise = infidelity_noise(x, 8, 1e-4, seeded(2))
-    s = (x * w).sum((1, 2, 3))
+    s = (x * w).sum((1, 2, 3)) + 5
     grad_p = (w[:, 0] / (s + 1)[:, None, None] ** 2)  # d(s/(s+1))/dx
     good = infidelity(Ratio().eval(), x, grad_p, 0, perturbations=noise)
     bad = infidelity(Ratio().eval(), x, torch.rand(2, 6, 6, generator=seeded(4), dtype=torch.float64), 0,
@@ -262,3 +262,15 @@ def test_road_orders_by_hand(random_model_and_images):
 def test_bad_inputs_give_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(make_random_model(1), torch.rand(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("metric", ["deletion", "confidence", "infidelity", "road"])
+def test_a_metric_first_leaves_the_model_fit_for_gradient_methods(metric):
+    # the metrics score through the model's cached fast copy: made under inference mode, its weights could not
+    # be differentiated by a gradient method called on the same model afterwards
+    from cnnlens.faithfulness.deletion import deletion
+
+    model, x, maps = make_random_model(1, 5, seed=3), torch.rand(3, 1, 16, 16, generator=seeded(0)), torch.rand(3, 16, 16)
+    {"deletion": lambda: deletion(model, x, maps), "confidence": lambda: confidence_change(model, x, maps),
+     "infidelity": lambda: infidelity(model, x, maps), "road": lambda: road(model, x, maps, percentiles=(50,))}[metric]()
+    torch.testing.assert_close(saliency(model, x, 1), saliency(model, x, 1, fast=False), rtol=1e-4, atol=1e-6)

@@ -96,7 +96,8 @@ def trained_result(faces_run: SimpleNamespace):
     methods = {"saliency": saliency, "grad-cam": grad_cam, "guided-backprop": guided_backprop, "occlusion": occlusion_5}
     return evaluate_faithfulness(faces_run.model, val.float_images(), None, val.masks, methods,
                                  n_perturbation_images=40, n_randomization_images=12,
-                                 randomization_modes=("cascading",), names=val.names)
+                                 randomization_modes=("cascading",), names=val.names,
+                                 metrics=("deletion", "localization", "randomization"))  # the groups checked here
 
 
 def test_the_fixture_model_learned(faces_run) -> None:
@@ -153,6 +154,13 @@ def test_cli_writes_the_table_and_refuses_to_overwrite(faces_run, tmp_path) -> N
     assert "substrate_check" in manifest and manifest["substrate_check"]["deletion"]["substrate"] == "blur"
     assert {r["method"] for r in manifest["rows"]} == {"saliency", "grad-cam", "occlusion", "random-order",
                                                        "centre-prior", "random-map"}
+    from cnnlens.faithfulness.runner import METRIC_GROUPS, METRICS
+
+    assert manifest["settings"]["metrics"] == list(METRIC_GROUPS)  # --metrics all: the peers' metrics in the table too
+    assert {r["metric"] for r in manifest["rows"] if r["method"] == "saliency"} == set(METRICS)
+    assert {r["metric"] for r in manifest["rows"] if r["method"] == "occlusion"} == set(METRICS) - {
+        "cascading_spearman", "cascading_ssim", "independent_spearman", "independent_ssim", "max_sensitivity",
+        "random_logit", "mprt"}  # a perturbation method: not re-explained
     again = CliRunner().invoke(main, args)
     assert again.exit_code != 0 and "already exists; pass --overwrite" in again.output
 

@@ -41,13 +41,6 @@ def check_count(value: object, name: str, *, hint: str = "", numpy: bool = False
 
 
 def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
-    """``value`` if it is one of ``choices``, else ``ValueError("<name> must be one of 'a', 'b', got ...")``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
     """``value`` if it is one of ``choices``, else ``ValueError("<name> must be one of 'a', 'b', got ...")``.
 
     >>> check_choice(split, ("train", "val", "test"), "split")

@@ -10,7 +10,32 @@ import click
 
 from cnnlens.cli._options import RegistryOption, parse_methods, parse_options
 from cnnlens.faithfulness.deletion import SUBSTRATES
+from cnnlens.faithfulness.runner import METRIC_GROUPS
 from cnnlens.jobs.cli import faithfulness_job_options, run_job
+
+
+def _report_methods() -> tuple[str, ...]:
+    """The report's default methods (registered with ``in_report``), read when the option is used."""
+    from cnnlens.report.context import default_methods
+
+    return default_methods()
+
+
+def _metric_groups(text: str) -> list[str] | None:
+    """``"deletion,road"`` -> the groups (checked); ``"all"`` -> None (every group)."""
+    if text.strip().lower() == "all":
+        return None
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in METRIC_GROUPS]
+    if unknown or not groups:
+        raise click.BadParameter(f"unknown metric group {unknown[0]!r}; choose from {', '.join(METRIC_GROUPS)} or all"
+                                 if unknown else "no metric group given", param_hint="--metrics")
+    return groups
+
+
+def _defaulted(param: str) -> bool:
+    """Whether ``--param`` was left at its default (the report's methods: skip one the model cannot support)."""
+    return click.get_current_context().get_parameter_source(param) is click.core.ParameterSource.DEFAULT
 
 
 def _step(text: str) -> int | float:
@@ -24,8 +49,13 @@ def _step(text: str) -> int | float:
 
 @click.command(name="faithfulness")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--methods", cls=RegistryOption, default="all", show_default=True, metavar="NAMES",
-              help="Comma-separated methods ({methods}) or 'all' (methods the model cannot support are skipped and listed).")
+@click.option("--methods", cls=RegistryOption, registry_default=lambda: _report_methods(), show_default=True,
+              metavar="NAMES",
+              help="Comma-separated methods ({methods}) or 'all' (every registered method; those the model cannot "
+                   "support are skipped and listed). Default: the report's default methods.")
+@click.option("--metrics", "metric_groups", default="all", show_default=True, metavar="GROUPS",
+              help="Comma-separated metric groups (" + ", ".join(METRIC_GROUPS) + ") or 'all'. sensitivity, "
+                   "random-logit and mprt re-explain the randomisation images, like randomization.")
 @click.option("--n-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Evaluate on N images of the split drawn at random, stratified by class (seeded by --seed; "
                    "the draw is recorded in faithfulness.json).")
@@ -66,7 +96,7 @@ def _step(text: str) -> int | float:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Perturbed images per forward pass.")
 @faithfulness_job_options
-def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: int, n_randomization_images: int,
+def command(run_dir: Path, methods: str, metric_groups: str, n_images: int, n_perturbation_images: int, n_randomization_images: int,
             randomization_methods: str, split: str | None, data_spec: str | None, mask_dir: Path | None, step: str,
             deletion_substrate: str, insertion_substrate: str,
             option_items: tuple[str, ...], out_dir: Path | None, overwrite: bool, seed: int, device: str,
@@ -77,13 +107,16 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
     Deletion/insertion (Petsiuk et al. 2018) beside a random pixel order; the model-randomisation
     sanity check (Adebayo et al. 2018, cascading and independent, Spearman and SSIM); localisation
     against ground-truth masks (pointing game, relevance mass and rank) beside a centre prior and a
-    random map. Every mean has a 95% bootstrap interval over images. Writes faithfulness.json/.csv,
-    per_image.csv, randomization.csv and figures (.png with their arrays in .npz).
+    random map; the peers' metrics: Average Drop and Increase in Confidence (torch-cam), infidelity and
+    max-sensitivity (Captum), ROAD MoRF/LeRF, random logit and MPRT (Quantus). Every mean has a 95%
+    bootstrap interval over images. Writes faithfulness.json/.csv, per_image.csv, randomization.csv and
+    figures (.png with their arrays in .npz).
 
     \b
     Examples:
       cnnlens faithfulness runs/faces                          # -> runs/faces/faithfulness
       cnnlens faithfulness runs/faces --methods saliency,grad-cam,occlusion --n-images 100
+      cnnlens faithfulness runs/faces --methods all --metrics deletion,road,confidence
       cnnlens faithfulness runs/food --masks food-masks/ --out runs/food/faith --overwrite
       cnnlens faithfulness runs/imported --data folder:photos --methods saliency,grad-cam
       cnnlens faithfulness runs/faces --split test --methods grad-cam --out scores --engine ray   # per image, resumable
@@ -105,6 +138,7 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
     check_output(out, kind="faithfulness", overwrite=overwrite, inputs=inputs)  # before any work
 
     names = parse_methods(methods)
+    metrics = _metric_groups(metric_groups)
     options = parse_options(option_items)
     step_value = _step(step)
     try:  # names and options are checked before the run is loaded
@@ -127,8 +161,8 @@ def command(run_dir: Path, methods: str, n_images: int, n_perturbation_images: i
             run, split=split, data=data_spec, n_images=n_images, mask_dir=mask_dir, methods=chosen,
             n_perturbation_images=n_perturbation_images, n_randomization_images=n_randomization_images,
             randomization_methods=randomized, step=step_value, deletion_substrate=deletion_substrate,
-            insertion_substrate=insertion_substrate, method_kwargs=options, seed=seed, batch_size=batch_size,
-            skip_unsupported=names is None, progress=True)
+            insertion_substrate=insertion_substrate, method_kwargs=options, seed=seed, batch_size=batch_size, metrics=metrics,
+            skip_unsupported=names is None or _defaulted("methods"), progress=True)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     result.save(out, overwrite=overwrite, inputs=[*run_inputs(run_dir, run.manifest), mask_dir, spec_path(data_spec)])

@@ -47,13 +47,6 @@ def check_masks(masks: torch.Tensor, maps: torch.Tensor, name: str = "masks") ->
     return masks.to(maps.device)
 
 
-def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
-    """``value`` if it is one of ``choices``, else an error listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 def check_generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
     """``generator``, or a fresh CPU generator seeded with ``seed`` (results stay reproducible by default)."""
     if generator is None:

@@ -62,8 +62,9 @@ def confidence_change(model: nn.Module, images: torch.Tensor, maps: torch.Tensor
     check_maps(maps, n=n, size=(h, w))
     images = images.detach()
     masked = scale_to_unit(maps.to(images.device, images.dtype))[:, None] * images
+    with core.guarded(model, images):
+        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
     with core.guarded(model, images), torch.inference_mode():
-        forward = fast_forward(model, images)
         clean_logits = core.predict_logits(model, images, batch_size)
         t = core.resolve_target(target, n, clean_logits.shape[1], logits=lambda: clean_logits, device=images.device)
         y = clean_logits.double().softmax(1).gather(1, t[:, None])[:, 0]

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens._checks import is_number
+from cnnlens._checks import check_choice, is_number
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size
 from cnnlens.explain.accel import fast_forward
-from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
+from cnnlens.faithfulness._checks import check_generator, check_maps
 from cnnlens.faithfulness.order import pixel_ranks  # noqa: F401  (also importable from here)
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
 from cnnlens.faithfulness.road import noisy_linear_imputation
@@ -184,8 +184,9 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     changed_src, unchanged_src = (fill, images) if mode == "deletion" else (images, fill)
     s1 = counts.numel()
     probs = torch.empty(n * s1, dtype=torch.float32, device=images.device)
+    with core.guarded(model, images):
+        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
     with core.guarded(model, images), torch.inference_mode():
-        forward = fast_forward(model, images)  # a checked folded, channels-last copy where it matches the model
         clean = core.predict_logits(model, images)
         t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         for start in range(0, n * s1, bs):

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._ranks import rank_correlation
+from cnnlens._checks import check_choice
 from cnnlens._types import Target
 from cnnlens.explain import core
-from cnnlens.faithfulness._checks import check_choice, check_maps
+from cnnlens.faithfulness._checks import check_maps
 
 MODES = ("cascading", "independent")
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlens._checks import check_choice
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.accel import fast_forward
-from cnnlens.faithfulness._checks import check_choice, check_generator, check_maps
+from cnnlens.faithfulness._checks import check_generator, check_maps
 from cnnlens.faithfulness.order import pixel_ranks
 
 #: Neighbour weights (the paper's): direct neighbours 1/6, diagonal ones 1/12; the pixel itself 0.
@@ -185,8 +186,9 @@ def road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Tar
     p_count = len(shares)
     probs = torch.empty(n * p_count, dtype=torch.float32, device=images.device)
     bs = core.check_batch_size(batch_size, images.device)
+    with core.guarded(model, images):
+        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
     with core.guarded(model, images), torch.inference_mode():
-        forward = fast_forward(model, images)
         clean = core.predict_logits(model, images)
         t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         for start in range(0, n * p_count, bs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
+import dataclasses
 import io
 import json
 import logging
@@ -25,17 +25,25 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cnnlens._atomic import output_dir
-from cnnlens._checks import check_int
+from cnnlens._checks import check_choice, check_int
 from cnnlens._types import PathArg, Target
 from cnnlens.explain import core, registry
+from cnnlens.explain.runner import check_options, run_methods
 from cnnlens.faithfulness import figures
-from cnnlens.faithfulness._checks import check_choice, check_masks
+from cnnlens.faithfulness._checks import check_masks
 from cnnlens.faithfulness.deletion import (SUBSTRATES, CurveResult, SubstrateCheck, channel_means, deletion, insertion,
                                            random_maps, step_counts, substrate_check)
 from cnnlens.faithfulness.localization import METRICS as LOCALIZATION_METRICS
 from cnnlens.faithfulness.localization import centre_prior, localization_scores
 from cnnlens.faithfulness.randomization import MODES as RANDOMIZATION_MODES
 from cnnlens.faithfulness.randomization import Explainer, RandomizationResult, model_randomization
+from cnnlens.faithfulness.confidence import confidence_change
+from cnnlens.faithfulness.random_logit import random_logit
+from cnnlens.faithfulness.randomization import mprt
+from cnnlens.faithfulness.road import ORDERS as ROAD_ORDERS
+from cnnlens.faithfulness.road import road
+from cnnlens.faithfulness.sensitivity import max_sensitivity
+from cnnlens.faithfulness.sensitivity import infidelity
 from cnnlens.faithfulness.stats import N_BOOT, mean_ci
 
 log = logging.getLogger("cnnlens.faithfulness")
@@ -58,6 +66,32 @@ METRICS: dict[str, tuple[str, str]] = {
     "cascading_ssim": ("SSIM of |map| to the original, mean over the cascade stages", "lower"),
     "independent_spearman": ("Spearman of |map| to the original, mean over single-layer randomisations", "lower"),
     "independent_ssim": ("SSIM of |map| to the original, mean over single-layer randomisations", "lower"),
+    "average_drop": ("relative drop of the target probability when the image is multiplied by the map "
+                     "(Chattopadhay et al. 2018, torch-cam)", "lower"),
+    "increase_in_confidence": ("share of images whose target probability rises when multiplied by the map", "higher"),
+    "infidelity": ("squared error of the map predicting the probability change under Gaussian noise, "
+                   "best scale (Yeh et al. 2019, Captum)", "lower"),
+    "road_morf": ("target probability with 10-90% of the most relevant pixels imputed, mean (ROAD, Rong et al. 2022)",
+                  "lower"),
+    "road_lerf": ("target probability with 10-90% of the least relevant pixels imputed, mean (ROAD)", "higher"),
+    "max_sensitivity": ("largest relative change of the map under small uniform input noise (Yeh et al. 2019, "
+                        "Captum)", "lower"),
+    "random_logit": ("SSIM of the map to the map of a random other class (Sixt et al. 2020, Quantus)", "lower"),
+    "mprt": ("Spearman of |map| to the original as each layer is re-initialised from the top, mean over layers "
+             "(Quantus's MPRT)", "lower"),
+}
+#: The metric groups :func:`evaluate_faithfulness` can compute (``metrics=``), each with its table columns.
+#: The last three re-explain images (on the randomisation subset, with the randomisation methods).
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "deletion": ("deletion_auc", "insertion_auc"),
+    "localization": ("pointing_game", "relevance_mass", "relevance_rank"),
+    "randomization": ("cascading_spearman", "cascading_ssim", "independent_spearman", "independent_ssim"),
+    "confidence": ("average_drop", "increase_in_confidence"),
+    "infidelity": ("infidelity",),
+    "road": ("road_morf", "road_lerf"),
+    "sensitivity": ("max_sensitivity",),
+    "random-logit": ("random_logit",),
+    "mprt": ("mprt",),
 }
 CI_METHOD = "95% percentile bootstrap over images ({n_boot} resamples, seed {seed})"
 #: Substrates tried, in this order, when the chosen one leaves the class above chance: the stronger first.
@@ -273,32 +307,279 @@ def resolve_methods(methods: Sequence[str] | Mapping[str, Explanation]) -> dict[
     return resolved
 
 
-def _takes_generator(name: str, fn: Explanation, registered: bool) -> bool:
-    """Whether ``fn`` accepts ``generator=`` (registered methods that forward ``**options``, like LIME,
-    are asked through ``cnnlens.explain.runner``)."""
-    if registered:
-        from cnnlens.explain.runner import method_accepts
+@dataclass(frozen=True)
+class FaithfulnessSettings:
+    """Every option of :func:`evaluate_faithfulness` but the data, checked once by :meth:`check`.
 
-        return method_accepts(name, "generator")
-    try:
-        return "generator" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    Attributes:
+        n_perturbation_images: perturbation methods (``perturbation_methods``; None: the registry's
+            ``kind="perturbation"``) run on the first this many images only.
+        n_randomization_images: the checks that re-explain images (randomisation, max-sensitivity, random
+            logit, MPRT) use the first this many, with ``randomization_methods`` (None: all but the
+            perturbation methods) and the randomisation ``randomization_modes``.
+        step, deletion_substrate, insertion_substrate: the deletion/insertion curves'.
+        method_kwargs: per-method options, checked against each method's signature.
+        metrics: the metric groups to compute (:data:`METRIC_GROUPS`; None: all).
+        seed, n_boot: seeds every random draw and the bootstrap; its resamples.
+        batch_size: the most inputs per forward pass (metrics and perturbation methods);
+        explain_batch_size: images per method call.
+        skip_unsupported: leave out (with a note) a method that refuses the model.
+        progress: a spinner per stage.
+    """
+
+    n_perturbation_images: int = 20
+    perturbation_methods: Sequence[str] | None = None
+    n_randomization_images: int = 16
+    randomization_methods: Sequence[str] | None = None
+    randomization_modes: Sequence[str] = RANDOMIZATION_MODES
+    step: int | float = 0.05
+    deletion_substrate: str = "blur"
+    insertion_substrate: str = "blur"
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None
+    metrics: Sequence[str] | None = None
+    seed: int = 0
+    n_boot: int = N_BOOT
+    batch_size: int | None = None
+    explain_batch_size: int = 50
+    skip_unsupported: bool = False
+    progress: bool = False
+
+    def check(self, image_size: tuple[int, int]) -> None:
+        """Raise the clear error of the first bad option, before any work."""
+        check_int(self.n_perturbation_images, "n_perturbation_images", 0)
+        check_int(self.n_randomization_images, "n_randomization_images", 0)
+        check_int(self.explain_batch_size, "explain_batch_size", 1)
+        for mode in self.randomization_modes:
+            check_choice(mode, RANDOMIZATION_MODES, "randomization_modes entry")
+        check_choice(self.deletion_substrate, SUBSTRATES, "deletion_substrate")
+        check_choice(self.insertion_substrate, SUBSTRATES, "insertion_substrate")
+        for group in self.groups():
+            check_choice(group, tuple(METRIC_GROUPS), "metrics entry")
+        step_counts(self.step, image_size[0] * image_size[1])  # a bad step fails here
+
+    def groups(self) -> list[str]:
+        """The metric groups to compute, in :data:`METRIC_GROUPS`' order."""
+        if self.metrics is None:
+            return list(METRIC_GROUPS)
+        wanted = [self.metrics] if isinstance(self.metrics, str) else list(self.metrics)
+        return [g for g in METRIC_GROUPS if g in wanted] + [g for g in wanted if g not in METRIC_GROUPS]
 
 
-def _explainer(fn: Explanation, kwargs: Mapping[str, Any], seed: int, chunk: int, takes_generator: bool) -> Explainer:
-    """``fn`` as ``(model, images, target) -> [N,H,W]``, in chunks of ``chunk`` images, with a fresh seeded
-    generator per call when ``fn`` takes one, so that every randomisation stage sees the same noise."""
+@dataclass
+class _Work:
+    """What the stages of one :func:`evaluate_faithfulness` call share."""
 
-    def explain(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        kw = dict(kwargs)
-        if takes_generator and "generator" not in kw:
-            kw["generator"] = torch.Generator(device=images.device).manual_seed(seed)
-        out = [fn(model, images[i:i + chunk], target=target[i:i + chunk], **kw).detach()
-               for i in range(0, images.shape[0], chunk)]
-        return torch.cat(out).float()
+    model: nn.Module
+    images: torch.Tensor
+    targets: torch.Tensor
+    masks: torch.Tensor | None
+    settings: FaithfulnessSettings
+    methods: list[str]
+    options: dict[str, dict[str, Any]]
+    n_for: dict[str, int]
+    rand_set: list[str]
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    per_image: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
-    return explain
+    def stage(self, description: str, key: str) -> contextlib.AbstractContextManager[None]:
+        return _stage(description, self.timings, key, self.settings.progress)
+
+    def explainer(self, name: str) -> Explainer:
+        """``name`` as ``(model, images, target) -> [N,H,W]`` through the one runner
+        (:func:`cnnlens.explain.runner.run_methods`: a fresh CPU generator seeded with ``seed`` per call, so
+        every randomisation stage and perturbation sees the same noise)."""
+        s = self.settings
+
+        def explain(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            out = run_methods(model, images, target, [name], options={name: self.options.get(name, {})},
+                              batch_size=s.batch_size, images_per_call=s.explain_batch_size, seed=s.seed)
+            return out.maps[name].float()
+
+        return explain
+
+
+@contextlib.contextmanager
+def _registered(fns: Mapping[str, Explanation], perturbation: Sequence[str]) -> Iterator[None]:
+    """A registry scope in which methods given as name -> function are registered methods too (so the one
+    runner runs them; a perturbation method's name keeps its kind), undone afterwards."""
+    with registry.scope():
+        for name, fn in fns.items():
+            registry.register(registry.Method(name, name, fn, "perturbation" if name in perturbation else "gradient"),
+                              replace=True)
+        yield
+
+
+def _prepare(model: nn.Module, images: torch.Tensor, targets: Target, masks: torch.Tensor | None,
+             fns: Mapping[str, Explanation], perturbation: Sequence[str], settings: FaithfulnessSettings) -> _Work:
+    """Check everything and resolve the methods' options, the targets and each method's image count."""
+    n, _, h, w = images.shape
+    method_kwargs = dict(settings.method_kwargs or {})
+    unknown_kw = [m for m in method_kwargs if m not in fns]
+    if unknown_kw:
+        raise ValueError(f"method_kwargs names method(s) {unknown_kw} that are not in methods {list(fns)}")
+    method_kwargs = {m: kw for m, kw in check_options(list(fns), method_kwargs).items() if kw}
+    settings.check((h, w))
+    if masks is not None:
+        masks = check_masks(masks, images[:, 0])
+    chosen = settings.perturbation_methods if settings.perturbation_methods is not None else perturbation
+    rand_set = list(settings.randomization_methods if settings.randomization_methods is not None
+                    else [m for m in fns if m not in perturbation])
+    unknown_rand = [m for m in rand_set if m not in fns]
+    if unknown_rand:
+        raise ValueError(f"randomization_methods names {unknown_rand}, which are not in methods {list(fns)}")
+    with core.guarded(model), torch.inference_mode():
+        logits = core.predict_logits(model, images, settings.batch_size)
+    t = core.resolve_target(targets, n, logits.shape[1], logits=lambda: logits, device=images.device)
+    k = settings.n_perturbation_images
+    work = _Work(model, images, t, masks, settings, list(fns), method_kwargs,
+                 {m: min(n, k) if m in chosen else n for m in fns}, rand_set)
+    for m, count in work.n_for.items():
+        if count == 0:
+            work.notes.append(f"{m}: skipped, n_perturbation_images is 0")
+        elif count < n:
+            work.notes.append(f"{m}: a perturbation method, evaluated on the first {count} of {n} images "
+                              "(n_perturbation_images / --n-perturbation-images); every other method and baseline "
+                              f"is also scored on those {count}, for a comparison on the same images")
+    return work
+
+
+def _maps(work: _Work) -> dict[str, torch.Tensor]:
+    """Each method's maps of its first ``n_for`` images, through the one runner."""
+    maps: dict[str, torch.Tensor] = {}
+    s = work.settings
+    for m in work.methods:
+        k = work.n_for[m]
+        with work.stage(f"{m}: maps of {k} images", f"maps/{m}"):
+            if k == 0:
+                continue
+            out = run_methods(work.model, work.images[:k], work.targets[:k], [m], options={m: work.options.get(m, {})},
+                              batch_size=s.batch_size, images_per_call=s.explain_batch_size, seed=s.seed,
+                              skip_unsupported=s.skip_unsupported)
+            if m in out.skipped:
+                work.notes.append(f"{m}: skipped, it does not support this model ({out.skipped[m]})")
+                continue
+            maps[m] = out.maps[m].float().to(work.images.device)
+    return maps
+
+
+def _deletion_stage(work: _Work, maps: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], list[str], dict[str, dict[str, CurveResult]]]:
+    """The substrate check and the deletion/insertion curves of every map set and of the random order."""
+    s, (n, _, h, w) = work.settings, work.images.shape
+    mean = channel_means(work.images)  # the dataset mean of every image, for "dataset-mean" and ROAD on any subset
+    with work.stage("substrate check", "substrate_check"):
+        checks, warnings = _check_substrates(work.model, work.images, work.targets,
+                                             (s.deletion_substrate, s.insertion_substrate), mean,
+                                             batch_size=s.batch_size, seed=s.seed)
+    baseline = random_maps(n, h, w, torch.Generator().manual_seed(s.seed + 1)).to(work.images.device)
+    curves = _curves(work.model, work.images, work.targets, {**maps, RANDOM_ORDER: baseline}, step=s.step,
+                     batch_size=s.batch_size, seed=s.seed, substrates=(s.deletion_substrate, s.insertion_substrate),
+                     channel_mean=mean, timings=work.timings, progress=s.progress)
+    for m, by_mode in curves.items():
+        for mode, c in by_mode.items():
+            work.per_image[(m, f"{mode}_auc")] = c.auc.double().cpu().numpy()
+    return checks, warnings, curves
+
+
+def _localization_stage(work: _Work, maps: Mapping[str, torch.Tensor]) -> None:
+    """Pointing game, relevance mass and rank against the masks, beside a centre prior and a random map."""
+    n, _, h, w = work.images.shape
+    if work.masks is None:
+        work.notes.append("localisation: skipped, no ground-truth masks (synthetic faces carry them; "
+                          "for other data give a folder of PNG masks)")
+        return
+    device = work.images.device
+    with work.stage("localisation", "localization"):
+        loc_maps = {**maps, CENTRE_PRIOR: centre_prior(h, w).to(device).expand(n, h, w),
+                    RANDOM_MAP: random_maps(n, h, w, torch.Generator().manual_seed(work.settings.seed + 2)).to(device)}
+        for m, mp in loc_maps.items():
+            for metric, v in localization_scores(mp, work.masks[:mp.shape[0]]).items():
+                work.per_image[(m, metric)] = v.cpu().numpy()
+
+
+def _map_metrics_stage(work: _Work, maps: Mapping[str, torch.Tensor], groups: Sequence[str]) -> None:
+    """The peers' metrics of given maps (Average Drop / Increase in Confidence, infidelity, ROAD MoRF and LeRF),
+    for every method and for random maps (the random-order baseline's), each on the method's images."""
+    s, (n, _, h, w) = work.settings, work.images.shape
+    baseline = random_maps(n, h, w, torch.Generator().manual_seed(s.seed + 1)).to(work.images.device)
+    for m, mp in {**maps, RANDOM_ORDER: baseline}.items():
+        k = mp.shape[0]
+        x, t = work.images[:k], work.targets[:k]
+        if "confidence" in groups:
+            with work.stage(f"{m}: average drop, increase in confidence", f"confidence/{m}"):
+                r = confidence_change(work.model, x, mp, t, batch_size=s.batch_size)
+                work.per_image[(m, "average_drop")] = r.drop.double().cpu().numpy()
+                work.per_image[(m, "increase_in_confidence")] = r.increase.double().cpu().numpy()
+        if "infidelity" in groups:
+            with work.stage(f"{m}: infidelity", f"infidelity/{m}"):
+                work.per_image[(m, "infidelity")] = infidelity(
+                    work.model, x, mp, t, generator=torch.Generator().manual_seed(s.seed),
+                    batch_size=s.batch_size).cpu().numpy()
+        if "road" in groups:
+            with work.stage(f"{m}: ROAD MoRF and LeRF", f"road/{m}"):
+                for order in ROAD_ORDERS:  # the same seed for every method: ties and noise drawn alike
+                    r = road(work.model, x, mp, t, order=order, channel_mean=channel_means(work.images),
+                             generator=torch.Generator().manual_seed(s.seed), batch_size=s.batch_size)
+                    work.per_image[(m, f"road_{order}")] = r.score.cpu().numpy()
+
+
+def _reexplain_groups(work: _Work, maps: Mapping[str, torch.Tensor]) -> dict[int, list[str]]:
+    """Image count -> the methods that the re-explaining checks run on that many images (with notes)."""
+    n, k = work.images.shape[0], work.settings.n_randomization_images
+    left_out = [m for m in maps if m not in work.rand_set]
+    if left_out and k > 0:
+        work.notes.append(f"randomisation check: left out {', '.join(left_out)} (perturbation methods read only the "
+                          "model's outputs and would re-run on every image for every layer; name them in "
+                          "randomization_methods / --randomization-methods to include them)")
+    groups: dict[int, list[str]] = {}
+    for m in work.rand_set:
+        if m in maps and min(k, work.n_for[m]) > 0:
+            groups.setdefault(min(k, work.n_for[m]), []).append(m)
+    if groups:
+        work.notes.append(f"randomisation check: first {max(groups)} of {n} images"
+                          + ("" if len(groups) < 2 else f" ({', '.join(groups[min(groups)])}: first {min(groups)})"))
+    elif k == 0:
+        work.notes.append("randomisation check: skipped (n_randomization_images=0)")
+    return groups
+
+
+def _randomization_stage(work: _Work, maps: Mapping[str, torch.Tensor],
+                         groups: Mapping[int, list[str]]) -> dict[str, RandomizationResult]:
+    """Cascading and independent model randomisation (Adebayo et al. 2018) of each group of methods."""
+    s = work.settings
+    explainers = {m: work.explainer(m) for ms in groups.values() for m in ms}
+    randomization = {mode: _randomize(work.model, work.images, work.targets, maps, explainers, groups, mode=mode,
+                                      seed=s.seed, timings=work.timings, progress=s.progress)
+                     for mode in s.randomization_modes if groups}
+    for mode, r in randomization.items():
+        for m in r.spearman:
+            work.per_image[(m, f"{mode}_spearman")] = r.spearman[m].mean(0).numpy()
+            work.per_image[(m, f"{mode}_ssim")] = r.ssim[m].mean(0).numpy()
+    return randomization
+
+
+def _reexplain_stage(work: _Work, maps: Mapping[str, torch.Tensor], groups: Mapping[int, list[str]],
+                     wanted: Sequence[str]) -> None:
+    """Max-sensitivity, random logit and Quantus's MPRT: each re-explains the images of its group."""
+    s = work.settings
+    for k, ms in sorted(groups.items(), reverse=True):
+        x, t = work.images[:k], work.targets[:k]
+        for m in ms:
+            explain = work.explainer(m)
+            if "sensitivity" in wanted:
+                with work.stage(f"{m}: max-sensitivity", f"sensitivity/{m}"):
+                    work.per_image[(m, "max_sensitivity")] = max_sensitivity(
+                        work.model, x, explain, t, maps=maps[m][:k],
+                        generator=torch.Generator().manual_seed(s.seed)).cpu().numpy()
+            if "random-logit" in wanted:
+                with work.stage(f"{m}: random logit", f"random_logit/{m}"):
+                    work.per_image[(m, "random_logit")] = random_logit(
+                        work.model, x, explain, t, maps=maps[m][:k],
+                        generator=torch.Generator().manual_seed(s.seed)).score.cpu().numpy()
+            if "mprt" in wanted:
+                with work.stage(f"{m}: MPRT", f"mprt/{m}"):
+                    work.per_image[(m, "mprt")] = mprt(work.model, x, explain, t, maps=maps[m][:k],
+                                                       seed=s.seed).score.numpy()
 
 
 def evaluate_faithfulness(
@@ -308,175 +589,73 @@ def evaluate_faithfulness(
     masks: torch.Tensor | None = None,
     methods: Sequence[str] | Mapping[str, Explanation] = ("saliency", "grad-cam"),
     *,
-    n_perturbation_images: int = 20,
-    perturbation_methods: Sequence[str] | None = None,
-    n_randomization_images: int = 16,
-    randomization_methods: Sequence[str] | None = None,
-    randomization_modes: Sequence[str] = RANDOMIZATION_MODES,
-    step: int | float = 0.05,
-    deletion_substrate: str = "blur",
-    insertion_substrate: str = "blur",
-    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     names: Sequence[str] | None = None,
-    seed: int = 0,
-    n_boot: int = N_BOOT,
-    batch_size: int | None = None,
-    explain_batch_size: int = 50,
-    skip_unsupported: bool = False,
-    progress: bool = False,
     sampling: Mapping[str, Any] | None = None,
+    settings: FaithfulnessSettings | None = None,
+    **options: Any,
 ) -> FaithfulnessResult:
-    """Deletion/insertion, randomisation sanity checks and localisation for each method, with baselines.
+    """Deletion/insertion, localisation, the randomisation sanity checks and the peers' metrics (Average
+    Drop, Increase in Confidence, infidelity, ROAD MoRF/LeRF, max-sensitivity, random logit, MPRT) for each
+    method, with baselines and a 95% bootstrap interval over images.
 
     ``images`` float ``[N,C,H,W]`` in [0,1]; ``targets`` as in ``cnnlens.explain`` (None = the predicted
     class, resolved once and used by every method and metric); ``masks`` bool ``[N,H,W]`` ground truth
-    (None: no localisation). ``methods``: registered method names or name -> function.
-    Methods in ``perturbation_methods`` (None: the registered perturbation methods, occlusion and LIME)
-    run on the first ``n_perturbation_images`` images only; the randomisation check runs on the first
-    ``n_randomization_images`` with ``randomization_methods`` (default: all but the perturbation methods). Deletion/insertion: ``step`` pixels (int) or share (float) per
-    step, random-order baseline. Localisation baselines: a centred Gaussian and a random map. Every mean
-    comes with a 95% percentile-bootstrap interval over images (``n_boot`` resamples, ``seed``).
-    ``skip_unsupported``: leave out (with a note) a method that refuses the model with a ValueError or
-    TypeError (CAM without a global-average-pooling head), instead of failing; for "all methods" runs.
-    Subsets are always the first images, so pass them in a stratified random order
-    (:func:`stratified_order`, as :func:`evaluate_run_faithfulness` does) and say how in ``sampling``
-    (recorded in ``settings``). Every method and baseline is also scored on each smaller subset, so that
-    any two can be compared on the same images. The substrates are checked on all images
-    (:func:`~cnnlens.faithfulness.deletion.substrate_check`): one whose fully deleted image still gets the
-    target class above chance gives a warning, with the stronger substrates that do not.
+    (None: no localisation). ``methods``: registered method names or name -> function (run through the
+    one runner, :func:`cnnlens.explain.runner.run_methods`, either way). ``options`` (or ``settings``) are
+    :class:`FaithfulnessSettings`' fields: perturbation methods run on the first ``n_perturbation_images``
+    images only, the checks that re-explain images on the first ``n_randomization_images`` with
+    ``randomization_methods`` (default: all but the perturbation methods); ``metrics`` picks the metric
+    groups (:data:`METRIC_GROUPS`, default all). Baselines: the random order (random maps) for the
+    map metrics, a centred Gaussian and a random map for localisation. Subsets are always the first
+    images, so pass them in a stratified random order (:func:`stratified_order`, as
+    :func:`evaluate_run_faithfulness` does) and say how in ``sampling`` (recorded in ``settings``). Every
+    method and baseline is also scored on each smaller subset, so that any two compare on the same images.
+    The substrates are checked on all images (:func:`~cnnlens.faithfulness.deletion.substrate_check`).
 
     >>> r = evaluate_faithfulness(model, x, None, masks, ["saliency", "grad-cam", "occlusion"])
     >>> r.row("grad-cam", "deletion_auc").mean < r.row("random-order", "deletion_auc").mean
     """
+    fields = FaithfulnessSettings.__dataclass_fields__
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        raise TypeError(f"evaluate_faithfulness got an unknown option {unknown[0]!r}; options: {', '.join(fields)}")
+    s = dataclasses.replace(settings or FaithfulnessSettings(), **options)
     core.check_images(images)
-    n, _, h, w = images.shape
-    fns = resolve_methods(methods)
-    method_kwargs = dict(method_kwargs or {})
-    if not isinstance(methods, Mapping):  # options checked against each method's signature before any work
-        from cnnlens.explain.runner import check_options
-
-        method_kwargs = {m: kw for m, kw in check_options(list(fns), method_kwargs).items() if kw}
-    unknown_kw = [m for m in method_kwargs if m not in fns]
-    if unknown_kw:
-        raise ValueError(f"method_kwargs names method(s) {unknown_kw} that are not in methods {list(fns)}")
-    for name, value in (("n_perturbation_images", n_perturbation_images), ("n_randomization_images", n_randomization_images),
-                        ("explain_batch_size", explain_batch_size)):
-        check_int(value, name, 1 if name == "explain_batch_size" else 0)
-    for mode in randomization_modes:
-        check_choice(mode, RANDOMIZATION_MODES, "randomization_modes entry")
-    check_choice(deletion_substrate, SUBSTRATES, "deletion_substrate")
-    check_choice(insertion_substrate, SUBSTRATES, "insertion_substrate")
-    step_counts(step, h * w)  # a bad step fails here, before any work
-    if names is not None and len(names) != n:
-        raise ValueError(f"names has {len(names)} entries but images has N={n}")
-    names = tuple(names) if names is not None else tuple(str(i) for i in range(n))
+    if names is not None and len(names) != images.shape[0]:
+        raise ValueError(f"names has {len(names)} entries but images has N={images.shape[0]}")
     images = images.detach()
-    device = images.device
-    if masks is not None:
-        masks = check_masks(masks, images[:, 0])
+    fns = resolve_methods(methods)
     perturbation = registry.names(kind="perturbation")
-    if perturbation_methods is None:
-        perturbation_methods = perturbation
-    rand_set = [m for m in (randomization_methods if randomization_methods is not None
-                            else [m for m in fns if m not in perturbation])]
-    unknown_rand = [m for m in rand_set if m not in fns]
-    if unknown_rand:
-        raise ValueError(f"randomization_methods names {unknown_rand}, which are not in methods {list(fns)}")
-
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    with core.guarded(model), torch.inference_mode():
-        logits = core.predict_logits(model, images, batch_size)
-    t = core.resolve_target(targets, n, logits.shape[1], logits=lambda: logits, device=device)
-    n_for = {m: min(n, n_perturbation_images) if m in perturbation_methods else n for m in fns}
-    for m, k in n_for.items():
-        if k == 0:
-            notes.append(f"{m}: skipped, n_perturbation_images is 0")
-        elif k < n:
-            notes.append(f"{m}: a perturbation method, evaluated on the first {k} of {n} images "
-                         "(n_perturbation_images / --n-perturbation-images); every other method and baseline "
-                         f"is also scored on those {k}, for a comparison on the same images")
-    registered = not isinstance(methods, Mapping)
-    explainers = {m: _explainer(fn, method_kwargs.get(m, {}), seed, explain_batch_size, _takes_generator(m, fn, registered))
-                  for m, fn in fns.items()}
-
-    maps: dict[str, torch.Tensor] = {}
-    for m, explain in explainers.items():
-        with _stage(f"{m}: maps of {n_for[m]} images", timings, f"maps/{m}", progress):
-            if n_for[m] == 0:
-                continue
-            try:
-                out = explain(model, images[:n_for[m]], t[:n_for[m]])
-            except (ValueError, TypeError) as exc:
-                if not skip_unsupported:
-                    raise
-                notes.append(f"{m}: skipped, it does not support this model ({exc})")
-                continue
-            if tuple(out.shape) != (n_for[m], h, w):
-                raise ValueError(f"method {m!r} returned maps of shape {tuple(out.shape)}, expected {(n_for[m], h, w)}")
-            maps[m] = out.to(device)
-
-    per_image: dict[tuple[str, str], np.ndarray] = {}
-    mean = channel_means(images)  # the dataset mean of every image, for "dataset-mean" and ROAD on any subset
-    with _stage("substrate check", timings, "substrate_check", progress):
-        checks, warnings = _check_substrates(model, images, t, (deletion_substrate, insertion_substrate), mean,
-                                             batch_size=batch_size, seed=seed)
-    baseline = random_maps(n, h, w, torch.Generator().manual_seed(seed + 1)).to(device)
-    curves = _curves(model, images, t, {**maps, RANDOM_ORDER: baseline}, step=step, batch_size=batch_size, seed=seed,
-                     substrates=(deletion_substrate, insertion_substrate), channel_mean=mean, timings=timings,
-                     progress=progress)
-    for m, by_mode in curves.items():
-        for mode, c in by_mode.items():
-            per_image[(m, f"{mode}_auc")] = c.auc.double().cpu().numpy()
-
-    if masks is not None:
-        with _stage("localisation", timings, "localization", progress):
-            loc_maps = {**maps, CENTRE_PRIOR: centre_prior(h, w).to(device).expand(n, h, w),
-                        RANDOM_MAP: random_maps(n, h, w, torch.Generator().manual_seed(seed + 2)).to(device)}
-            for m, mp in loc_maps.items():
-                for metric, v in localization_scores(mp, masks[:mp.shape[0]]).items():
-                    per_image[(m, metric)] = v.cpu().numpy()
-    else:
-        notes.append("localisation: skipped, no ground-truth masks (synthetic faces carry them; "
-                     "for other data give a folder of PNG masks)")
-
-    left_out = [m for m in maps if m not in rand_set]
-    if left_out and n_randomization_images > 0:
-        notes.append(f"randomisation check: left out {', '.join(left_out)} (perturbation methods read only the "
-                     "model's outputs and would re-run on every image for every layer; name them in "
-                     "randomization_methods / --randomization-methods to include them)")
-    groups: dict[int, list[str]] = {}  # image count -> the methods randomised on that many images
-    for m in rand_set:
-        if m in maps and min(n_randomization_images, n_for[m]) > 0:
-            groups.setdefault(min(n_randomization_images, n_for[m]), []).append(m)
-    if groups:
-        notes.append(f"randomisation check: first {max(groups)} of {n} images"
-                     + ("" if len(groups) < 2 else f" ({', '.join(groups[min(groups)])}: first {min(groups)})"))
-    elif n_randomization_images == 0:
-        notes.append("randomisation check: skipped (n_randomization_images=0)")
-    randomization = {mode: _randomize(model, images, t, maps, explainers, groups, mode=mode, seed=seed,
-                                      timings=timings, progress=progress)
-                     for mode in randomization_modes if groups}
-    for mode, r in randomization.items():
-        for m in r.spearman:
-            per_image[(m, f"{mode}_spearman")] = r.spearman[m].mean(0).numpy()
-            per_image[(m, f"{mode}_ssim")] = r.ssim[m].mean(0).numpy()
-
-    rows = _rows(per_image, list(fns), seed=seed, n_boot=n_boot)
-    settings = {
-        "methods": list(maps), "n_images": n, "image_size": [h, w], "n_perturbation_images": n_perturbation_images,
-        "perturbation_methods": list(perturbation_methods), "n_randomization_images": n_randomization_images,
-        "randomization_methods": rand_set, "randomization_modes": list(randomization_modes),
-        "step": step, "deletion_substrate": deletion_substrate, "insertion_substrate": insertion_substrate,
-        "method_kwargs": {m: {k: repr(v) for k, v in kw.items()} for m, kw in method_kwargs.items()},
-        "targets": "given" if targets is not None else "predicted class", "seed": seed, "n_boot": n_boot,
-        "device": str(device),
+    with _registered(fns if isinstance(methods, Mapping) else {}, perturbation):
+        work = _prepare(model, images, targets, masks, fns, perturbation, s)
+        groups_wanted = s.groups()
+        maps = _maps(work)
+        checks, warnings, curves = _deletion_stage(work, maps) if "deletion" in groups_wanted else ({}, [], {})
+        if "localization" in groups_wanted:
+            _localization_stage(work, maps)
+        _map_metrics_stage(work, maps, groups_wanted)
+        groups = _reexplain_groups(work, maps)
+        randomization = _randomization_stage(work, maps, groups) if "randomization" in groups_wanted else {}
+        _reexplain_stage(work, maps, groups, groups_wanted)
+    n, _, h, w = images.shape
+    rows = _rows(work.per_image, work.methods, seed=s.seed, n_boot=s.n_boot)
+    record = {
+        "methods": list(maps), "n_images": n, "image_size": [h, w], "n_perturbation_images": s.n_perturbation_images,
+        "perturbation_methods": list(s.perturbation_methods if s.perturbation_methods is not None
+                                     else registry.names(kind="perturbation")),
+        "n_randomization_images": s.n_randomization_images, "randomization_methods": work.rand_set,
+        "randomization_modes": list(s.randomization_modes), "metrics": groups_wanted,
+        "step": s.step, "deletion_substrate": s.deletion_substrate, "insertion_substrate": s.insertion_substrate,
+        "method_kwargs": {m: {k: repr(v) for k, v in kw.items()} for m, kw in work.options.items()},
+        "targets": "given" if targets is not None else "predicted class", "seed": s.seed, "n_boot": s.n_boot,
+        "device": str(images.device),
         "sampling": dict(sampling) if sampling is not None else
         {"method": "as given: the images passed in, in their order", "n_images": n},
     }
-    return FaithfulnessResult(rows=rows, per_image=per_image, curves=curves, randomization=randomization,
-                              names=names, targets=tuple(t.tolist()), settings=settings, notes=tuple(notes),
-                              timings=timings, example_image=images[0].cpu(), substrate_checks=checks,
+    return FaithfulnessResult(rows=rows, per_image=work.per_image, curves=curves, randomization=randomization,
+                              names=tuple(names) if names is not None else tuple(str(i) for i in range(n)),
+                              targets=tuple(work.targets.tolist()), settings=record, notes=tuple(work.notes),
+                              timings=work.timings, example_image=images[0].cpu(), substrate_checks=checks,
                               warnings=tuple(warnings))
 
 

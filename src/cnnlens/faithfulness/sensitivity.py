@@ -76,8 +76,9 @@ def infidelity(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targe
     images = images.detach()
     pert = perturbations.to(images.device)
     shifted = (images[:, None] - pert.to(images.dtype)).reshape(n * k, c, h, w)
+    with core.guarded(model, images):
+        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
     with core.guarded(model, images), torch.inference_mode():
-        forward = fast_forward(model, images)
         clean = core.predict_logits(model, images, batch_size)
         t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
         bs = batch_size or max(core.default_batch_size(images.device), 64)

@@ -23,6 +23,8 @@ FIGURES = {
     "randomization_cascade": "Maps of one image as the layers are randomised from the top down",
 }
 BASELINE_LABELS = {"random-order": "random order", "centre-prior": "centre prior", "random-map": "random map"}
+#: The metrics that re-explain the images (the randomisation check's subset and methods): their own table.
+REEXPLAINED = ("cascading_", "independent_", "max_sensitivity", "random_logit", "mprt")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -155,7 +157,7 @@ def faithfulness_section(ctx: ReportContext) -> dict[str, Any] | None:
             # methods run on these images only (the perturbation methods), or the randomisation check's images
             only = [_label(m) for m in dict.fromkeys(r["method"] for r in at if r["kind"] == "method")
                     if max(int(q["n_images"]) for q in rows if q["method"] == m) == n]
-            randomised = all(r["metric"].startswith(("cascading_", "independent_")) for r in at)
+            randomised = all(r["metric"].startswith(REEXPLAINED) for r in at)
             why = (f", where {', '.join(only)} ran: every method and baseline is scored on them" if only and not randomised
                    else ", the randomisation check's" if randomised else "")
             title += f" (the first {n} of the {sizes[0]}{why})"
