@@ -23,6 +23,7 @@ from torch import nn
 from cnnlens._checks import check_int, is_int
 from cnnlens.explain import core
 from cnnlens.explain.integrated_gradients import gaussian_blur
+from cnnlens.explain.receptive_field import receptive_field
 from cnnlens.explain.robustness import Transforms
 
 PARAMETERIZATIONS = ("pixel", "fourier")
@@ -128,7 +129,10 @@ def _check_units(units: Sequence[int], count: int, what: str) -> tuple[int, ...]
     return units
 
 
-def _transforms(transforms: Transforms | bool | None, input_shape: Sequence[int]) -> Transforms | None:
+def _transforms(transforms: Transforms | bool | None, input_shape: Sequence[int], model: nn.Module,
+                layer: str | None, objective: str) -> Transforms | None:
+    if transforms is True and objective == "neuron":  # sized to what the neuron sees, not to the image
+        return Transforms.for_size(*receptive_field(model, layer, tuple(input_shape)).size)
     if transforms is True:
         return Transforms.for_size(int(input_shape[1]), int(input_shape[2]))
     if transforms is None or transforms is False:
@@ -153,7 +157,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     ``layer(T(x_i))[u_i, row, col]`` at ``position`` (``"neuron"``; default the centre of the layer's
     output), or the logit ``model(T(x_i))[c_i]``; minus ``diversity * gram_diversity``, ``l2 * mean (x_i - 0.5)^2``
     and ``tv * TV(x_i)``. ``T`` is a fresh random warp each step (``transforms=True``: Lucent's set scaled to
-    the input size; None: none). Maximised with Adam for ``steps`` steps from ``init_std``-sized noise
+    the input size, or for a neuron to its measured receptive field; None: none). Maximised with Adam for ``steps`` steps from ``init_std``-sized noise
     (default 0.01 on the spectrum, 0.5 on pixel logits). ``filters=None`` takes every channel.
     ``parameterization="pixel"`` optimises ``sigmoid(p)`` pixel logits (``blur`` = Gaussian blur sigma after
     each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours. ``jitter``: an extra
@@ -192,8 +196,8 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                          f"{l2=}, {tv=}, {diversity=}, {init_std=}, {lr=}")
     if diversity and images_per_unit < 2:
         raise ValueError("diversity= compares the images of one unit: pass images_per_unit >= 2 with it")
-    warp = _transforms(transforms, input_shape)
     module = core.get_layer(model, layer) if layer is not None else None
+    warp = _transforms(transforms, input_shape, model, layer, objective)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32

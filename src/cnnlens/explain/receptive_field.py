@@ -79,7 +79,20 @@ def _support(model: nn.Module, module: nn.Module, name: str, input_shape: tuple[
             captured.append(out)
             raise _Stop
 
-        handles.append(module.register_forward_hook(capture))
+        if isinstance(module, nn.ReLU):  # a ReLU sees what its input sees, and its input has a gradient where it is off
+            def keep_input(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                if inp[0].dim() != 4:
+                    capture(_m, inp, inp[0])  # raises: not a feature map
+                captured.append(inp[0])
+                return (inp[0].clone(), *inp[1:])
+
+            def stop(_m: nn.Module, _inp: object, _out: object) -> None:
+                raise _Stop
+
+            handles.append(module.register_forward_pre_hook(keep_input))
+            handles.append(module.register_forward_hook(stop))
+        else:
+            handles.append(module.register_forward_hook(capture))
         x = torch.rand((PROBES, *input_shape), generator=generator).to(device=device, dtype=dtype).requires_grad_(True)
         try:
             model(x)

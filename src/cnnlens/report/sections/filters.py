@@ -17,6 +17,7 @@ from torch import nn
 from cnnlens.explain.activation_max import activation_maximization, class_model_images
 from cnnlens.explain.exemplars import choose_filters, dataset_exemplars
 from cnnlens.explain.feature_maps import feature_maps
+from cnnlens.explain.robustness import Transforms
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext
 from cnnlens.report.images import image_hwc, tile_normalise
@@ -125,9 +126,10 @@ def _filters(ctx: ReportContext, layer: str) -> dict[str, Any]:
     if not choice.units:
         return {"layer": layer, "rows": [], "record": record,
                 "sentence": f"{layer}: no filter fires (> 0) on any of the {ex.count} images; nothing to show.{dead}"}
+    warp = Transforms.for_size(*rf.size)  # what activation_maximization picks for a neuron, without measuring rf again
     res = activation_maximization(ctx.model, layer, list(choice.units), objective="neuron", position=centre,
                                   input_shape=tuple(ctx.dataset.input_shape), steps=o.am_steps, lr=o.am_lr,
-                                  generator=torch.Generator().manual_seed(o.seed))
+                                  transforms=warp, generator=torch.Generator().manual_seed(o.seed))
     synth = torch.stack([rf.crop(im.cpu(), *centre) for im in res.images])
     ctx.assets.npy(f"filters-{safe}", res.images.cpu().numpy())
     reached = 0
@@ -152,8 +154,9 @@ def _filters(ctx: ReportContext, layer: str) -> dict[str, Any]:
         record["filters"].append({"filter": u, "synthetic_activation": act, "exemplar_activation": ex.values[u].tolist(),
                                   "exemplar_index": ex.index[u].tolist(), "mean_activation": float(ex.mean[u]),
                                   "firing": float(ex.firing[u]), "score": float(choice.score[u])})
+    shift = warp.pad + warp.jitter + warp.fine_jitter
     sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum, "
-                f"random shifts, scales and rotations) maximises the filter's centre neuron and is cut to its "
+                f"random shifts of up to {shift} px, scales and rotations at every step) maximises the filter's centre neuron and is cut to its "
                 f"{rf.size[0]}x{rf.size[1]} receptive field, like the {ex.values.shape[1]} real patches beside it; "
                 f"{reached} of {len(choice.units)} reach the best real patch's activation.{dead}")
     return {"layer": layer, "rows": rows, "sentence": sentence, "record": record}
