@@ -279,6 +279,104 @@ def grad_cam_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                 float64(grad_cam, model, x, t, layer=layer, upsample=False))
 
 
+# ---------------------------------------------------------------- the CAM family (torchcam has six of them)
+
+#: cnnlens method -> (torchcam class, label); the gradient ones run once, the score ones K x variants passes.
+TORCHCAM_CAMS = {"grad-cam-pp": ("GradCAMpp", "Grad-CAM++"), "xgrad-cam": ("XGradCAM", "XGrad-CAM"),
+                 "layer-cam": ("LayerCAM", "Layer-CAM"), "score-cam": ("ScoreCAM", "Score-CAM"),
+                 "ss-cam": ("SSCAM", "SS-CAM"), "is-cam": ("ISCAM", "IS-CAM")}
+#: SS-CAM's and IS-CAM's samples in the benchmark (the defaults, 35 and 10, take minutes a side per image).
+CAM_SAMPLES = 4
+
+
+class _SeededNoise:
+    """torchcam's SSCAM noise replaced by cnnlens's draws (``std * randn`` from a seeded generator, in order)."""
+
+    def __init__(self, std: float) -> None:
+        self.generator, self.std = torch.Generator().manual_seed(0), std
+
+    def sample(self, size: torch.Size) -> torch.Tensor:
+        return self.std * torch.randn(size, generator=self.generator)
+
+
+def cam_family_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, method: str,
+                    peer_batch: int) -> Case:
+    """One of the CAM family against torchcam on the model's CAM layer (the map its head pools), maps at the
+    layer's resolution, not normalised, on both sides."""
+    from cnnlens.explain import METHODS
+    from cnnlens.explain.core import default_cam_layer
+    from cnnlens.explain.feature_maps import feature_maps
+
+    fn = METHODS[method]
+    layer = default_cam_layer(model, x)
+    scored = method in ("score-cam", "ss-cam", "is-cam")
+    kw = {"n_samples": CAM_SAMPLES} if method in ("ss-cam", "is-cam") else {}
+    seeded = (lambda: {"generator": torch.Generator().manual_seed(0)}) if method == "ss-cam" else dict
+
+    def ours(fast: bool = True) -> torch.Tensor:
+        return fn(model, x, t, layer=layer, upsample=False, fast=fast, **kw, **seeded())
+
+    cs = [Contestant("cnnlens", "cnnlens", ours, "default" if not scored else "default (local plan, Winograd, "
+                     "measured batch)", default=True),
+          Contestant("cnnlens", "cnnlens", lambda: ours(False), "fast=False (the model itself)")]
+    k = feature_maps(model, x[:1], [layer])[layer].shape[1]  # the channels: one masked pass each
+    notes = [f"layer {layer!r} (the map the head pools), maps at its resolution on every side (normalized=False)"]
+    agreement = None
+    try:
+        from torchcam import methods as tc
+    except ImportError:
+        notes.append("torchcam not installed")
+        tc = None
+    if tc is not None:
+        cls = getattr(tc, TORCHCAM_CAMS[method][0])
+        extra = {"num_samples": CAM_SAMPLES} if method in ("ss-cam", "is-cam") else {}
+
+        def peer(batch: int | None = None, noise: object = None) -> torch.Tensor:
+            opts = {**extra, **({"batch_size": batch} if batch is not None else {})}
+            with cls(model, target_layer=layer, input_shape=tuple(x.shape[1:]), **opts) as extractor:
+                if noise is not None:
+                    extractor._distrib = noise
+                if scored:
+                    with torch.no_grad():
+                        model(x)
+                    return extractor(class_idx=t.tolist(), normalized=False)[0].detach()
+                scores = model(x)
+                return extractor(class_idx=t.tolist(), scores=scores, normalized=False)[0].detach()
+
+        label = f"torchcam {TORCHCAM_CAMS[method][0]}"
+        if scored:
+            cs.append(Contestant(label, "peer", peer, "default (batch_size=32)", default=True))
+            if peer_batch != 32:
+                cs.append(Contestant(label, "peer", lambda: peer(peer_batch), f"batch_size={peer_batch}"))
+            notes.append("torchcam scales each map to [0,1] before upsampling it, the paper (and cnnlens) after: "
+                         "the maps differ by that (equal where the layer has the input's resolution: "
+                         "tests/test_explain_cams_oracle.py)")
+        else:
+            cs.append(Contestant(label, "peer", peer, "default", default=True))
+        if method == "ss-cam":
+            def agreement() -> dict[str, float | str]:
+                return {**max_diff(ours(False), peer(noise=_SeededNoise(2.0))), "compared": "the same noise draws"}
+        elif method == "grad-cam-pp":
+            def agreement() -> dict[str, float | str]:
+                # torchcam's GradCAMpp divides on a copy (tests/test_explain_cams_oracle.py); its SmoothGradCAMpp
+                # without noise is the paper's formula where the gradient is constant per channel (this layer)
+                class Zero:
+                    def sample(self, size: torch.Size) -> torch.Tensor:
+                        return torch.zeros(size)
+
+                with tc.SmoothGradCAMpp(model, target_layer=layer, num_samples=1,
+                                        input_shape=tuple(x.shape[1:])) as extractor:
+                    extractor._distrib = Zero()
+                    model(x)
+                    theirs = extractor(class_idx=t.tolist(), normalized=False, eps=0.0)[0].detach()
+                return {**max_diff(ours(False), theirs), "compared": "torchcam SmoothGradCAMpp without noise "
+                                                                     "(its GradCAMpp divides on a copy)"}
+    passes = k * (CAM_SAMPLES if method in ("ss-cam", "is-cam") else 1) if scored else 1
+    settings = f"layer {layer}" + (f", {CAM_SAMPLES} samples" if kw else "")
+    return Case(name, TORCHCAM_CAMS[method][1], settings, len(x), cs, passes, "fwd" if scored else "fwd+bwd",
+                agreement, notes)
+
+
 # ---------------------------------------------------------------- perturbation methods
 
 

@@ -257,6 +257,8 @@ def targets_met(summary: dict, method: str, model: str, occlusion_incremental: b
         out.append(f"{'met' if f <= 1.2 else 'MISSED'}: within 1.2x of floor ({f:.2f}x)")
     if method == "occlusion" and model == "small_cnn" and occlusion_incremental:
         out.append(f"{'met' if sp >= 5 else 'MISSED'}: >= 5x Captum's best via incremental occlusion ({sp:.2f}x)")
+    if method in ("Score-CAM", "SS-CAM") and model == "small_cnn":  # forward-only: folded, channels-last, Winograd
+        out.append(f"{'met' if sp >= 2 else 'MISSED'}: >= 2x torchcam's best batching ({sp:.2f}x)")
     if method in ("occlusion", "LIME") and model == "fer_mlp":  # a flatten + Linear head (issue 12)
         out.append(f"{'met' if sp >= 3 else 'MISSED'}: >= 3x the best peer through the flatten head ({sp:.2f}x)")
     return out
@@ -373,6 +375,10 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "integrated-gradients": lambda: (C.integrated_gradients_case(name, model, fast, xm, tm, sizes, fb_batch,
                                                                      peer_fb), mr),
         "grad-cam": lambda: (C.grad_cam_case(name, model, xg, tg, sizes), gr),
+        **{m: (lambda m=m: (C.cam_family_case(name, model, xg, tg, sizes, m, peer_fb), gr))
+           for m in ("grad-cam-pp", "xgrad-cam", "layer-cam")},
+        **{m: (lambda m=m: (C.cam_family_case(name, model, xp, tp, sizes, m, peer_fwd), pr))
+           for m in ("score-cam", "ss-cam", "is-cam")},
         "occlusion": lambda: (C.occlusion_case(name, model, xp, tp, sizes, spec["occlusion_stride"], peer_fwd), pr),
         "lime": lambda: (C.lime_case(name, model, xp, tp, sizes, peer_fwd), pr),
     }

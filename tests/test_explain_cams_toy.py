@@ -280,3 +280,14 @@ def test_bad_arguments_are_clear(random_model_and_images):
             fn(model, images, layer="fc")
         with pytest.raises(ValueError, match="target has 2 entries but images has N=4"):
             fn(model, images, [1, 2])
+
+
+def test_score_cams_fast_path_scores_through_the_models_local_plan(random_model_and_images):
+    from cnnlens.explain import accel, core
+
+    model, images = random_model_and_images
+    model, images = model.double(), images.double()
+    with core.guarded(model, images):
+        found = accel.plan_scorer(model, images, batch_size=3)
+        assert found is not None and found[1] == 3  # the residual net decomposes into local layers + GAP
+        torch.testing.assert_close(found[0](images), model(images), rtol=0, atol=1e-10)

@@ -60,6 +60,41 @@ def masked_scorer(model: nn.Module, example: torch.Tensor, *, precision: str = "
     return tables.masked_scorer(model, example, precision=precision)
 
 
+def plan_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None = None
+                ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int] | None:
+    """``(forward, batch_size)`` for scoring many whole images: logits under ``torch.inference_mode`` through
+    ``model``'s :class:`~cnnlens.explain.accel.incremental.LocalPlan` (folded BatchNorm, channels-last), its 3x3
+    convolutions as Winograd F(4x4,3x3) where timed faster (:func:`cnnlens.explain.accel.winograd.plan_forward`),
+    at ``batch_size`` (None: measured, with each size's own Winograd choices); or None, with a ``cnnlens.explain``
+    log line saying why, where the model does not decompose. Call inside ``core.guarded``."""
+    from cnnlens.explain.accel import incremental, winograd  # heavy (torch.fx graph reading): loaded on first use
+
+    try:
+        plan = incremental.local_plan(model, example)
+    except incremental.NotDecomposable as why:
+        _copies.log.info("cnnlens: %s does not decompose (%s); scoring with its prepared copy",
+                         type(model).__name__, why)
+        return None
+    forwards: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def at(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        if size not in forwards:
+            forwards[size] = winograd.plan_forward(plan, example, size)
+        return forwards[size]
+
+    with torch.inference_mode():
+        if batch_size is None:
+            batch_size = tuned_batch_size(lambda b: at(b.shape[0])(b), example[:1],
+                                          key=("plan", *architecture_key(model)))
+        forward = at(batch_size)
+
+    def scored(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return forward(x)
+
+    return scored, batch_size
+
+
 def clear_caches() -> None:
     """Forget every process-wide cache of the speed layer in one call: the prepared copies of models, the
     measured batch sizes, the graph plans of incremental occlusion and LIME's tables, and Winograd's choices
@@ -75,5 +110,5 @@ def clear_caches() -> None:
 
 
 __all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "architecture_key", "autocast", "check_precision", "clear_caches",
-           "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer",
+           "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer", "plan_scorer",
            "precision_agreement", "prepare", "prepared", "set_deterministic", "tuned_batch_size"]
