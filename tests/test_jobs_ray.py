@@ -1,4 +1,5 @@
-"""Dataset jobs on Ray: bit-identical to the local engine, and a real two-node cluster losing a worker mid-job.
+"""Dataset jobs on Ray: bit-identical to the local engine, and a real two-node cluster losing a worker process,
+then the whole worker node, mid-job.
 
 Slow (Ray starts processes); every cluster is bounded (one CPU per node, a small object store) and torn down
 by the test, also on failure, by the process ids it started.
@@ -190,7 +191,7 @@ def _explain(run_dir: Path, out: Path, *extra: str) -> list[str]:
             "-o", "smoothgrad.n_samples=16", "--out", str(out), "--shard-size", "3", *extra]
 
 
-def test_two_node_cluster_loses_a_worker_mid_job_without_missing_or_duplicated_images(run_dir: Path,
+def test_two_node_cluster_loses_a_worker_then_a_node_mid_job_without_missing_or_duplicated_images(run_dir: Path,
                                                                                       tmp_path: Path) -> None:
     env = {**os.environ, **RAY_ENV, "CNNLENS_DETERMINISTIC": "1", "OMP_NUM_THREADS": "1"}  # 1 thread, as each actor
     subprocess.run(_explain(run_dir, tmp_path / "local", "--engine", "local"), env=env, check=True,
@@ -202,15 +203,20 @@ def test_two_node_cluster_loses_a_worker_mid_job_without_missing_or_duplicated_i
         cmd = _explain(run_dir, out, "--engine", "ray", "--ray-address", address, "--workers", "2")
         job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            killed, done_at_kill = None, None
+            killed, done_at_kill, node_killed_at = None, None, None
             end = time.monotonic() + 240
-            while killed is None and job.poll() is None and time.monotonic() < end:
+            while node_killed_at is None and job.poll() is None and time.monotonic() < end:
                 shards = list((out / SHARDS).glob("part-*.parquet")) if (out / SHARDS).is_dir() else []
                 actors = [p for p in _descendants(worker_node.pid) if "MapWorker" in _cmdline(p)]
-                if shards and actors:  # the job is under way and the second node runs one of its actors
+                if killed is None and shards and actors:  # under way, and the second node runs one of its actors
                     done_at_kill = len(shards)
-                    os.kill(actors[0], signal.SIGKILL)
+                    os.kill(actors[0], signal.SIGKILL)  # one worker process: Ray restarts the actor, retries its batch
                     killed = actors[0]
+                elif killed is not None and len(shards) >= done_at_kill + 2 and actors and len(shards) < n_shards:
+                    node_killed_at = len(shards)  # then the whole node (raylet, agents, the restarted actor)
+                    for pid in _descendants(worker_node.pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                 time.sleep(0.2)
             output, _ = job.communicate(timeout=300)
         finally:
@@ -218,8 +224,8 @@ def test_two_node_cluster_loses_a_worker_mid_job_without_missing_or_duplicated_i
                 job.kill()
         assert killed is not None, f"no actor of the job ran on the worker node:\n{output[-3000:]}"
         assert done_at_kill is not None and done_at_kill < n_shards, "the job ended before the kill"
-        print(f"killed actor {killed} with {done_at_kill}/{n_shards} shards written; the job "
-              f"{'finished on its own' if job.returncode == 0 else 'failed and is resumed'}")
+        print(f"killed actor {killed} with {done_at_kill}/{n_shards} shards written, the worker node with "
+              f"{node_killed_at}; the job {'finished on its own' if job.returncode == 0 else 'failed and is resumed'}")
         if job.returncode != 0:  # Ray could not recover: the same command resumes from the shards written
             again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
