@@ -51,14 +51,23 @@ def _pool_arguments(input: torch.Tensor, kernel_size: object, stride: object = N
 #: Differences below this many units of the last place of a layer's largest value (per image) are rounding
 #: noise: float32 computes the image's and the baseline's equal values (a black region against a black
 #: baseline) a few ulps apart, and the ratio of two rounding errors would be an arbitrary multiplier.
-NOISE_ULPS = 100
+NOISE_ULPS = 16
+#: Max-pool inputs closer than this fraction of the layer's largest value count as tied (the first wins),
+#: in every dtype: about 16 float32 ulps, so float32 and float64 break the same ties alike.
+TIE = 2e-6
 
 
-def no_difference(x: torch.Tensor, n: int, eps: float) -> torch.Tensor:
-    """``[n, ...]`` bool: where the pair batch ``[x; x_b]`` differs by less than ``eps`` plus rounding noise."""
-    d = (x[:n] - x[n:]).abs()
-    scale = torch.maximum(x[:n].abs(), x[n:].abs()).flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
-    return d < eps + NOISE_ULPS * torch.finfo(x.dtype).eps * scale
+def noise_floor(x: torch.Tensor, n: int, fraction: float | None = None) -> torch.Tensor:
+    """``[n, 1, ...]``: rounding noise of the pair batch ``[x; x_b]``, :data:`NOISE_ULPS` of its largest value
+    (or ``fraction`` of it)."""
+    top = x.detach().flatten(1).abs().amax(1)
+    share = NOISE_ULPS * torch.finfo(x.dtype).eps if fraction is None else fraction
+    return (share * torch.maximum(top[:n], top[n:])).view(-1, *[1] * (x.dim() - 1))
+
+
+def no_difference(x: torch.Tensor, dx: torch.Tensor, n: int, eps: float) -> torch.Tensor:
+    """``[n, ...]`` bool: where ``dx = x[:n] - x[n:]`` is below ``eps`` plus rounding noise."""
+    return dx.abs() < eps + noise_floor(x, n)
 
 
 def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: float):
@@ -66,7 +75,7 @@ def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: f
 
     def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         dz, dy = before[:n] - before[n:], out[:n] - out[n:]
-        small = no_difference(before, n, eps)
+        small = no_difference(before, dz, n, eps)
         ratio = dy / torch.where(small, torch.ones_like(dz), dz)
         multiplier = torch.cat([ratio, ratio])
         if bool(small.any()):  # no difference to rescale: the derivative, at each half's own input
@@ -79,6 +88,33 @@ def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: f
     return rule
 
 
+def _two(v: object) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))  # type: ignore[index]
+
+
+def first_argmax(x: torch.Tensor, pool: dict[str, object], out_size: tuple[int, int],
+                 tol: torch.Tensor) -> torch.Tensor:
+    """Max-pool indices (flat ``h * W + w``, ``[N,C,oh,ow]``) where each window's winner is its first input
+    within ``tol`` (``[N,1,1,1]``) of the window's max: values apart by rounding noise count as tied, so the
+    choice does not depend on how a kernel rounded them."""
+    (kh, kw), (dh, dw), (ph, pw) = _two(pool["kernel_size"]), _two(pool["dilation"]), _two(pool["padding"])
+    sh, sw = _two(pool["stride"] if pool["stride"] is not None else pool["kernel_size"])
+    (oh, ow), (h, w) = out_size, x.shape[2:]
+    # -inf padding as max-pooling's, enough on the far sides for ceil_mode's last windows
+    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    padded = F.pad(x, (pw, pw + extra_w, ph, ph + extra_h), value=-torch.inf)
+    n, c = x.shape[:2]
+    windows = F.unfold(padded.reshape(n * c, 1, *padded.shape[2:]), (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+    windows = windows.view(n, c, kh * kw, oh * ow)  # the padding above makes exactly oh x ow windows
+    top = windows.amax(dim=2, keepdim=True)
+    first = (windows >= top - tol.view(n, 1, 1, 1)).to(torch.uint8).argmax(dim=2)  # [N,C,oh*ow]
+    ki, kj = first // kw, first % kw
+    rows = torch.arange(oh, device=x.device).repeat_interleave(ow) * sh - ph
+    cols = torch.arange(ow, device=x.device).repeat(oh) * sw - pw
+    return ((rows + ki * dh) * w + cols + kj * dw).view(n, c, oh, ow)
+
+
 def _max_pool_rule(pool: dict[str, object], n: int, eps: float):
     """Captum's max-pool rule on ``[x; x_b]``: ``max(o, o_b) - o_b`` to x's argmax, ``o - max(o, o_b)`` to
     the baseline's, divided by the input difference (the gradient where it is below ``eps``)."""
@@ -87,14 +123,13 @@ def _max_pool_rule(pool: dict[str, object], n: int, eps: float):
         # The argmax, with values within rounding noise of each other counted as tied (the first one wins): a
         # constant baseline ties every window, and float32 kernels of another layout would otherwise pick
         # any of the tied inputs by their rounding.
-        grain = (NOISE_ULPS * torch.finfo(before.dtype).eps * before.abs().flatten(1).amax(1)).clamp(
-            min=torch.finfo(before.dtype).tiny).view(-1, 1, 1, 1)
-        _, index = F.max_pool2d(torch.round(before / grain) * grain, **pool, return_indices=True)
-        index = index.flatten(2)
+        tie = noise_floor(before, n, TIE)
+        index = first_argmax(before, pool, tuple(out.shape[2:]), torch.cat([tie, tie])).flatten(2)
+        floor = noise_floor(before, n)
         top = torch.maximum(out[:n], out[n:])
         delta_out = torch.cat([top - out[n:], out[:n] - top])
         dx = before[:n] - before[n:]
-        small = torch.cat([no_difference(before, n, eps)] * 2)
+        small = torch.cat([dx.abs() < eps + floor] * 2)
         dx = torch.cat([dx, dx])
 
         def grad_input(grad: torch.Tensor) -> torch.Tensor:
