@@ -299,6 +299,22 @@ class _SeededNoise:
         return self.std * torch.randn(size, generator=self.generator)
 
 
+def full_resolution_layer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The last module to run whose output is a feature map at the input's resolution (where torchcam's and the
+    paper's order of scaling and upsampling agree), or None."""
+    found: list[str] = []
+    names = {m: n for n, m in model.named_modules() if n}
+    hooks = [m.register_forward_hook(lambda m, _i, out: found.append(names[m]) if isinstance(out, torch.Tensor)
+                                     and out.dim() == 4 and out.shape[2:] == x.shape[2:] else None) for m in names]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[-1] if found else None
+
+
 def cam_family_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, method: str,
                     peer_batch: int) -> Case:
     """One of the CAM family against torchcam on the model's CAM layer (the map its head pools), maps at the
@@ -331,9 +347,9 @@ def cam_family_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tenso
         cls = getattr(tc, TORCHCAM_CAMS[method][0])
         extra = {"num_samples": CAM_SAMPLES} if method in ("ss-cam", "is-cam") else {}
 
-        def peer(batch: int | None = None, noise: object = None) -> torch.Tensor:
+        def peer(batch: int | None = None, noise: object = None, at: str = layer) -> torch.Tensor:
             opts = {**extra, **({"batch_size": batch} if batch is not None else {})}
-            with cls(model, target_layer=layer, input_shape=tuple(x.shape[1:]), **opts) as extractor:
+            with cls(model, target_layer=at, input_shape=tuple(x.shape[1:]), **opts) as extractor:
                 if noise is not None:
                     extractor._distrib = noise
                 if scored:
@@ -353,9 +369,14 @@ def cam_family_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tenso
                          "tests/test_explain_cams_oracle.py)")
         else:
             cs.append(Contestant(label, "peer", peer, "default", default=True))
-        if method == "ss-cam":
+        full = full_resolution_layer(model, x) if scored else None
+        if scored and full is not None:
             def agreement() -> dict[str, float | str]:
-                return {**max_diff(ours(False), peer(noise=_SeededNoise(2.0))), "compared": "the same noise draws"}
+                # where the layer has the input's resolution the scaling order does not matter: same maps
+                theirs = peer(noise=_SeededNoise(2.0) if method == "ss-cam" else None, at=full)
+                mine = fn(model, x, t, layer=full, upsample=False, fast=False, **kw, **seeded())
+                return {**max_diff(mine, theirs), "compared": f"layer {full!r} (the input's resolution)"
+                        + (", the same noise draws" if method == "ss-cam" else "")}
         elif method == "grad-cam-pp":
             def agreement() -> dict[str, float | str]:
                 # torchcam's GradCAMpp divides on a copy (tests/test_explain_cams_oracle.py); its SmoothGradCAMpp
