@@ -60,7 +60,8 @@ TIE = 2e-6
 def noise_floor(x: torch.Tensor, n: int, fraction: float | None = None) -> torch.Tensor:
     """``[n, 1, ...]``: rounding noise of the pair batch ``[x; x_b]``, :data:`NOISE_ULPS` of its largest value
     (or ``fraction`` of it)."""
-    top = x.detach().flatten(1).abs().amax(1)
+    dims = tuple(range(1, x.dim()))  # reduced in place: flatten(1) would copy a channels-last tensor
+    top = torch.maximum(x.detach().amax(dim=dims), x.detach().amin(dim=dims).neg_())
     share = NOISE_ULPS * torch.finfo(x.dtype).eps if fraction is None else fraction
     return (share * torch.maximum(top[:n], top[n:])).view(-1, *[1] * (x.dim() - 1))
 
@@ -74,15 +75,15 @@ def _elementwise_rule(op: Callable[[torch.Tensor], torch.Tensor], n: int, eps: f
     """The rescale multiplier of elementwise ``op`` on the pair batch ``[z; z_b]`` (both halves alike)."""
 
     def rule(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        dz, dy = before[:n] - before[n:], out[:n] - out[n:]
+        dz = before[:n] - before[n:]
         small = no_difference(before, dz, n, eps)
-        ratio = dy / torch.where(small, torch.ones_like(dz), dz)
-        multiplier = torch.cat([ratio, ratio])
-        if bool(small.any()):  # no difference to rescale: the derivative, at each half's own input
-            with torch.enable_grad():
-                z = before.detach().requires_grad_(True)
-                (slope,) = torch.autograd.grad(op(z.clone()).sum(), z)
-            multiplier = torch.where(torch.cat([small, small]), slope, multiplier)
+        ratio = (out[:n] - out[n:]).div_(dz.masked_fill_(small, 1.0))
+        if not bool(small.any()):  # one multiplier for both halves
+            return lambda grad: (grad.unflatten(0, (2, n)) * ratio).flatten(0, 1)
+        with torch.enable_grad():  # no difference to rescale: the derivative, at each half's own input
+            z = before.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(op(z.clone()).sum(), z)
+        multiplier = torch.where(small, slope.unflatten(0, (2, n)), ratio).flatten(0, 1)
         return lambda grad: grad * multiplier
 
     return rule
@@ -100,6 +101,12 @@ def first_argmax(x: torch.Tensor, pool: dict[str, object], out_size: tuple[int, 
     (kh, kw), (dh, dw), (ph, pw) = _two(pool["kernel_size"]), _two(pool["dilation"]), _two(pool["padding"])
     sh, sw = _two(pool["stride"] if pool["stride"] is not None else pool["kernel_size"])
     (oh, ow), (h, w) = out_size, x.shape[2:]
+    if (sh, sw) == (kh, kw) and (dh, dw, ph, pw) == (1, 1, 0, 0):
+        # Non-overlapping windows (the usual MaxPool2d(k)): a bonus of (k*k - 1 - position in the window) x tol
+        # makes the first of values within tol the largest, and torch's own pooling finds it (two passes).
+        rank = (torch.arange(h, device=x.device) % kh)[:, None] * kw + (torch.arange(w, device=x.device) % kw)[None, :]
+        bonus = (kh * kw - 1 - rank).to(x.dtype)
+        return F.max_pool2d(x + bonus * tol.view(-1, 1, 1, 1), **pool, return_indices=True)[1]
     # -inf padding as max-pooling's, enough on the far sides for ceil_mode's last windows
     extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
     extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
@@ -125,21 +132,23 @@ def _max_pool_rule(pool: dict[str, object], n: int, eps: float):
         # any of the tied inputs by their rounding.
         tie = noise_floor(before, n, TIE)
         index = first_argmax(before, pool, tuple(out.shape[2:]), torch.cat([tie, tie])).flatten(2)
-        floor = noise_floor(before, n)
         top = torch.maximum(out[:n], out[n:])
         delta_out = torch.cat([top - out[n:], out[:n] - top])
         dx = before[:n] - before[n:]
-        small = torch.cat([dx.abs() < eps + floor] * 2)
-        dx = torch.cat([dx, dx])
+        small = no_difference(before, dx, n, eps)
+        any_small = bool(small.any())
+        dx = dx.masked_fill_(small, 1.0)
 
         def grad_input(grad: torch.Tensor) -> torch.Tensor:
             def scatter(values: torch.Tensor) -> torch.Tensor:  # sums where windows overlap (unpooling overwrites)
                 flat = values.new_zeros(*before.shape[:2], before.shape[2] * before.shape[3])
-                return flat.scatter_add_(2, index, values.flatten(2)).view_as(before)
+                return flat.scatter_add_(2, index, values.flatten(2)).view(before.shape)
 
             moved = scatter(grad * delta_out)
-            moved = torch.cat([moved[:n] + moved[n:]] * 2)
-            return torch.where(small, scatter(grad), moved / torch.where(small, torch.ones_like(dx), dx))
+            rescaled = (moved[:n] + moved[n:]).div_(dx)
+            if any_small:
+                return torch.where(small, scatter(grad).unflatten(0, (2, n)), rescaled).flatten(0, 1)
+            return torch.cat([rescaled, rescaled])
 
         return grad_input
 
