@@ -23,8 +23,8 @@ from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain.rise import rise
 from cnnlens.explain.kernel_shap import kernel_shap
 from cnnlens.explain.feature_ablation import feature_ablation
-from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
-                             xgrad_cam)
+from cnnlens.explain import (ablation_cam, eigen_cam, full_grad, grad_cam_pp, hires_cam, is_cam, layer_cam,
+                             score_cam, ss_cam, xgrad_cam)
 
 
 def seeded_ss_cam(model: nn.Module, images: torch.Tensor, target: object = None, **kw: object) -> torch.Tensor:
@@ -38,6 +38,7 @@ CAMS = {
     "eigen_cam": eigen_cam, "score_cam": functools.partial(score_cam, batch_size=8), "ss_cam": seeded_ss_cam,
     "is_cam": functools.partial(is_cam, n_samples=2, batch_size=8),
     "ablation_cam": functools.partial(ablation_cam, batch_size=8),
+    "full_grad": full_grad,
 }
 from cnnlens.explain.input_x_gradient import input_x_gradient
 from cnnlens.explain.deconvnet import deconvnet
@@ -163,7 +164,7 @@ FAIL_ON = {"saliency": 1, "guided_backprop": 1, "integrated_gradients": 3, "smoo
            "smoothgrad_squared": 2}
 # the CAMs: 1 is the default layer's probe, 2 the pass that hooks the layer, 3 the first masked / ablated batch
 FAIL_ON.update({"grad_cam_pp": 2, "xgrad_cam": 2, "layer_cam": 2, "hires_cam": 2, "eigen_cam": 2, "score_cam": 3,
-                "ss_cam": 3, "is_cam": 3, "ablation_cam": 3})
+                "ss_cam": 3, "is_cam": 3, "ablation_cam": 3, "full_grad": 1})
 FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
 FAIL_ON |= {"xrai": 3}  # its target pass, then integrated gradients' clean logits and first steps
 FAIL_ON |= {"rise": 2, "kernel_shap": 3, "feature_ablation": 2}  # 1: the clean images; then the perturbed batches

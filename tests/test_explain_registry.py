@@ -17,7 +17,7 @@ CAMS = ["grad-cam-pp", "xgrad-cam", "layer-cam", "hires-cam", "score-cam", "ss-c
 GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "gradient-shap", "vargrad",
              "smoothgrad-squared", "guided-ig", "blur-ig", "xrai"]
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
-            *CAMS, "occlusion", "lime"]
+            *CAMS, "full-grad", "occlusion", "lime"]
 #: the perturbation methods after LIME (none in the report's defaults)
 PERTURBATIONS = ["rise", "kernel-shap", "feature-ablation"]
 BUILT_IN += PERTURBATIONS
@@ -104,7 +104,7 @@ def help_text(command: str) -> str:
 def test_cli_help_lists_the_registered_methods() -> None:
     assert f"Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,{','.join(GRADIENTS)}," \
            "grad-cam,cam,guided-grad-" \
-           f"cam,{','.join(CAMS)},occlusion,lime,{','.join(PERTURBATIONS)})or'all'" in help_text("explain")
+           f"cam,{','.join(CAMS)},full-grad,occlusion,lime,{','.join(PERTURBATIONS)})or'all'" in help_text("explain")
     assert "Layerforgrad-camandguided-grad-camand" + "and".join(CAMS) + "(default" in help_text("explain")
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \
         in help_text("report")

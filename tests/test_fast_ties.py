@@ -21,8 +21,8 @@ import functools
 import pytest
 import torch
 
-from cnnlens.explain import (eigen_cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, hires_cam,
-                             integrated_gradients, layer_cam, saliency, xgrad_cam)
+from cnnlens.explain import (eigen_cam, full_grad, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam,
+                             hires_cam, integrated_gradients, layer_cam, saliency, xgrad_cam)
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
@@ -40,6 +40,7 @@ METHODS = {
     "layer-cam": functools.partial(layer_cam, upsample=False, relu=False),
     "hires-cam": functools.partial(hires_cam, upsample=False, relu=False),
     "eigen-cam": functools.partial(eigen_cam, upsample=False, relu=False),
+    "full-grad": full_grad,
     "smoothgrad": functools.partial(smoothgrad, n_samples=6, sigma=0.2, reduce=None, batch_size=5),
     "smoothgrad-guided": functools.partial(smoothgrad, method=guided_backprop, n_samples=4, reduce=None),
     "input-x-gradient": functools.partial(input_x_gradient, reduce=None),

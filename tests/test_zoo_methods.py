@@ -21,8 +21,8 @@ from zoo_models import NO_RELU, ZOO, build_view_tanh
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
 from cnnlens.explain import lime as lime_map
 from cnnlens.explain import feature_ablation, kernel_shap, rise
-from cnnlens.explain import (ablation_cam, eigen_cam, grad_cam_pp, hires_cam, is_cam, layer_cam, score_cam, ss_cam,
-                             xgrad_cam)
+from cnnlens.explain import (ablation_cam, eigen_cam, full_grad, grad_cam_pp, hires_cam, is_cam, layer_cam,
+                             score_cam, ss_cam, xgrad_cam)
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
@@ -56,6 +56,7 @@ METHODS = {
     "is-cam": functools.partial(is_cam, n_samples=2, batch_size=16),
     "ablation-cam": functools.partial(ablation_cam, batch_size=16),
     "eigen-cam": eigen_cam,
+    "full-grad": full_grad,
     "occlusion": functools.partial(occlusion, patch=6, stride=6),
     "lime": functools.partial(lime_map, n_samples=24, n_segments=8),
     "rise": functools.partial(rise, n_masks=16, batch_size=8),
@@ -69,7 +70,7 @@ RELU_RULES = {"guided-backprop": "guided backprop guides ReLUs", "guided-grad-ca
               "deconvnet": "the deconvnet rectifies the gradients of ReLUs"}
 #: The methods that read a layer (none can hook a layer inside a TorchScript archive).
 LAYER_METHODS = {"grad-cam", "guided-grad-cam", "cam", "grad-cam-pp", "xgrad-cam", "layer-cam", "hires-cam", "score-cam",
-                 "ss-cam", "is-cam", "ablation-cam", "eigen-cam"}
+                 "ss-cam", "is-cam", "ablation-cam", "eigen-cam", "full-grad"}
 
 
 def _call(name: str, model: torch.nn.Module, images: torch.Tensor, *, fast: bool, **kw: object) -> torch.Tensor:

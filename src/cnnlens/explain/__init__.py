@@ -42,6 +42,7 @@ from cnnlens.explain.ss_cam import ss_cam
 from cnnlens.explain.is_cam import is_cam
 from cnnlens.explain.ablation_cam import ablation_cam
 from cnnlens.explain.eigen_cam import eigen_cam
+from cnnlens.explain.full_grad import full_grad
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.lime import lime, lime_explain
 from cnnlens.explain.rise import rise
@@ -56,4 +57,5 @@ __all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift",
            "set_deterministic", "smoothgrad", "smoothgrad_squared", "vargrad", "xrai"]
 __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "layer_cam", "score_cam", "ss_cam",
             "xgrad_cam"]  # the CAM family
+__all__ += ["full_grad"]
 __all__ += ["feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
