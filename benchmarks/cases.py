@@ -169,6 +169,49 @@ def guided_backprop_case(name: str, model: nn.Module, fast: nn.Module, x: torch.
                 reference=float64(guided_backprop, model, x, t, reduce=None))
 
 
+def input_x_gradient_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                          sizes: Sizes) -> Case:
+    from cnnlens.explain.input_x_gradient import input_x_gradient
+
+    attr = captum()
+    cs = [Contestant("cnnlens", "cnnlens", lambda: input_x_gradient(model, x, t, reduce=None), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: input_x_gradient(fast, x, t, reduce=None), "prepared(model)")]
+    if attr:
+        cs.append(Contestant("Captum InputXGradient", "peer", lambda: attr.InputXGradient(model).attribute(x, target=t),
+                             "default (one pass)", default=True))
+    return Case(name, "input x gradient", "", len(x), cs, 1, "fwd+bwd",
+                reference=float64(input_x_gradient, model, x, t, reduce=None))
+
+
+def deconvnet_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                   sizes: Sizes) -> Case:
+    from cnnlens.explain.deconvnet import deconvnet
+
+    attr = captum()
+    cs = [Contestant("cnnlens", "cnnlens", lambda: deconvnet(model, x, t, reduce=None), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: deconvnet(fast, x, t, reduce=None), "prepared(model)")]
+    if attr:
+        cs.append(Contestant("Captum Deconvolution", "peer",
+                             _quiet(lambda: attr.Deconvolution(model).attribute(x, target=t)), "default", default=True))
+    return Case(name, "deconvnet", "", len(x), cs, 1, "fwd+bwd", reference=float64(deconvnet, model, x, t, reduce=None))
+
+
+def deeplift_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                  sizes: Sizes) -> Case:
+    from cnnlens.explain.deeplift import deeplift
+
+    attr = captum()
+    cs = [Contestant("cnnlens", "cnnlens", lambda: deeplift(model, x, t, reduce=None), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: deeplift(fast, x, t, reduce=None), "prepared(model)")]
+    if attr:
+        cs.append(Contestant("Captum DeepLift", "peer", _quiet(lambda: attr.DeepLift(model).attribute(x, target=t)),
+                             "default (zero baseline)", default=True))
+    # Captum loses its max-pool rule behind an nn.ReLU module (tests/test_explain_reference.py): where the
+    # model max-pools after a ReLU its maps differ from the float64 reference by more than rounding
+    return Case(name, "DeepLIFT", "Rescale, zero baseline", len(x), cs, 2, "fwd+bwd",
+                reference=float64(deeplift, model, x, t, reduce=None))
+
+
 def _noise_scale(x: torch.Tensor, sigma: float) -> float:
     """Captum takes one stdev for the batch: the benchmark images share the same value range."""
     return float(sigma * (x.amax() - x.amin()))
@@ -224,6 +267,66 @@ def smoothgrad_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tenso
             return {**max_diff(ours(model), theirs), "compared": "same noise draws"}
         notes.append("outputs compared with the same noise draws (cnnlens's draws handed to Captum)")
     return Case(name, "SmoothGrad", f"{n_s} samples, sigma {sigma}", len(x), cs, n_s, "fwd+bwd", agreement, notes)
+
+
+def noise_tunnel_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes,
+                      fast_batch: int, nt_type: str) -> Case:
+    """VarGrad (``nt_type="vargrad"``) or SmoothGrad-Squared (``"smoothgrad_sq"``) of the signed / absolute
+    gradient, against Captum's NoiseTunnel given cnnlens's noise."""
+    from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
+    from cnnlens.explain.vargrad import vargrad
+
+    attr = captum()
+    n_s, sigma = sizes.smoothgrad_samples, sizes.sigma
+    fn, label, signed = {"vargrad": (vargrad, "VarGrad", True),
+                         "smoothgrad_sq": (smoothgrad_squared, "SmoothGrad-Squared", False)}[nt_type]
+
+    def ours(m: nn.Module, batch_size: int | None = None) -> torch.Tensor:
+        return fn(m, x, t, n_samples=n_s, sigma=sigma, generator=torch.Generator().manual_seed(0),
+                  batch_size=batch_size, reduce=None)
+
+    cs = [Contestant("cnnlens", "cnnlens", lambda: ours(model), "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: ours(fast, fast_batch), f"prepared(model), batch {fast_batch}")]
+    agreement, notes = None, []
+    if attr:
+        stdev = _noise_scale(x, sigma)
+
+        def peer() -> torch.Tensor:
+            return attr.NoiseTunnel(attr.Saliency(model)).attribute(x, nt_type=nt_type, nt_samples=n_s, stdevs=stdev,
+                                                                    target=t, abs=not signed)
+
+        cs.append(Contestant("Captum NoiseTunnel(Saliency)", "peer", peer, "default (all samples in one batch)",
+                             default=True))
+
+        def agreement() -> dict[str, float | str]:
+            g = torch.Generator().manual_seed(0)
+            scale = sigma * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
+            noise = torch.stack([torch.randn(x.shape, generator=g) for _ in range(n_s)], dim=1)
+            with _captum_noise((noise * scale.view(-1, 1, 1, 1, 1)).flatten(0, 1)):
+                theirs = peer()
+            return {**max_diff(ours(model), theirs), "compared": "same noise draws"}
+        notes.append("outputs compared with the same noise draws (cnnlens's draws handed to Captum)")
+    return Case(name, label, f"{n_s} samples, sigma {sigma}", len(x), cs, n_s, "fwd+bwd", agreement, notes)
+
+
+def deeplift_shap_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                       sizes: Sizes, fast_batch: int, n_baselines: int = 8) -> Case:
+    from cnnlens.explain.deeplift_shap import deeplift_shap
+
+    attr = captum()
+    base = torch.rand(n_baselines, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    cs = [Contestant("cnnlens", "cnnlens", lambda: deeplift_shap(model, x, t, baselines=base, reduce=None),
+                     "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens",
+                     lambda: deeplift_shap(fast, x, t, baselines=base, batch_size=fast_batch, reduce=None),
+                     f"prepared(model), batch {fast_batch}")]
+    if attr:
+        cs.append(Contestant("Captum DeepLiftShap", "peer",
+                             _quiet(lambda: attr.DeepLiftShap(model).attribute(x, baselines=base, target=t)),
+                             "default (all pairs in one batch)", default=True))
+    # as DeepLIFT: Captum's max-pool rule is lost behind an nn.ReLU module
+    return Case(name, "DeepLiftShap", f"{n_baselines} uniform-noise baselines", len(x), cs, 2 * n_baselines,
+                "fwd+bwd", reference=float64(deeplift_shap, model, x, t, baselines=base, reduce=None))
 
 
 def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,

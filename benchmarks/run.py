@@ -374,6 +374,13 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "guided-backprop": lambda: (C.guided_backprop_case(name, model, fast, xg, tg, sizes), gr),
         "integrated-gradients": lambda: (C.integrated_gradients_case(name, model, fast, xm, tm, sizes, fb_batch,
                                                                      peer_fb), mr),
+        "input-x-gradient": lambda: (C.input_x_gradient_case(name, model, fast, xg, tg, sizes), gr),
+        "deconvnet": lambda: (C.deconvnet_case(name, model, fast, xg, tg, sizes), gr),
+        "deeplift": lambda: (C.deeplift_case(name, model, fast, xg, tg, sizes), gr),
+        "deeplift-shap": lambda: (C.deeplift_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
+        "vargrad": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch, "vargrad"), mr),
+        "smoothgrad-squared": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch,
+                                                           "smoothgrad_sq"), mr),
         "grad-cam": lambda: (C.grad_cam_case(name, model, xg, tg, sizes), gr),
         **{m: (lambda m=m: (C.cam_family_case(name, model, xg, tg, sizes, m, peer_fb), gr))
            for m in ("grad-cam-pp", "xgrad-cam", "layer-cam")},
