@@ -15,7 +15,7 @@ CAMS = ["grad-cam-pp", "xgrad-cam", "layer-cam", "hires-cam", "score-cam", "ss-c
         "eigen-cam"]
 #: the gradient and reference methods after integrated gradients (none in the report's defaults)
 GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "gradient-shap", "vargrad",
-             "smoothgrad-squared", "guided-ig", "blur-ig", "xrai"]
+             "smoothgrad-squared", "guided-ig", "blur-ig", "lrp", "xrai"]
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
             *CAMS, "full-grad", "occlusion", "lime"]
 #: the perturbation methods after LIME (none in the report's defaults)

@@ -29,6 +29,7 @@ from cnnlens.explain.vargrad import vargrad
 from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
 from cnnlens.explain.guided_ig import guided_ig
 from cnnlens.explain.blur_ig import blur_ig
+from cnnlens.explain.lrp import lrp
 from cnnlens.explain.xrai import xrai
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.cam import cam
@@ -58,4 +59,5 @@ __all__ = ["METHODS", "blur_ig", "cam", "clear_caches", "deconvnet", "deeplift",
 __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "layer_cam", "score_cam", "ss_cam",
             "xgrad_cam"]  # the CAM family
 __all__ += ["full_grad"]
+__all__ += ["lrp"]  # layer-wise relevance propagation, its rules and composites
 __all__ += ["feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
