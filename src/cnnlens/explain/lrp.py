@@ -9,9 +9,11 @@ relevance on, max-pooling gives it to the winner (Zennit's and Captum's default)
 and residual adds ``y = a + b`` split it in proportion to the inputs (``R_a = a / y R_y``, Zennit's
 ``Norm`` rule without its stabiliser: the residual canoniser), concatenation and reshapes keep it. Other
 elementwise activations (ELU, GELU, SiLU, tanh, ...) pass relevance on unchanged (Zennit's ``Pass``). The
-BatchNorm canoniser folds each BatchNorm into the convolution before it (``cnnlens.explain.accel``'s fold,
-on a copy: the user's model is never modified); one that reads anything else stays the affine map it is,
-under LRP-0. A ``TorchFunctionMode`` active for the one call does the replacing; nothing outlives it.
+BatchNorm canoniser: a BatchNorm (eval mode) reading a layer's output is folded into that layer for its
+rule, ``W' = W g / sqrt(v + eps)``, ``b' = (b - m) g / sqrt(v + eps) + beta``, in the pass, with fresh
+tensors (``fast``: the speed layer's copy has them folded already); the model is never modified. One that
+reads anything else stays the affine map it is, under LRP-0. A ``TorchFunctionMode`` active for the one
+call does the replacing; nothing outlives it.
 
 The first layer's input (a model's own normalisation already applied) gets the first-layer rule (flat,
 z^B); its relevance goes back to the pixels through what the model computes before it by each pixel's
@@ -32,7 +34,7 @@ from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.deeplift import ELEMENTWISE
 from cnnlens.explain.guided_backprop import RELU_FUNCTIONS, with_backward_rule
-from cnnlens.explain.lrp_rules import STABILISER, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, stabilise
+from cnnlens.explain.lrp_rules import STABILISER, AlphaBeta, Epsilon, Flat, Gamma, Layer, Rule, ZBox, stabilise
 from cnnlens.explain.registry import method
 
 #: The layers whose rule is chosen: the ways a forward pass computes a convolution or a linear map.
@@ -129,6 +131,7 @@ class _Relevance(TorchFunctionMode):
         self.first_input: torch.Tensor | None = None  # the first layer's input, where it is not the images
         self.first_leaf: torch.Tensor | None = None
         self.leaves: list[torch.Tensor] = []
+        self.last: tuple | None = None  # the last layer's output and how to compute its rule again
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
         kwargs = kwargs or {}
@@ -137,6 +140,8 @@ class _Relevance(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in PASSED:
             return with_backward_rule(lambda t: func(t, *args[1:], **kwargs), a, _passed, keep_input=True)
+        if func is F.batch_norm and self.last is not None and a is self.last[0]:
+            return self._folded(args, kwargs)
         if func not in LAYERS or len(args) < 2:
             return func(*args, **kwargs)
         kind = LAYERS[func]
@@ -154,10 +159,36 @@ class _Relevance(TorchFunctionMode):
                 self.first_input, a = a, a.detach().requires_grad_(True)
             self.first_leaf = a
         self.count += 1
-        w = args[1]
-        plain = layer(a, w, bias)
+        plain = layer(a, args[1], bias)
+        out = self._ruled(layer, rule, a, args[1], bias, plain, plain)
+        self.last = (out, layer, rule, a, args[1], bias)
+        return out
+
+    def _ruled(self, layer: Layer, rule: Rule, a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+               plain: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``value`` forward, the rule's gradient backward (``plain = layer(a, w, bias)``, differentiable)."""
         term = rule.term(layer, a, w, bias, plain, self.leaves)
-        return plain.detach() + (term - term.detach())
+        return value.detach() + (term - term.detach())
+
+    def _folded(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The BatchNorm canoniser: a BatchNorm in eval mode reading the last layer's output is that layer with
+        ``W' = W g / sqrt(v + eps)``, ``b' = (b - m) g / sqrt(v + eps) + beta``, under the layer's rule."""
+        bound = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                         args))
+        bound.update(kwargs)
+        value = F.batch_norm(*args, **kwargs)
+        mean, var = bound.get("running_mean"), bound.get("running_var")
+        if bound.get("training", False) or mean is None or var is None:  # batch statistics: not a fixed map
+            return value
+        _, layer, rule, a, w, b = self.last
+        scale = torch.rsqrt(var + bound.get("eps", 1e-5))
+        if bound.get("weight") is not None:
+            scale = scale * bound["weight"]
+        shift = -mean * scale + (bound["bias"] if bound.get("bias") is not None else 0)
+        folded_w = w * scale.view(-1, *[1] * (w.dim() - 1))
+        folded_b = shift if b is None else b * scale + shift
+        self.last = None
+        return self._ruled(layer, rule, a, folded_w, folded_b, layer(a, folded_w, folded_b), value)
 
 
 def _pass_back(a0: torch.Tensor, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -221,18 +252,6 @@ def check_composite(composite: str, first_rule: str | None) -> Composite:
     return dataclasses.replace(chosen, first=first_rule, first_types=("conv", "linear"))
 
 
-def canonised(model: nn.Module, images: torch.Tensor, fast: bool) -> nn.Module:
-    """The BatchNorm canoniser: a copy with each BatchNorm folded into the convolution before it (fast: the
-    speed layer's checked channels-last copy, else one in the model's own layout)."""
-    net = accel.prepared(model, example=images) if fast else model
-    if net is model:  # no checked fast copy (hooks, another layout): fold a plain copy
-        try:
-            net = accel.prepare(model, channels_last=False)
-        except Exception:  # deepcopy or tracing of an arbitrary user module can fail in many ways: its own layers
-            net = model
-    return net
-
-
 @method("lrp", "LRP", kind="gradient")
 def lrp(model: nn.Module, images: torch.Tensor, target: Target = None, *, composite: str = "epsilon-plus-flat",
         epsilon: float = 1e-6, gamma: float = 0.25, first_rule: str | None = None,
@@ -250,9 +269,9 @@ def lrp(model: nn.Module, images: torch.Tensor, target: Target = None, *, compos
     ``epsilon``, ``gamma``: the rules' parameters (Zennit's defaults). ``low`` / ``high``: z^B's bounds of
     the first layer's input (None: what the model makes of a black and a white image, i.e. [0,1] after its
     own normalisation). Returns ``[N,H,W]`` summed over channels (signed; for bias-free ReLU networks under
-    LRP-0 / epsilon -> 0 the pixels sum to the logit), raw ``[N,C,H,W]`` with ``reduce=None``. The model is
-    canonised on a copy (BatchNorm folded; residual adds split in proportion). Zennit's attribution with
-    ``attr_output`` one-hot is this divided by the logit; Captum's ``LRP`` takes per-module rules and no
+    LRP-0 / epsilon -> 0 the pixels sum to the logit), raw ``[N,C,H,W]`` with ``reduce=None``. BatchNorm is
+    folded into the layer before it, residual adds split in proportion (the canonisers, in the pass).
+    Zennit's attribution with ``attr_output`` one-hot is this divided by the logit; Captum's ``LRP`` takes per-module rules and no
     functional ReLU, residual add or reused module. ``fast``: the speed layer's checked copy.
 
     >>> maps = lrp(model, images, target=3, composite="epsilon-gamma-box")
@@ -264,7 +283,7 @@ def lrp(model: nn.Module, images: torch.Tensor, target: Target = None, *, compos
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     x = images.detach()
     with core.guarded(model, images):
-        net = canonised(model, x, fast)
+        net = accel.prepared(model, example=x) if fast else model
         relevance, _, count = lrp_relevance(net, x, target, chosen, epsilon=float(epsilon), gamma=float(gamma),
                                             low=low, high=high)
     if count == 0:
