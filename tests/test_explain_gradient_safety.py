@@ -49,6 +49,7 @@ from cnnlens.explain.vargrad import vargrad
 from cnnlens.explain.smoothgrad_squared import smoothgrad_squared
 from cnnlens.explain.guided_ig import guided_ig
 from cnnlens.explain.blur_ig import blur_ig
+from cnnlens.explain.lrp import lrp
 
 METHODS = {
     "saliency": saliency,
@@ -69,6 +70,8 @@ METHODS = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2),
     "guided_ig": functools.partial(guided_ig, n_steps=4),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5),
+    "lrp": lrp,
+    "lrp_gamma_box": functools.partial(lrp, composite="epsilon-gamma-box"),
     "xrai": quick_xrai,
     "rise": functools.partial(rise, n_masks=12, batch_size=5),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4),
@@ -97,6 +100,8 @@ EXACT = {
     "smoothgrad_squared": functools.partial(smoothgrad_squared, n_samples=2, fast=False),
     "guided_ig": functools.partial(guided_ig, n_steps=4, fast=False),
     "blur_ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=5, fast=False),
+    "lrp": functools.partial(lrp, fast=False),
+    "lrp_gamma_box": functools.partial(lrp, composite="epsilon-gamma-box", fast=False),
     "xrai": functools.partial(quick_xrai, fast=False),
     "rise": functools.partial(rise, n_masks=12, batch_size=5, fast=False),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4, fast=False),
@@ -167,6 +172,7 @@ FAIL_ON.update({"grad_cam_pp": 2, "xgrad_cam": 2, "layer_cam": 2, "hires_cam": 2
                 "ss_cam": 3, "is_cam": 3, "ablation_cam": 3, "full_grad": 1})
 FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first path step
 FAIL_ON |= {"xrai": 3}  # its target pass, then integrated gradients' clean logits and first steps
+FAIL_ON |= {"lrp": 1, "lrp_gamma_box": 1}  # the relevance pass (z^B's probe stops at the first layer, uncounted)
 FAIL_ON |= {"rise": 2, "kernel_shap": 3, "feature_ablation": 2}  # 1: the clean images; then the perturbed batches
 
 
