@@ -26,6 +26,7 @@ from cnnlens.explain import (eigen_cam, full_grad, grad_cam, grad_cam_pp, guided
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
+from cnnlens.explain.lrp import lrp
 from conftest import quick_xrai
 
 TARGETS = [0, 3, 6, 2]
@@ -53,6 +54,9 @@ METHODS = {
     "guided-ig": functools.partial(guided_ig, n_steps=8, reduce=None),
     "blur-ig": functools.partial(blur_ig, n_steps=8, max_sigma=6.0, batch_size=7, reduce=None),
     "xrai": quick_xrai,
+    "lrp": functools.partial(lrp, reduce=None),
+    "lrp-epsilon-gamma-box": functools.partial(lrp, composite="epsilon-gamma-box", reduce=None),
+    "lrp-alpha2-beta1": functools.partial(lrp, composite="alpha2-beta1", reduce=None),
 }
 #: The methods that draw random numbers: seeded through their generator.
 RANDOM = {"smoothgrad", "smoothgrad-guided", "deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}
@@ -87,6 +91,8 @@ PER_INPUT = {
     "xgrad-cam": functools.partial(xgrad_cam, upsample=False, relu=False),
     "layer-cam": functools.partial(layer_cam, upsample=False, relu=False),
     "hires-cam": functools.partial(hires_cam, upsample=False, relu=False),
+    "lrp": functools.partial(lrp, reduce=None),
+    "lrp-epsilon-gamma-box": functools.partial(lrp, composite="epsilon-gamma-box", reduce=None),
 }
 
 

@@ -26,6 +26,7 @@ from cnnlens.explain import (ablation_cam, eigen_cam, full_grad, grad_cam_pp, hi
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
+from cnnlens.explain.lrp import lrp
 
 #: Each method with small settings; all take fast=.
 METHODS = {
@@ -45,6 +46,8 @@ METHODS = {
     "guided-ig": functools.partial(guided_ig, n_steps=4, fraction=1.0),
     "blur-ig": functools.partial(blur_ig, n_steps=4, max_sigma=4.0, batch_size=8),
     "xrai": quick_xrai,
+    "lrp": lrp,
+    "lrp-epsilon-gamma-box": functools.partial(lrp, composite="epsilon-gamma-box"),
     "grad-cam": grad_cam,
     "guided-grad-cam": guided_grad_cam,
     "grad-cam-pp": grad_cam_pp,
@@ -187,6 +190,9 @@ def test_torchscript_models_work_or_say_that_layers_cannot_be_hooked(method, wra
             _call(method, model, images, fast=True)
     elif method in {"deeplift", "deeplift-shap"}:  # nor anything to rescale
         with pytest.raises(ValueError, match="rescales the model's nonlinearities, and this TorchScript archive"):
+            _call(method, model, images, fast=True)
+    elif method.startswith("lrp"):  # nor any layer to give a rule
+        with pytest.raises(ValueError, match="convolution and linear layers, and this TorchScript archive computes"):
             _call(method, model, images, fast=True)
     else:
         exact = _call(method, eager, images, fast=False)

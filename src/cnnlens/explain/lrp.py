@@ -112,7 +112,16 @@ def input_bounds(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, to
             net(probe)
     except _FirstInput as found:
         return torch.minimum(found.a[:1], found.a[1:]), torch.maximum(found.a[:1], found.a[1:])
-    raise ValueError("the z-box rule needs a convolution or linear layer, and the model computes none")
+    raise no_layers(net)
+
+
+def no_layers(model: nn.Module) -> ValueError:
+    """The error for a model in which LRP finds no layer to give a rule."""
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+    where = ("this TorchScript archive computes them inside its compiled graph, out of reach" if scripted
+             else f"this {type(model).__name__} computes none (no nn.Conv2d, nn.Linear, F.conv2d or F.linear)")
+    return ValueError(f"LRP propagates relevance through convolution and linear layers, and {where}; "
+                      "use integrated gradients or DeepLIFT instead")
 
 
 def _passed(before: torch.Tensor, out: torch.Tensor):  # noqa: ANN202 (a BackwardRule)
@@ -287,9 +296,5 @@ def lrp(model: nn.Module, images: torch.Tensor, target: Target = None, *, compos
         relevance, _, count = lrp_relevance(net, x, target, chosen, epsilon=float(epsilon), gamma=float(gamma),
                                             low=low, high=high)
     if count == 0:
-        scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
-        where = ("this TorchScript archive computes them inside its compiled graph, out of reach" if scripted
-                 else f"this {type(model).__name__} computes none (no nn.Conv2d, nn.Linear, F.conv2d or F.linear)")
-        raise ValueError(f"LRP propagates relevance through convolution and linear layers, and {where}; "
-                         "use integrated gradients or DeepLIFT instead")
+        raise no_layers(model)
     return core.reduce_channels(relevance, reduce)
