@@ -33,16 +33,16 @@ class FullGradients(NamedTuple):
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
-    """The bias ``module`` adds to its output, per channel: a convolution's or linear layer's own, a BatchNorm's
-    implicit one in eval mode, ``beta - gamma * mean / sqrt(var + eps)``; None for other modules."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return None if module.bias is None else module.bias.detach()
+    """The bias ``module`` adds to its output, per channel: a BatchNorm's implicit one in eval mode,
+    ``beta - gamma * mean / sqrt(var + eps)``; else a 1-D ``bias`` of its own (a convolution's, a linear
+    layer's, a separable convolution's from another framework); None for other modules."""
     if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
         scale = torch.rsqrt(module.running_var + module.eps)
         gamma = module.weight.detach() if module.affine else torch.ones_like(scale)
         beta = module.bias.detach() if module.affine else torch.zeros_like(scale)
         return beta - gamma * module.running_mean * scale
-    return None
+    bias = getattr(module, "bias", None)
+    return bias.detach() if isinstance(bias, torch.Tensor) and bias.dim() == 1 else None
 
 
 def full_gradients(model: nn.Module, images: torch.Tensor, target: Target = None, *,
@@ -58,8 +58,11 @@ def full_gradients(model: nn.Module, images: torch.Tensor, target: Target = None
         net = accel.prepared(model, keep=names, example=images) if fast else model
         outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (the output of one call, the bias it added)
 
-        def keep(module: nn.Module, inputs: tuple[object, ...], output: torch.Tensor) -> torch.Tensor:
-            outputs.append((output, _bias(module)))
+        def keep(module: nn.Module, inputs: tuple[object, ...], output: object) -> object:
+            bias = _bias(module)
+            if not isinstance(output, torch.Tensor) or output.dim() < 2 or output.shape[1] != bias.numel():
+                return None  # not a bias added to each channel of the output
+            outputs.append((output, bias))
             return output.clone()  # an in-place op after the layer (ReLU) changes the clone, not what is differentiated
 
         with core.hooks() as handles:
