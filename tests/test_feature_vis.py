@@ -349,3 +349,30 @@ def test_report_filter_rule_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown class 'Angry'"):
         write_report(tiny_inputs(), tmp_path / "r", options=ReportOptions(filter_rule="contribution:Angry"))
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_report_filter_rule_on_a_trained_run(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cnnlens.cli import main
+    from cnnlens.data.synth import write_faces
+    from cnnlens.train import TrainConfig, train
+
+    write_faces(tmp_path / "data", 140, seed=0)
+    config = TrainConfig(data=f"synth:{tmp_path / 'data'}", model="small_cnn", epochs=2, batch_size=32, lr=3e-3,
+                         val_fraction=0.25, num_threads=1, device="cpu", seed=0)
+    train(config, tmp_path / "run", progress=False)
+    common = ["report", str(tmp_path / "run"), "--methods", "saliency", "--average-methods", "none",
+              "--feature-map-layers", "none", "--am-steps", "4", "--no-progress", "--device", "cpu"]
+    result = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "site"), "--filter-rule", "contribution:Happy",
+                                       "--exemplars", "3", "--filters-per-layer", "2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "site/data/filters.json").read_text())["filters"]
+    assert [r["layer"] for r in record] == ["block2.relu", "block3.relu"]
+    assert all(r["rule"] == "contribution" and "to class Happy" in r["reason"] for r in record)
+    assert all(len(f["exemplar_index"]) == 3 for r in record for f in r["filters"])
+    result = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "bad"), "--filter-rule", "contribution:Hungry"])
+    assert result.exit_code != 0 and "unknown class 'Hungry'" in result.output and not (tmp_path / "bad").exists()
