@@ -283,3 +283,40 @@ def test_bad_options_say_what_to_pass():
         lrp(model, images, 0, epsilon=-1)
     with pytest.raises(ValueError, match="LRP propagates relevance through convolution and linear layers"):
         lrp(nn.Sequential(nn.Flatten(), nn.ReLU()), images, 0)
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_cnnlens_small_cnn_equals_captum_on_its_canonised_view(channels):
+    """cnnlens's own model (normalisation, conv + BN + in-place ReLU + max-pool blocks, GAP, flatten, linear):
+    Captum's LRP (epsilon everywhere) given what a Captum user prepares by hand, the BatchNorms fused into
+    their convolutions, the normalised images, out-of-place ReLUs and pass-through rules on the modules Captum
+    has none for."""
+    from cnnlens.models.small_cnn import SmallCNN
+
+    torch.manual_seed(channels)
+    model = SmallCNN(channels, 5, 16, channels=(4, 6, 8)).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    images = torch.rand(3, channels, 16, 16, dtype=D, generator=torch.Generator().manual_seed(8))
+    target = [0, 4, 2]
+    peer = copy.deepcopy(model)
+    for block in (peer.block1, peer.block2, peer.block3):
+        block.conv, block.bn = fuse_conv_bn_eval(block.conv, block.bn), nn.Identity()
+        block.relu.inplace = False
+    normalised = peer.normalize(images)
+    peer.normalize = nn.Identity()
+    for m in peer.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.rule = EpsilonRule(1e-6)
+        elif isinstance(m, (nn.Identity, nn.Flatten, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+            m.rule = EpsilonRule(1e-300)  # passed on unstabilised
+    expected = LRP(peer).attribute(normalised, target=target)
+    for fast in (False, True):
+        got = lrp(model, images, target, composite="epsilon", reduce=None, fast=fast)
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max()))

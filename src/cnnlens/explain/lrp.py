@@ -15,9 +15,11 @@ tensors (``fast``: the speed layer's copy has them folded already); the model is
 reads anything else stays the affine map it is, under LRP-0. A ``TorchFunctionMode`` active for the one
 call does the replacing; nothing outlives it.
 
-The first layer's input (a model's own normalisation already applied) gets the first-layer rule (flat,
-z^B); its relevance goes back to the pixels through what the model computes before it by each pixel's
-share of the Jacobian, ``R_x = J^T (R_0 / J 1)``: pixel to pixel for an elementwise normalisation.
+Relevance is taken at the first layer's input, the model's own normalisation applied (where the first-layer
+rules, flat and z^B, apply), and goes back to the pixels through what the model computes before it by each
+pixel's share of the Jacobian, ``R_x = J^T (R_0 / J 1)``: pixel to pixel for an elementwise normalisation
+(differentiating through ``(x - m) / s`` would give the pixels ``x / (x - m)`` times their relevance). Captum
+and Zennit leave normalisation outside the model; inside it, Zennit's gradient divides by ``s``.
 """
 
 from __future__ import annotations
@@ -162,9 +164,10 @@ class _Relevance(TorchFunctionMode):
             return func(x, w, b, *extra, **rest)
 
         rule = self.rules[kind]
-        if self.count == 0 and kind in self.composite.first_types and self.first is not None:
-            rule = self.first
-            if a is not self.images:  # the model computed something first (its normalisation): start here
+        if self.count == 0:  # relevance is taken at the first layer's input, after the model's normalisation
+            if kind in self.composite.first_types and self.first is not None:
+                rule = self.first
+            if a is not self.images:
                 self.first_input, a = a, a.detach().requires_grad_(True)
             self.first_leaf = a
         self.count += 1
