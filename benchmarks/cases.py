@@ -329,6 +329,46 @@ def deeplift_shap_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Te
                 "fwd+bwd", reference=float64(deeplift_shap, model, x, t, baselines=base, reduce=None))
 
 
+def gradient_shap_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes,
+                       fast_batch: int, n_samples: int = 16, n_baselines: int = 8) -> Case:
+    from cnnlens.explain.gradient_shap import gradient_shap
+
+    attr = captum()
+    base = torch.rand(n_baselines, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+
+    def ours(m: nn.Module, batch_size: int | None = None) -> torch.Tensor:
+        return gradient_shap(m, x, t, baselines=base, n_samples=n_samples, generator=torch.Generator().manual_seed(0),
+                             batch_size=batch_size, reduce=None)
+
+    cs = [Contestant("cnnlens", "cnnlens", lambda: ours(model), "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: ours(fast, fast_batch), f"prepared(model), batch {fast_batch}")]
+    agreement, notes = None, []
+    if attr:
+        def peer() -> torch.Tensor:
+            return attr.GradientShap(model).attribute(x, baselines=base, n_samples=n_samples, target=t)
+
+        cs.append(Contestant("Captum GradientShap", "peer", peer, "default (all samples in one batch)", default=True))
+
+        def agreement() -> dict[str, float | str]:
+            # cnnlens's draws (baseline indices, then points on the path; no noise) handed to Captum, image-major
+            g = torch.Generator().manual_seed(0)
+            n = len(x)
+            chosen = torch.randint(n_baselines, (n_samples * n,), generator=g)
+            alphas = torch.rand(n_samples * n, generator=g)
+            major = lambda v: v.view(n_samples, n).t().reshape(-1).numpy().copy()  # noqa: E731
+            choice, uniform = np.random.choice, np.random.uniform
+            np.random.choice = lambda k, size: major(chosen)
+            np.random.uniform = lambda lo, hi, size: major(alphas.double())
+            try:
+                theirs = peer()
+            finally:
+                np.random.choice, np.random.uniform = choice, uniform
+            return {**max_diff(ours(model), theirs), "compared": "same draws"}
+        notes.append("outputs compared with the same draws (cnnlens's baseline indices and path points handed to Captum)")
+    return Case(name, "GradientSHAP", f"{n_samples} samples, {n_baselines} uniform-noise baselines", len(x), cs,
+                n_samples, "fwd+bwd", agreement, notes)
+
+
 def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
                               sizes: Sizes, fast_batch: int, peer_batch: int) -> Case:
     attr = captum()

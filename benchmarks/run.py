@@ -378,6 +378,7 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "deconvnet": lambda: (C.deconvnet_case(name, model, fast, xg, tg, sizes), gr),
         "deeplift": lambda: (C.deeplift_case(name, model, fast, xg, tg, sizes), gr),
         "deeplift-shap": lambda: (C.deeplift_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
+        "gradient-shap": lambda: (C.gradient_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "vargrad": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch, "vargrad"), mr),
         "smoothgrad-squared": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch,
                                                            "smoothgrad_sq"), mr),
