@@ -654,3 +654,118 @@ def lime_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, siz
 
     return Case(name, "LIME", f"{n_s} samples, hide = segment mean, probability", len(x), cs, n_s + 1, "fwd",
                 agreement, notes)
+
+
+# ---------------------------------------------------------------- perturbation methods on masks and superpixels
+
+
+def rise_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, peer_batch: int) -> Case:
+    """RISE against the paper's reference code (eclique/RISE's PyTorch class): the masks precomputed as one
+    tensor, ``model(masks * x)`` in batches under no_grad, ``probs.T @ masks``; given cnnlens's masks."""
+    from cnnlens.explain.rise import build_masks, draw_masks, rise, upsampling_matrix
+
+    n_masks, cells, p = 8 * sizes.lime_samples, 7, 0.5  # TorchRay's 8000 masks on the full run
+    h, w = x.shape[2:]
+
+    def ours() -> torch.Tensor:
+        return rise(model, x, t, n_masks=n_masks, generator=torch.Generator().manual_seed(0))
+
+    grids, shifts = draw_masks(len(x), n_masks, cells, p, (h, w), torch.Generator().manual_seed(0))
+    up_h = upsampling_matrix(cells, (cells + 1) * -(-h // cells), device=x.device)
+    up_w = upsampling_matrix(cells, (cells + 1) * -(-w // cells), device=x.device)
+    masks = [build_masks(grids[i].to(x.device), shifts[i].to(x.device), up_h, up_w, (h, w)) for i in range(len(x))]
+
+    def peer(batch: int) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(len(x)):
+                stack = masks[i][:, None] * x[i]
+                probs = torch.cat([model(stack[k:k + batch]).softmax(1) for k in range(0, n_masks, batch)])
+                out.append((probs[:, int(t[i])] @ masks[i].reshape(n_masks, -1)).reshape(h, w) / (n_masks * p))
+        return torch.stack(out)
+
+    cs = [Contestant("cnnlens", "cnnlens", ours, "default (fast)", default=True),
+          Contestant("RISE reference", "peer", lambda: peer(100), "gpu_batch=100 (its default)", default=True)]
+    if peer_batch != 100:
+        cs.append(Contestant("RISE reference", "peer", lambda: peer(peer_batch), f"gpu_batch={peer_batch}"))
+    notes = ["the reference is the paper's PyTorch class (masks precomputed, not timed); both sides use cnnlens's "
+             "masks, which equal scikit-image's resize of the same grids (tests/test_explain_perturb_rise.py)"]
+    return Case(name, "RISE", f"{n_masks} masks, {cells}x{cells} cells, p={p}, probability", len(x), cs,
+                n_masks + 1, "fwd", None, notes)  # the same masks on both sides: the timed outputs are compared
+
+
+def _superpixels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from cnnlens.explain.segmentation import superpixels
+
+    return superpixels(x, "slic")
+
+
+def feature_ablation_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, peer_batch: int) -> Case:
+    """Feature ablation over SLIC superpixels against Captum's FeatureAblation with the same feature mask."""
+    from cnnlens.explain.feature_ablation import feature_ablation
+
+    attr = captum()
+    segments, num = _superpixels(x)
+    cs = [Contestant("cnnlens", "cnnlens", lambda: feature_ablation(model, x, t, segmentation=segments),
+                     "default (fast)", default=True)]
+    if attr:
+        def peer(ppe: int) -> torch.Tensor:
+            return attr.FeatureAblation(lambda z: model(z).softmax(1)).attribute(
+                x, target=t, baselines=0.0, feature_mask=segments[:, None], perturbations_per_eval=ppe)[:, 0]
+
+        ppe = max(1, peer_batch // len(x))
+        cs.append(Contestant("Captum FeatureAblation", "peer", lambda: peer(1), "default (perturbations_per_eval=1)",
+                             default=True))
+        if ppe != 1:
+            cs.append(Contestant("Captum FeatureAblation", "peer", lambda: peer(ppe), f"perturbations_per_eval={ppe}"))
+    s = float(num.double().mean())  # deterministic on both sides: the timed outputs are compared
+    return Case(name, "feature ablation", f"SLIC superpixels ({s:.0f} per image), black, probability", len(x), cs,
+                int(s) + 1, "fwd", None, [])
+
+
+def kernel_shap_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes, peer_batch: int) -> Case:
+    """KernelSHAP over SLIC superpixels against Captum's KernelShap with the same feature mask (each side draws
+    its own coalitions; the agreement check gives Captum cnnlens's)."""
+    from cnnlens.explain.kernel_shap import coalitions, kernel_shap
+
+    attr = captum()
+    segments, num = _superpixels(x)
+    # at least 4 coalitions per segment: with fewer than the segments the regression is underdetermined, and
+    # two least-squares solvers pick different minimum-norm answers (the smoke run's tiny images have ~60)
+    n_s = max(sizes.lime_samples, 4 * int(num.max()))
+
+    def ours() -> torch.Tensor:
+        return kernel_shap(model, x, t, segmentation=segments, n_samples=n_s, generator=torch.Generator().manual_seed(0))
+
+    cs = [Contestant("cnnlens", "cnnlens", ours, "default (fast)", default=True)]
+    agreement = None
+    if attr:
+        def peer(ppe: int, rows: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+            out = []
+            for i in range(len(x)):  # Captum fits one surrogate per example
+                shap = attr.KernelShap(lambda z: model(z).softmax(1))
+                if rows is not None:  # cnnlens's coalitions and their weights (the Shapley kernel's where it
+                    # enumerated every coalition; 1 where it drew them from the kernel; Captum's 1e6 for the two ends)
+                    def given(_inputs, **_kw):
+                        yield from (r[None] for r in rows)
+
+                    wanted = iter([1e6, 1e6, *weights[2:].tolist()])
+                    shap.perturb_func = given
+                    shap.similarity_func = lambda *_a, **_kw: torch.tensor([next(wanted)])
+                out.append(shap.attribute(x[i:i + 1], target=int(t[i]), baselines=0.0, feature_mask=segments[i:i + 1, None],
+                                          n_samples=n_s, perturbations_per_eval=ppe)[0, 0])
+            return torch.stack(out)
+
+        ppe = max(1, peer_batch)
+        cs.append(Contestant("Captum KernelShap", "peer", lambda: peer(1), "default (perturbations_per_eval=1)",
+                             default=True))
+        if ppe != 1:
+            cs.append(Contestant("Captum KernelShap", "peer", lambda: peer(ppe), f"perturbations_per_eval={ppe}"))
+
+        def agreement() -> dict[str, float | str]:
+            masks, weights = coalitions(num[:1], n_s, torch.Generator().manual_seed(0), x.device)
+            theirs = peer(ppe, rows=masks[0, :, : int(num[0])].long(), weights=weights[0])
+            return {**max_diff(ours()[0], theirs[0]), "compared": "cnnlens's coalitions given to Captum, image 0"}
+
+    return Case(name, "KernelSHAP", f"{n_s} coalitions, SLIC superpixels, black, probability", len(x), cs, n_s,
+                "fwd", agreement, [])

@@ -259,6 +259,8 @@ def targets_met(summary: dict, method: str, model: str, occlusion_incremental: b
         out.append(f"{'met' if sp >= 5 else 'MISSED'}: >= 5x Captum's best via incremental occlusion ({sp:.2f}x)")
     if method in ("Score-CAM", "SS-CAM") and model == "small_cnn":  # forward-only: folded, channels-last, Winograd
         out.append(f"{'met' if sp >= 2 else 'MISSED'}: >= 2x torchcam's best batching ({sp:.2f}x)")
+    if method == "RISE" and model == "small_cnn":  # forward-only: folded, channels-last, inference mode
+        out.append(f"{'met' if sp >= 2 else 'MISSED'}: >= 2x the reference's best batching ({sp:.2f}x)")
     if method in ("occlusion", "LIME") and model == "fer_mlp":  # a flatten + Linear head (issue 12)
         out.append(f"{'met' if sp >= 3 else 'MISSED'}: >= 3x the best peer through the flatten head ({sp:.2f}x)")
     return out
@@ -389,6 +391,9 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
            for m in ("score-cam", "ss-cam", "is-cam")},
         "occlusion": lambda: (C.occlusion_case(name, model, xp, tp, sizes, spec["occlusion_stride"], peer_fwd), pr),
         "lime": lambda: (C.lime_case(name, model, xp, tp, sizes, peer_fwd), pr),
+        "rise": lambda: (C.rise_case(name, model, xp, tp, sizes, peer_fwd), pr),
+        "kernel-shap": lambda: (C.kernel_shap_case(name, model, xp, tp, sizes, peer_fwd), pr),
+        "feature-ablation": lambda: (C.feature_ablation_case(name, model, xp, tp, peer_fwd), pr),
     }
     cases = [(m, makers[m]) for m in makers if methods is None or m in methods]
     return cases, {"model": model, **floors}

@@ -27,7 +27,8 @@ def test_smoke_benchmark_writes_tables_and_agrees_with_the_peers(tmp_path):
     methods = {r["method"] for r in payload["results"]}
     assert methods == {"saliency", "SmoothGrad", "guided backprop", "integrated gradients", "input x gradient",
                        "deconvnet", "DeepLIFT", "DeepLiftShap", "GradientSHAP", "VarGrad", "SmoothGrad-Squared", "Grad-CAM",
-                       "Grad-CAM++", "XGrad-CAM", "Layer-CAM", "Score-CAM", "SS-CAM", "IS-CAM", "occlusion", "LIME"}
+                       "Grad-CAM++", "XGrad-CAM", "Layer-CAM", "Score-CAM", "SS-CAM", "IS-CAM", "occlusion", "LIME",
+                       "RISE", "KernelSHAP", "feature ablation"}
     for result in payload["results"]:
         s = result["summary"]
         assert s["cnnlens_best"] > 0 and s["floor"] > 0
@@ -37,7 +38,9 @@ def test_smoke_benchmark_writes_tables_and_agrees_with_the_peers(tmp_path):
         # DeepLIFT: Captum 0.9 loses its max-pool rule behind an nn.ReLU module, as these models have
         # (tests/test_explain_reference.py): cnnlens is checked against its own float64 computation below.
         if result["method"] not in CAPTUM_LOSES_MAX_POOL_RULE:
-            assert s["max_rel_diff"] < 1e-4, (result["method"], s["max_rel_diff"])
+            # KernelSHAP: Captum holds the two constraints by a weight of 1e6 and fits in float32 (1.3e-3 on the
+            # smoke model's 62 segments; 1.8e-4 on the full run; the float64 unit tests: 1e-4)
+            assert s["max_rel_diff"] < (1e-2 if result["method"] == "KernelSHAP" else 1e-4), (result["method"], s["max_rel_diff"])
         else:
             assert result.get("vs_float64"), f"{result['method']} is checked against float64"
         # Against the same method in float64, every side is right on all but a few values (max-pool near-ties
