@@ -181,7 +181,9 @@ def test_model_untouched_after_an_error_mid_call(name):
     model = Exploding(fail_on=FAIL_ON[name])
     modes = mixed_mode(model)
     state = snapshot(model)
-    images = torch.rand(3, 3, 12, 12)
+    # seeded: on some draws (seed 0) the class-1 map of Grad-CAM, XGrad-CAM or HiResCAM is 0 everywhere after its
+    # ReLU, and the last check failed at random
+    images = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     with pytest.raises(RuntimeError, match="boom"):
         EXACT[name](model, images, 1)
     assert model.calls == FAIL_ON[name]
