@@ -212,6 +212,49 @@ def deeplift_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor,
                 reference=float64(deeplift, model, x, t, reduce=None))
 
 
+def _captum_lrp_view(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """What a Captum user prepares for ``LRP`` by hand: a copy with each BatchNorm fused into its convolution
+    (cnnlens's fold), the model's normalisation applied to the images instead, out-of-place ReLUs."""
+    peer = accel.prepare(model, channels_last=False)
+    if isinstance(getattr(peer, "normalize", None), nn.Module):
+        with torch.no_grad():
+            x = peer.normalize(x)
+        peer.normalize = nn.Identity()
+    for m in peer.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return peer, x
+
+
+def lrp_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes) -> Case:
+    """LRP-epsilon on every layer (Captum's default rules) against Captum's ``LRP`` on the canonised view;
+    Captum has no rule for residual adds (its maps there are not LRP's), so no peer on ResNet-18."""
+    from cnnlens.explain.lrp import lrp
+
+    attr = captum()
+    options = dict(composite="epsilon", epsilon=1e-9, reduce=None)
+    cs = [Contestant("cnnlens", "cnnlens", lambda: lrp(model, x, t, **options), "default", default=True),
+          Contestant("cnnlens fast", "cnnlens", lambda: lrp(fast, x, t, **options), "prepared(model)")]
+    notes = []
+    if attr and not name.startswith("resnet"):
+        from captum.attr._utils.lrp_rules import EpsilonRule
+
+        peer, x_peer = _captum_lrp_view(model, x)
+
+        def captum_lrp() -> torch.Tensor:
+            for m in peer.modules():  # Captum removes its rules after each call; none for these by default
+                if isinstance(m, (nn.Identity, nn.Flatten)):
+                    m.rule = EpsilonRule(1e-9)
+            return attr.LRP(peer).attribute(x_peer, target=t)
+
+        cs.append(Contestant("Captum LRP", "peer", _quiet(captum_lrp), "default rules, canonised view (not timed)",
+                             default=True))
+        notes.append("Captum's view: BatchNorm fused, normalisation applied to the images, out-of-place ReLUs, "
+                     "pass-through rules on Identity / Flatten (tests/test_explain_lrp.py: equal to 1e-7 in float64)")
+    return Case(name, "LRP", "epsilon rule (1e-9) on every layer", len(x), cs, 1, "fwd+bwd",
+                reference=float64(lrp, model, x, t, **options), notes=notes)
+
+
 def _noise_scale(x: torch.Tensor, sigma: float) -> float:
     """Captum takes one stdev for the batch: the benchmark images share the same value range."""
     return float(sigma * (x.amax() - x.amin()))

@@ -379,6 +379,7 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "input-x-gradient": lambda: (C.input_x_gradient_case(name, model, fast, xg, tg, sizes), gr),
         "deconvnet": lambda: (C.deconvnet_case(name, model, fast, xg, tg, sizes), gr),
         "deeplift": lambda: (C.deeplift_case(name, model, fast, xg, tg, sizes), gr),
+        "lrp": lambda: (C.lrp_case(name, model, fast, xg, tg, sizes), gr),
         "deeplift-shap": lambda: (C.deeplift_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "gradient-shap": lambda: (C.gradient_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "vargrad": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch, "vargrad"), mr),
