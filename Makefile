@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch installed would pull gigabytes of CUDA packages. Elsewhere pip finds 2.13.0 on PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast fuzz install install-test bench-smoke bench clean
+.PHONY: demo test test-fast fuzz install install-test bench-smoke bench clean peers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[test,ray,keras]"
 	touch $@
+
+# pytorch-grad-cam (HiResCAM, Ablation-CAM, Eigen-CAM, FullGrad, ...) needs torchvision, which must never enter
+# .venv (it replaces the CPU torch): the CAM oracle tests (tests/test_explain_cams_peers.py) run it in this venv
+# of its own, ~5.5 GB with the CUDA build of torch that torchvision 0.29.1 requires; skipped where it is absent.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed:
+	$(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 grad-cam pytest
+	touch $@
+peers: $(PEERS_VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
