@@ -412,6 +412,41 @@ def gradient_shap_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Te
                 n_samples, "fwd+bwd", agreement, notes)
 
 
+def blur_ig_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes,
+                 fast_batch: int, max_sigma: float = 10.0) -> Case:
+    """Blur IG against PAIR's ``saliency.core.BlurIG`` (numpy, one image at a time, the model's gradients in
+    float32; ``batch_size=1``: with more, PAIR weighs a batch of steps by its last step's sigma difference)."""
+    from cnnlens.explain.blur_ig import blur_ig
+
+    steps = sizes.ig_steps
+    cs = [Contestant("cnnlens", "cnnlens", lambda: blur_ig(model, x, t, max_sigma=max_sigma, n_steps=steps, reduce=None),
+                     "default (batch 16)", default=True),
+          Contestant("cnnlens fast", "cnnlens",
+                     lambda: blur_ig(fast, x, t, max_sigma=max_sigma, n_steps=steps, batch_size=fast_batch, reduce=None),
+                     f"prepared(model), batch {fast_batch}")]
+    try:
+        import saliency.core as pair
+    except ImportError:
+        pair = None
+    if pair is not None:
+        def gradients(target: int):
+            def call(batch, call_model_args=None, expected_keys=None):
+                xb = torch.from_numpy(np.asarray(batch, dtype=np.float32)).permute(0, 3, 1, 2).requires_grad_(True)
+                (grad,) = torch.autograd.grad(model(xb)[:, target].sum(), xb)
+                return {pair.INPUT_OUTPUT_GRADIENTS: grad.permute(0, 2, 3, 1).numpy()}
+            return call
+
+        def peer() -> torch.Tensor:
+            maps = [pair.BlurIG().GetMask(img.permute(1, 2, 0).numpy(), gradients(int(c)), max_sigma=max_sigma,
+                                          steps=steps, batch_size=1) for img, c in zip(x, t)]
+            return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float()
+
+        cs.append(Contestant("PAIR saliency BlurIG", "peer", peer, "batch_size=1 (one image, one step at a time)",
+                             default=True))
+    return Case(name, "Blur IG", f"{steps} steps, max sigma {max_sigma}", len(x), cs, steps, "fwd+bwd",
+                reference=float64(blur_ig, model, x, t, max_sigma=max_sigma, n_steps=steps, reduce=None))
+
+
 def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
                               sizes: Sizes, fast_batch: int, peer_batch: int) -> Case:
     attr = captum()

@@ -382,6 +382,7 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "lrp": lambda: (C.lrp_case(name, model, fast, xg, tg, sizes), gr),
         "deeplift-shap": lambda: (C.deeplift_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "gradient-shap": lambda: (C.gradient_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
+        "blur-ig": lambda: (C.blur_ig_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "vargrad": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch, "vargrad"), mr),
         "smoothgrad-squared": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch,
                                                            "smoothgrad_sq"), mr),

@@ -3,8 +3,8 @@ Gaussian blurs of the image, from the fully blurred image to the image itself.
 
 ``BlurIG(x) = -sum_i (sigma_{i+1} - sigma_i) * dL(x, sigma_i)/dsigma * d logit_t(L(x, sigma_i)) / dx`` for
 ``sigma_i = i * max_sigma / n_steps`` (or ``sqrt(i * max_sigma / n_steps)``), ``L(x, sigma)`` the blur
-(zero borders, as PAIR's ``saliency``), ``dL/dsigma`` a forward difference of ``grad_step``. All
-``n_steps x N`` path points are evaluated in batches of ``batch_size``.
+(zero borders, as PAIR's ``saliency``), ``dL/dsigma`` a forward difference of ``grad_step`` (both blurs
+in float64, as PAIR's numpy does). All ``n_steps x N`` path points are evaluated in batches of ``batch_size``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def blur_ig(model: nn.Module, images: torch.Tensor, target: Target = None, *, ma
             raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
     bs = core.check_batch_size(batch_size, images.device)
     x = images.detach()
+    x64 = x.double()
     n = x.shape[0]
     levels = [float(i) * max_sigma / n_steps for i in range(n_steps + 1)]
     sigmas = [math.sqrt(v) for v in levels] if sqrt else levels
@@ -62,8 +63,11 @@ def blur_ig(model: nn.Module, images: torch.Tensor, target: Target = None, *, ma
             points, slopes = torch.empty_like(x[img]), torch.empty_like(x[img])
             for s in step.unique().tolist():  # a few blur levels per batch, each blurring its images at once
                 rows = (step == s).nonzero().squeeze(1)
-                points[rows] = _blurred(x[img[rows]], sigmas[s])
-                slopes[rows] = (_blurred(x[img[rows]], sigmas[s] + grad_step) - points[rows]) / grad_step
+                # in float64: the forward difference of two close blurs would lose ~5 digits in float32
+                wide = x64[img[rows]]
+                near = _blurred(wide, sigmas[s])
+                points[rows] = near.to(x.dtype)
+                slopes[rows] = ((_blurred(wide, sigmas[s] + grad_step) - near) / grad_step).to(x.dtype)
             widths = torch.tensor([sigmas[s + 1] - sigmas[s] for s in step.tolist()], dtype=x.dtype, device=x.device)
             grad = core.input_gradient(net, points, t[img])
             total.index_add_(0, img, -widths.view(-1, 1, 1, 1) * slopes * grad)

@@ -67,10 +67,11 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
     """SmoothGrad (Smilkov et al. 2017): ``mean_s method(x + eps_s)``, ``eps_s ~ N(0, (sigma * range(x))^2)``.
 
     ``sigma`` is relative to each image's max - min (the paper's 10-20%). ``squared=True`` averages the
-    squares (SmoothGrad-Squared), ``variance=True`` gives their variance over the samples (VarGrad; Captum's
-    ``nt_type="vargrad"``: ``mean M^2 - (mean M)^2``, here clamped at 0 against rounding). ``batch_size`` noisy images go through ``method`` at a time (None: the
-    device's default). Returns ``[N,H,W]`` after ``reduce``, raw ``[N,C,H,W]`` with ``reduce=None``;
-    this is Captum's ``NoiseTunnel(method).attribute(nt_type="smoothgrad")`` given the same noise.
+    squares (SmoothGrad-Squared), ``variance=True`` gives their variance over the samples (VarGrad;
+    Captum's ``nt_type="vargrad"``: ``mean M^2 - (mean M)^2``, here clamped at 0 against rounding).
+    ``batch_size`` noisy images go through ``method`` at a time (None: the device's default). Returns
+    ``[N,H,W]`` after ``reduce``, raw ``[N,C,H,W]`` with ``reduce=None``; this is Captum's
+    ``NoiseTunnel(method).attribute(nt_type="smoothgrad")`` given the same noise.
     ``fast`` (default): ``method`` differentiates the checked prepared copy
     (:func:`cnnlens.explain.accel.prepared`); ``fast=False``: the model itself (also handed to ``method``
     as ``fast=False`` where it takes that argument).
