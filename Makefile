@@ -24,10 +24,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # pytorch-grad-cam (HiResCAM, Ablation-CAM, Eigen-CAM, FullGrad, ...) needs torchvision, which must never enter
 # .venv (it replaces the CPU torch): the CAM oracle tests (tests/test_explain_cams_peers.py) run it in this venv
 # of its own, ~5.5 GB with the CUDA build of torch that torchvision 0.29.1 requires; skipped where it is absent.
+# Zennit (LRP's composites: tests/test_explain_lrp_zennit.py) imports torchvision too and lives there as well.
 PEERS_VENV := .venv-peers
 $(PEERS_VENV)/.installed:
 	$(PY) -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 grad-cam pytest
+	$(PEERS_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 grad-cam zennit==0.5.1 pytest
 	touch $@
 peers: $(PEERS_VENV)/.installed
 
