@@ -320,3 +320,14 @@ def test_cnnlens_small_cnn_equals_captum_on_its_canonised_view(channels):
     for fast in (False, True):
         got = lrp(model, images, target, composite="epsilon", reduce=None, fast=fast)
         torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max()))
+
+
+def test_a_layer_whose_weight_no_rule_reads_is_refused_by_name():
+    """A transposed convolution (or a Keras layer computing with its own ops) would get the plain gradient."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(2, 2, 3, padding=1),
+                          nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    images = torch.rand(2, 1, 6, 6)
+    modes = [m.training for m in model.modules()]
+    with pytest.raises(ValueError, match=r"layer '2' \(ConvTranspose2d\) uses its weight another way"):
+        lrp(model, images, 0)
+    assert_model_untouched(model, modes)

@@ -117,6 +117,18 @@ def input_bounds(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, to
     raise no_layers(net)
 
 
+def check_ruled(net: nn.Module, seen: set[int]) -> None:
+    """Raise naming the first module whose weight (a parameter of 2 or more dimensions) no ruled layer read:
+    its relevance would be the plain gradient's, not its rule's (a Keras layer computing with its own ops, a
+    transposed convolution, an embedding)."""
+    for name, module in net.named_modules():
+        if any(p.dim() >= 2 and id(p) not in seen for p in module.parameters(recurse=False)):
+            raise ValueError(f"LRP gives its rules to the layers computed by F.conv2d / F.linear (nn.Conv2d, "
+                             f"nn.Linear), and layer {name!r} ({type(module).__name__}) uses its weight another "
+                             "way, where LRP would silently fall back to the gradient; use integrated gradients "
+                             "or DeepLIFT for this model")
+
+
 def no_layers(model: nn.Module) -> ValueError:
     """The error for a model in which LRP finds no layer to give a rule."""
     scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
@@ -143,6 +155,7 @@ class _Relevance(TorchFunctionMode):
         self.first_leaf: torch.Tensor | None = None
         self.leaves: list[torch.Tensor] = []
         self.last: tuple | None = None  # the last layer's output and how to compute its rule again
+        self.weights: set[int] = set()  # the weights the ruled layers read (ids)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
         kwargs = kwargs or {}
@@ -171,6 +184,7 @@ class _Relevance(TorchFunctionMode):
                 self.first_input, a = a, a.detach().requires_grad_(True)
             self.first_leaf = a
         self.count += 1
+        self.weights.add(id(args[1]))
         plain = layer(a, args[1], bias)
         out = self._ruled(layer, rule, a, args[1], bias, plain, plain)
         self.last = (out, layer, rule, a, args[1], bias)
@@ -237,6 +251,8 @@ def lrp_relevance(net: nn.Module, images: torch.Tensor, target: Target, composit
     x = core.input_with_grad(images)
     with _Relevance(x, composite, rules, first) as mode:
         logits = net(x)
+    if mode.count:
+        check_ruled(net, mode.weights)
     n = images.shape[0]
     t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits.detach(), device=images.device)
     score = core.target_scores(logits, t).sum()
