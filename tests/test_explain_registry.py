@@ -105,7 +105,7 @@ def test_cli_help_lists_the_registered_methods() -> None:
     assert f"Comma-separatedmethods(saliency,smoothgrad,guided-backprop,integrated-gradients,{','.join(GRADIENTS)}," \
            "grad-cam,cam,guided-grad-" \
            f"cam,{','.join(CAMS)},full-grad,occlusion,lime,{','.join(PERTURBATIONS)})or'all'" in help_text("explain")
-    assert "Layerforgrad-camandguided-grad-camand" + "and".join(CAMS) + "(default" in help_text("explain")
+    assert "Layerforgrad-cam,guided-grad-cam," + ",".join(CAMS) + "(default" in help_text("explain")
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \
         in help_text("report")
     assert "[default:saliency,guided-backprop,grad-cam]" in help_text("report")

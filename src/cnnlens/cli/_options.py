@@ -13,8 +13,8 @@ def _registry_text() -> dict[str, str]:
     from cnnlens.explain import registry
 
     defaults = registry.default_options(registry.names())
-    return {"methods": ",".join(registry.names()), "layer_methods": " and ".join(registry.names(layer=True)),
-            "perturbation_methods": " and ".join(registry.names(kind="perturbation")),
+    return {"methods": ",".join(registry.names()), "layer_methods": ", ".join(registry.names(layer=True)),
+            "perturbation_methods": ", ".join(registry.names(kind="perturbation")),
             "defaults": ", ".join(f"{m}.{k}={v}" for m, kw in defaults.items() for k, v in kw.items())}
 
 
@@ -22,7 +22,7 @@ class RegistryOption(click.Option):
     """A click option whose help, and with ``registry_default`` its default, is read from the method registry
     when shown or used rather than when the command's module is imported, so a method registered later (a
     module of your own) is listed too. ``help`` may name ``{methods}`` (every method, comma-separated),
-    ``{layer_methods}`` (those taking ``layer=``, joined by "and"), ``{perturbation_methods}`` (likewise) and ``{defaults}`` (the commands' default
+    ``{layer_methods}`` (those taking ``layer=``, comma-separated), ``{perturbation_methods}`` (likewise) and ``{defaults}`` (the commands' default
     options as METHOD.NAME=VALUE).
 
     >>> @click.option("--methods", cls=RegistryOption, default="all", help="Methods ({methods}) or 'all'.")
