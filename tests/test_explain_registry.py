@@ -109,4 +109,4 @@ def test_cli_help_lists_the_registered_methods() -> None:
     assert "[default:saliency,smoothgrad,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion,lime]" \
         in help_text("report")
     assert "[default:saliency,guided-backprop,grad-cam]" in help_text("report")
-    assert "allbutocclusionandlime" in help_text("faithfulness")
+    assert "allbut" + ",".join(registry.names(kind="perturbation")) in help_text("faithfulness")
