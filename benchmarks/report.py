@@ -267,12 +267,33 @@ def render(payload: dict, json_path: Path) -> str:
         lines.append("")
     lines += _before_after(payload, json_path)
     lines += _partial_runs(payload, json_path)
+    if not payload.get("smoke"):
+        lines += _notes(NOTES)
     if info["device"] == "cpu":
         lines += ["## CUDA", "",
                   "Not measured: no CUDA device was available for this run. On a GPU, "
                   "`python benchmarks/run.py --device cuda` writes `docs/benchmarks-cuda.md` and "
                   "`benchmarks/results/cuda.json` (batch sizes are then searched among 32..1024).", ""]
     return "\n".join(lines)
+
+
+#: Measurements made apart from this run (other scripts, partial runs, peers in their own venv), one markdown
+#: fragment each, written by hand: a re-run of the benchmark keeps them, appended in file-name order.
+NOTES = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-notes"
+
+
+def _notes(folder: Path) -> list[str]:
+    """The hand-written fragments in ``folder`` (``*.md``), each ending with a blank line."""
+    found = sorted(folder.glob("*.md")) if folder.is_dir() else []
+    if not found:
+        return []
+    lines = ["## Measured apart from this run", "",
+             "Each section below was measured by its own command (named in it) and kept in "
+             f"`docs/benchmarks-notes/` ({', '.join(f'`{p.name}`' for p in found)}); re-running this benchmark "
+             "keeps them.", ""]
+    for p in found:
+        lines += [p.read_text().rstrip("\n"), ""]
+    return lines
 
 
 #: The full run from before the explain/ layout (issue 12), kept to compare against: ``<device>-before-layout.json``.
