@@ -29,12 +29,12 @@ from cnnlens._checks import check_choice, is_number
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size
-from cnnlens.explain.accel import fast_forward
 from cnnlens.faithfulness._checks import check_generator, check_maps
 from cnnlens.faithfulness.order import pixel_ranks  # noqa: F401  (also importable from here)
 from cnnlens.faithfulness.road import NOISE as ROAD_NOISE
 from cnnlens.faithfulness.road import noisy_linear_imputation
 from cnnlens.faithfulness.stats import mean_ci
+from cnnlens.faithfulness.variants import copy_probabilities
 
 MODES = ("deletion", "insertion")
 #: What a removed pixel becomes (deletion) or what insertion starts from: black, each image's own
@@ -182,26 +182,18 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
         fill = substrate_images(images, substrate, blur_sigma, channel_mean=mean)
     # deletion shows the fill where a pixel is already removed; insertion shows the image where inserted
     changed_src, unchanged_src = (fill, images) if mode == "deletion" else (images, fill)
-    s1 = counts.numel()
-    probs = torch.empty(n * s1, dtype=torch.float32, device=images.device)
-    with core.guarded(model, images):
-        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
-    with core.guarded(model, images), torch.inference_mode():
-        clean = core.predict_logits(model, images)
-        t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
-        for start in range(0, n * s1, bs):
-            row = torch.arange(start, min(start + bs, n * s1), device=images.device)
-            img, k = row // s1, row % s1
-            changed = (ranks[img] < counts[k, None]).view(-1, 1, h, w)
-            x = torch.where(changed, changed_src[img], unchanged_src[img])
-            if road:
-                x = noisy_linear_imputation(images[img], changed if mode == "insertion" else ~changed,
-                                            fallback=mean, noise=road_noise, noise_values=noise[img])
-            probs[start:start + len(row)] = forward(x).float().softmax(dim=1).gather(1, t[img, None])[:, 0]
-    probs = probs.reshape(n, s1).clone()  # a normal tensor, not an inference-mode one
+    def make(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        changed = (ranks[img] < counts[k, None]).view(-1, 1, h, w)
+        x = torch.where(changed, changed_src[img], unchanged_src[img])
+        if road:
+            x = noisy_linear_imputation(images[img], changed if mode == "insertion" else ~changed,
+                                        fallback=mean, noise=road_noise, noise_values=noise[img])
+        return x
+
+    probs, t = copy_probabilities(model, images, target, counts.numel(), make, bs)
     fractions = counts.float() / (h * w)
     auc = torch.trapezoid(probs, fractions, dim=1)
-    return CurveResult(mode=mode, substrate=substrate, fractions=fractions, probs=probs, auc=auc, targets=t.clone())
+    return CurveResult(mode=mode, substrate=substrate, fractions=fractions, probs=probs, auc=auc, targets=t)
 
 
 def deletion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Target = None, *,

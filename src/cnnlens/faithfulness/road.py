@@ -37,9 +37,9 @@ from torch import nn
 from cnnlens._checks import check_choice
 from cnnlens._types import Target
 from cnnlens.explain import core
-from cnnlens.explain.accel import fast_forward
 from cnnlens.faithfulness._checks import check_generator, check_maps
 from cnnlens.faithfulness.order import pixel_ranks
+from cnnlens.faithfulness.variants import copy_probabilities
 
 #: Neighbour weights (the paper's): direct neighbours 1/6, diagonal ones 1/12; the pixel itself 0.
 WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
@@ -183,19 +183,10 @@ def road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: Tar
     counts = torch.tensor([round(p / 100 * h * w) for p in shares], device=images.device)
     noise_values = torch.randn(images.shape, generator=g).to(images.device)
     mean = images.float().mean(dim=(0, 2, 3)) if channel_mean is None else torch.as_tensor(channel_mean)
-    p_count = len(shares)
-    probs = torch.empty(n * p_count, dtype=torch.float32, device=images.device)
-    bs = core.check_batch_size(batch_size, images.device)
-    with core.guarded(model, images):
-        forward = fast_forward(model, images)  # outside inference mode: the cached copy serves gradient methods too
-    with core.guarded(model, images), torch.inference_mode():
-        clean = core.predict_logits(model, images)
-        t = core.resolve_target(target, n, clean.shape[1], logits=lambda: clean, device=images.device)
-        for start in range(0, n * p_count, bs):
-            row = torch.arange(start, min(start + bs, n * p_count), device=images.device)
-            img, k = row // p_count, row % p_count
-            keep = (ranks[img] >= counts[k, None]).view(-1, 1, h, w)
-            x = noisy_linear_imputation(images[img], keep, fallback=mean, noise=noise, noise_values=noise_values[img])
-            probs[start:start + len(row)] = forward(x).float().softmax(dim=1).gather(1, t[img, None])[:, 0]
-    probs = probs.reshape(n, p_count).clone()
-    return RoadResult(order=order, percentiles=shares, probs=probs, score=probs.double().mean(1), targets=t.clone())
+
+    def make(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        keep = (ranks[img] >= counts[k, None]).view(-1, 1, h, w)
+        return noisy_linear_imputation(images[img], keep, fallback=mean, noise=noise, noise_values=noise_values[img])
+
+    probs, t = copy_probabilities(model, images, target, len(shares), make, batch_size)
+    return RoadResult(order=order, percentiles=shares, probs=probs, score=probs.double().mean(1), targets=t)
