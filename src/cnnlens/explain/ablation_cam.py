@@ -13,10 +13,12 @@ from torch import nn
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.cam_family import combine, layer_maps, layer_name, score_forward
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("ablation-cam", "Ablation-CAM", kind="cam", layer=True)
+@method("ablation-cam", "Ablation-CAM", kind="cam", layer=True,
+        paper=Paper("Desai & Ramaswamy", 2020, "Ablation-CAM: visual explanations for deep convolutional network "
+                    "via gradient-free localization"))
 def ablation_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                  layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
                  batch_size: int | None = None, progress: bool = False, fast: bool = True) -> torch.Tensor:

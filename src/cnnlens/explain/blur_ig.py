@@ -18,7 +18,7 @@ from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.integrated_gradients import gaussian_blur
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 def _blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -26,7 +26,8 @@ def _blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 # the commands' 32 steps (the paper's 100): the demo's report well under a minute on 2 CPU cores
-@method("blur-ig", "Blur IG", kind="gradient", options={"n_steps": 32})
+@method("blur-ig", "Blur IG", kind="gradient", options={"n_steps": 32},
+        paper=Paper("Xu, Venugopalan & Sundararajan", 2020, "Attribution in scale and space"))
 def blur_ig(model: nn.Module, images: torch.Tensor, target: Target = None, *, max_sigma: float = 50.0,
             n_steps: int = 100, grad_step: float = 0.01, sqrt: bool = False, batch_size: int | None = None,
             progress: bool = False, reduce: Reduce = "sum", fast: bool = True) -> torch.Tensor:

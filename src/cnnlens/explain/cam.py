@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 _NOT_CAM = ("CAM needs a model whose output is one nn.Linear applied to the global average pooling of a "
             "feature map [N,C,h,w] (like small_cnn and resnet18); {why}. Use grad_cam for other models")
@@ -33,7 +33,8 @@ def gap_head(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, nn.L
     return head.features, head.linear, head.logits
 
 
-@method("cam", "CAM", kind="cam")
+@method("cam", "CAM", kind="cam",
+        paper=Paper("Zhou et al.", 2016, "Learning deep features for discriminative localization"))
 def cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
         relu: bool = False, upsample: bool = True) -> torch.Tensor:
     """Class activation map (Zhou et al. 2016): ``sum_k w[t,k] * F_k`` for a GAP + linear head.

@@ -15,10 +15,11 @@ from torch import nn
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import core
 from cnnlens.explain.guided_backprop import relu_rule_gradient
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("deconvnet", "Deconvnet", kind="gradient")
+@method("deconvnet", "Deconvnet", kind="gradient",
+        paper=Paper("Zeiler & Fergus", 2014, "Visualizing and understanding convolutional networks"))
 def deconvnet(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): backpropagation with ``R_in = max(R_out, 0)`` at every ReLU.

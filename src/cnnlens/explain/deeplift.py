@@ -28,7 +28,7 @@ from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.guided_backprop import with_backward_rule
 from cnnlens.explain.integrated_gradients import make_baseline
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 #: Elementwise nonlinearities whose backward becomes the rescale multiplier (the modules call these).
 ELEMENTWISE = frozenset({
@@ -213,7 +213,9 @@ def check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a positive number (below it an input difference counts as none), got {eps!r}")
 
 
-@method("deeplift", "DeepLIFT", kind="gradient")
+@method("deeplift", "DeepLIFT", kind="gradient",
+        paper=Paper("Shrikumar, Greenside & Kundaje", 2017, "Learning important features through propagating "
+                    "activation differences"))
 def deeplift(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              baseline: str | float | torch.Tensor = "zeros", eps: float = 1e-10, reduce: Reduce = "sum",
              fast: bool = True) -> torch.Tensor:

@@ -14,7 +14,7 @@ from cnnlens._checks import check_int
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.deeplift import check_eps, check_rescaled, deeplift_pair
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 def background(images: torch.Tensor, baselines: torch.Tensor | None, n_baselines: int,
@@ -37,7 +37,8 @@ def background(images: torch.Tensor, baselines: torch.Tensor | None, n_baselines
 
 
 # the commands' 8 noise baselines: a background of its own when no data set is at hand
-@method("deeplift-shap", "DeepLiftShap", kind="gradient", options={"n_baselines": 8})
+@method("deeplift-shap", "DeepLiftShap", kind="gradient", options={"n_baselines": 8},
+        paper=Paper("Lundberg & Lee", 2017, "A unified approach to interpreting model predictions"))
 def deeplift_shap(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                   baselines: torch.Tensor | None = None, n_baselines: int = 16, eps: float = 1e-10,
                   batch_size: int | None = None, generator: torch.Generator | None = None,

@@ -13,10 +13,11 @@ from torch import nn
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.cam_family import combine, layer_maps, layer_name
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("eigen-cam", "Eigen-CAM", kind="cam", layer=True, streamable=True)
+@method("eigen-cam", "Eigen-CAM", kind="cam", layer=True, streamable=True,
+        paper=Paper("Muhammad & Yeasin", 2020, "Eigen-CAM: class activation map using principal components"))
 def eigen_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               layer: str | nn.Module | None = None, center: bool = False, relu: bool = True, upsample: bool = True,
               fast: bool = True) -> torch.Tensor:

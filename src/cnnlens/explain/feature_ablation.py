@@ -13,11 +13,13 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 from cnnlens.explain.segmentation import hide_values, masked_scores, paint, superpixels
 
 
-@method("feature-ablation", "Feature ablation", kind="perturbation")
+@method("feature-ablation", "Feature ablation", kind="perturbation",
+        paper=Paper.own("Captum's FeatureAblation over SLIC superpixels: occlusion (Zeiler & Fergus 2014) with "
+                        "segments for patches"))
 def feature_ablation(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                      segmentation: str | torch.Tensor = "slic", n_segments: int = 50,
                      segmentation_kwargs: dict | None = None, hide: str | float = "black",

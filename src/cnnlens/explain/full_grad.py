@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 class FullGradients(NamedTuple):
@@ -87,7 +87,8 @@ def _scaled(part: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (a - low) / torch.where(span > 0, span, 1), 0)
 
 
-@method("full-grad", "FullGrad", kind="gradient")
+@method("full-grad", "FullGrad", kind="gradient",
+        paper=Paper("Srinivas & Fleuret", 2019, "Full-gradient representation for neural network visualization"))
 def full_grad(model: nn.Module, images: torch.Tensor, target: Target = None, *, fast: bool = True) -> torch.Tensor:
     """FullGrad (Srinivas & Fleuret 2019): ``psi(|grad_x f * x|) + sum_l psi(|grad_{z_l} f * b_l|)``, summed over
     channels, ``[N,H,W]``; ``psi`` scales each part of each image to [0,1], then upsamples it bilinearly.

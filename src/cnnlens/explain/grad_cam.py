@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Target,
@@ -50,7 +50,9 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
 
 
 @method("grad-cam", "Grad-CAM", kind="cam", layer=True, streamable=True, in_report=3, class_average=True,
-        contrastive=0)
+        contrastive=0,
+        paper=Paper("Selvaraju et al.", 2017, "Grad-CAM: visual explanations from deep networks via gradient-based "
+                    "localization"))
 def grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
              fast: bool = True) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import combine, layer_and_gradient
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 def grad_cam_pp_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,9 @@ def grad_cam_pp_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor
     return (alpha * grads.clamp(min=0)).sum(dim=(2, 3))
 
 
-@method("grad-cam-pp", "Grad-CAM++", kind="cam", layer=True, streamable=True)
+@method("grad-cam-pp", "Grad-CAM++", kind="cam", layer=True, streamable=True,
+        paper=Paper("Chattopadhay et al.", 2018, "Grad-CAM++: generalized gradient-based visual explanations for "
+                    "deep convolutional networks"))
 def grad_cam_pp(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                 layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
                 fast: bool = True) -> torch.Tensor:

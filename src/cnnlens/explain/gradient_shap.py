@@ -18,12 +18,13 @@ from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.deeplift_shap import background
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 from cnnlens.explain.smoothgrad import noisy_batches
 
 
 # the commands' 8 noise baselines and 16 samples (Captum's 5 samples are noisy maps)
-@method("gradient-shap", "GradientSHAP", kind="gradient", options={"n_baselines": 8, "n_samples": 16})
+@method("gradient-shap", "GradientSHAP", kind="gradient", options={"n_baselines": 8, "n_samples": 16},
+        paper=Paper("Lundberg & Lee", 2017, "A unified approach to interpreting model predictions"))
 def gradient_shap(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                   baselines: torch.Tensor | None = None, n_baselines: int = 16, n_samples: int = 5,
                   sigma: float = 0.0, batch_size: int | None = None, generator: torch.Generator | None = None,

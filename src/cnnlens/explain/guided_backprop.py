@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.saliency import saliency
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 class _ClampGradient(torch.autograd.Function):
@@ -129,7 +129,8 @@ def relu_rule_gradient(model: nn.Module, images: torch.Tensor, target: Target, *
     return grad
 
 
-@method("guided-backprop", "Guided backprop", kind="gradient", in_report=2, class_average=True)
+@method("guided-backprop", "Guided backprop", kind="gradient", in_report=2, class_average=True,
+        paper=Paper("Springenberg et al.", 2015, "Striving for simplicity: the all convolutional net"))
 def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                     reduce: Reduce = "max_abs", fast: bool = True) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015) through every ReLU ``model`` computes.

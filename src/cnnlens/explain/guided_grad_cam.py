@@ -12,10 +12,12 @@ from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.grad_cam import grad_cam
 from cnnlens.explain.guided_backprop import guided_backprop
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("guided-grad-cam", "Guided Grad-CAM", kind="cam", layer=True, in_report=4)
+@method("guided-grad-cam", "Guided Grad-CAM", kind="cam", layer=True, in_report=4,
+        paper=Paper("Selvaraju et al.", 2017, "Grad-CAM: visual explanations from deep networks via gradient-based "
+                    "localization"))
 def guided_grad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                     layer: str | nn.Module | None = None, reduce: Reduce = "max_abs",
                     fast: bool = True) -> torch.Tensor:

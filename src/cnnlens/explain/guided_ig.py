@@ -19,7 +19,7 @@ from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.integrated_gradients import make_baseline
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 #: PAIR's tolerance for "the L1 target is reached".
 EPSILON = 1e-9
@@ -74,7 +74,9 @@ def _guided_step(x: torch.Tensor, x_in: torch.Tensor, base: torch.Tensor, grad_a
 
 
 # the commands' 32 steps (PAIR's 200): the demo's report well under a minute on 2 CPU cores
-@method("guided-ig", "Guided IG", kind="gradient", options={"n_steps": 32})
+@method("guided-ig", "Guided IG", kind="gradient", options={"n_steps": 32},
+        paper=Paper("Kapishnikov et al.", 2021, "Guided integrated gradients: an adaptive path method for removing "
+                    "noise"))
 def guided_ig(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               baseline: str | float | torch.Tensor = "zeros", n_steps: int = 200, fraction: float = 0.25,
               max_dist: float = 0.02, progress: bool = False, reduce: Reduce = "sum",

@@ -10,10 +10,12 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import combine, layer_and_gradient
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("hires-cam", "HiResCAM", kind="cam", layer=True, streamable=True)
+@method("hires-cam", "HiResCAM", kind="cam", layer=True, streamable=True,
+        paper=Paper("Draelos & Carin", 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations of "
+                    "convolutional neural networks"))
 def hires_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
               fast: bool = True) -> torch.Tensor:

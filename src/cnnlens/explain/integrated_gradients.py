@@ -20,7 +20,7 @@ from torch import nn
 from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 BASELINES = ("zeros", "mean", "blur")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -158,7 +158,8 @@ def integrated_gradients_result(model: nn.Module, images: torch.Tensor, target: 
 
 
 # the commands' 16 steps (Captum's 50): the demo's report well under a minute on 2 CPU cores
-@method("integrated-gradients", "Integrated gradients", kind="gradient", options={"n_steps": 16}, in_report=5)
+@method("integrated-gradients", "Integrated gradients", kind="gradient", options={"n_steps": 16}, in_report=5,
+        paper=Paper("Sundararajan, Taly & Yan", 2017, "Axiomatic attribution for deep networks"))
 def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                          baseline: str | float | torch.Tensor = "zeros", n_steps: int = 50,
                          method: str = "gausslegendre", blur_sigma: float | None = None,

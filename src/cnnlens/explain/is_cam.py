@@ -13,11 +13,12 @@ from torch import nn
 from cnnlens._checks import check_int
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import score_cam_map
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 # the commands' 4 steps (torchcam's 10): one pass per step and channel of the layer
-@method("is-cam", "IS-CAM", kind="cam", layer=True, options={"n_samples": 4})
+@method("is-cam", "IS-CAM", kind="cam", layer=True, options={"n_samples": 4},
+        paper=Paper("Naidu et al.", 2020, "IS-CAM: integrated Score-CAM for axiomatic-based explanations"))
 def is_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
            layer: str | nn.Module | None = None, n_samples: int = 10, relu: bool = True, upsample: bool = True,
            batch_size: int | None = None, progress: bool = False, fast: bool = True) -> torch.Tensor:

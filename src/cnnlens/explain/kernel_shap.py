@@ -19,7 +19,7 @@ from torch import nn
 from cnnlens._checks import check_int
 from cnnlens._types import Target
 from cnnlens.explain import core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 from cnnlens.explain.segmentation import hide_values, masked_scores, paint, superpixels
 
 
@@ -90,7 +90,8 @@ def constrained_regression(masks: torch.Tensor, scores: torch.Tensor, weights: t
     return phi.scatter(1, last[:, None], rest[:, None]) * (num_segments[:, None].to(z.device) > 0)
 
 
-@method("kernel-shap", "KernelSHAP", kind="perturbation", options={"n_samples": 300})
+@method("kernel-shap", "KernelSHAP", kind="perturbation", options={"n_samples": 300},
+        paper=Paper("Lundberg & Lee", 2017, "A unified approach to interpreting model predictions"))
 def kernel_shap(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                 segmentation: str | torch.Tensor = "slic", n_segments: int = 50,
                 segmentation_kwargs: dict | None = None, n_samples: int = 2048, hide: str | float = "black",

@@ -10,10 +10,11 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import combine, layer_and_gradient
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("layer-cam", "Layer-CAM", kind="cam", layer=True, streamable=True)
+@method("layer-cam", "Layer-CAM", kind="cam", layer=True, streamable=True,
+        paper=Paper("Jiang et al.", 2021, "LayerCAM: exploring hierarchical class activation maps for localization"))
 def layer_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
               fast: bool = True) -> torch.Tensor:

@@ -19,7 +19,7 @@ from cnnlens._checks import check_int
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.core import check_batch_size, check_output
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 # the segmentation steps LIME shares with KernelSHAP and feature ablation (also importable from here)
 from cnnlens.explain.segmentation import (HIDES, SEGMENTATIONS, check_segments, hide_values,  # noqa: F401
                                           masked_scores, paint, relabel, segment_images, superpixels)
@@ -180,7 +180,9 @@ def lime_explain(model: nn.Module, images: torch.Tensor, target: Target = None, 
 
 # the commands' 300 samples (lime's own 1000): the demo's report well under a minute on 2 CPU cores
 @method("lime", "LIME +/-", kind="perturbation", result=lime_explain, options={"n_samples": 300}, style="lime",
-        in_report=7)
+        in_report=7,
+        paper=Paper("Ribeiro, Singh & Guestrin", 2016, '"Why should I trust you?": explaining the predictions of '
+                    "any classifier"))
 def lime(model: nn.Module, images: torch.Tensor, target: Target = None, **options: object) -> torch.Tensor:
     """LIME's superpixel weights painted on the pixels, ``[N,H,W]`` (options as :func:`lime_explain`)."""
     return lime_explain(model, images, target, **options).map()

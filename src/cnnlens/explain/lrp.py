@@ -37,7 +37,7 @@ from cnnlens.explain import accel, core
 from cnnlens.explain.deeplift import ELEMENTWISE
 from cnnlens.explain.guided_backprop import RELU_FUNCTIONS, with_backward_rule
 from cnnlens.explain.lrp_rules import STABILISER, AlphaBeta, Epsilon, Flat, Gamma, Layer, Rule, ZBox, stabilise
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 #: The layers whose rule is chosen: the ways a forward pass computes a convolution or a linear map.
 LAYERS = {F.conv2d: "conv", F.linear: "linear"}
@@ -280,7 +280,9 @@ def check_composite(composite: str, first_rule: str | None) -> Composite:
     return dataclasses.replace(chosen, first=first_rule, first_types=("conv", "linear"))
 
 
-@method("lrp", "LRP", kind="gradient")
+@method("lrp", "LRP", kind="gradient",
+        paper=Paper("Bach et al.", 2015, "On pixel-wise explanations for non-linear classifier decisions by "
+                    "layer-wise relevance propagation"))
 def lrp(model: nn.Module, images: torch.Tensor, target: Target = None, *, composite: str = "epsilon-plus-flat",
         epsilon: float = 1e-6, gamma: float = 0.25, first_rule: str | None = None,
         low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,

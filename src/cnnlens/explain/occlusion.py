@@ -24,7 +24,7 @@ from cnnlens._checks import is_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 FILLS = ("black", "white", "mean", "black+white")
 
@@ -133,7 +133,8 @@ def check_grid(images: torch.Tensor, output: str, patch: int | tuple[int, int],
 
 # the commands' choice: the seeds' 5x5 patches every 2 pixels (a quarter of stride 1's passes), filled with the
 # image's mean colour, because on dark faces a black patch hides little (measured on the demo faces)
-@method("occlusion", "Occlusion", kind="perturbation", options={"patch": 5, "stride": 2, "fill": "mean"}, in_report=6)
+@method("occlusion", "Occlusion", kind="perturbation", options={"patch": 5, "stride": 2, "fill": "mean"}, in_report=6,
+        paper=Paper("Zeiler & Fergus", 2014, "Visualizing and understanding convolutional networks"))
 def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               patch: int | tuple[int, int] = 5, stride: int | tuple[int, int] = 1,
               fill: str | float = "black", output: str = "probability",

@@ -2,16 +2,17 @@
 
 A method file registers its function beside it, in one decorator:
 
->>> @method("saliency", "Saliency", kind="gradient", streamable=True, in_report=0, class_average=True)
+>>> @method("saliency", "Saliency", kind="gradient", streamable=True, in_report=0, class_average=True,
+...         paper=Paper("Simonyan, Vedaldi & Zisserman", 2014, "Deep inside convolutional networks: ..."))
 ... def saliency(model, images, target=None, *, reduce="max_abs"): ...
 
 and everything else asks the registry, never a table of its own: the runner (``run_methods``) and
 the CLI's ``--methods`` (:func:`names`, in registration order), the report's labels, colours, default
 methods and contrastive view (:func:`get`), faithfulness's perturbation methods
 (``names(kind="perturbation")``), streaming (``names(streamable=True)``) and the commands' default
-options (:func:`default_options`). ``cnnlens.explain`` imports the method modules, so importing it
-registers the built-in methods; a method of your own is registered by importing its module
-(``docs/adding-a-method.md``).
+options (:func:`default_options`); ``cnnlens methods`` lists them all, with their papers (:class:`Paper`).
+``cnnlens.explain`` imports the method modules, so importing it registers the built-in methods; a method of
+your own is registered by importing its module (``docs/adding-a-method.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,49 @@ STYLES: tuple[str, ...] = ("auto", "lime")
 
 
 @dataclass(frozen=True)
+class Paper:
+    """Where a method comes from: ``Paper("Selvaraju et al.", 2017, "Grad-CAM: visual explanations from deep
+    networks via gradient-based localization")``. A method that is cnnlens's own composition of published
+    ones says so with :meth:`own` (no year).
+
+    >>> Paper("Zhou et al.", 2016, "Learning deep features for discriminative localization").cite
+    'Zhou et al. 2016'
+    """
+
+    authors: str
+    year: int | None
+    title: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.authors, str) or not self.authors.strip():
+            raise ValueError(f"Paper.authors must name the authors ('Selvaraju et al.'), got {self.authors!r}")
+        if not isinstance(self.title, str) or not self.title.strip():
+            raise ValueError(f"Paper.title must be the paper's title, got {self.title!r}")
+        if self.year is None and self.authors != OWN:
+            raise ValueError(f"Paper.year must be the year it appeared (an int such as 2017), got None; a method of "
+                             f"cnnlens's own making says so with Paper.own('what it combines')")
+        if self.year is not None and not (is_int(self.year) and 1900 <= self.year <= 2100):
+            raise ValueError(f"Paper.year must be the year it appeared (an int such as 2017), got {self.year!r}")
+
+    @classmethod
+    def own(cls, what: str) -> Paper:
+        """A method cnnlens composed itself, ``what`` saying of what (``"occlusion with superpixels for patches"``)."""
+        return cls(OWN, None, what)
+
+    @property
+    def cite(self) -> str:
+        """The short form: ``"Selvaraju et al. 2017"``, or ``"cnnlens's own"``."""
+        return f"{self.authors} {self.year}" if self.year is not None else f"{OWN}'s own"
+
+    def __str__(self) -> str:
+        return f"{self.cite}, {self.title}" if self.year is not None else f"{self.cite}: {self.title}"
+
+
+#: :attr:`Paper.authors` of a method cnnlens composed itself (:meth:`Paper.own`).
+OWN = "cnnlens"
+
+
+@dataclass(frozen=True)
 class Method:
     """Everything cnnlens knows about one explanation method.
 
@@ -57,6 +101,8 @@ class Method:
         in_report: its place among ``cnnlens report``'s default methods (None: only when asked for).
         class_average: among the report's default class-average methods (cheap ones: one pass per image).
         contrastive: its rank as the report's contrastive view of a mistake (lower first; None: never).
+        paper: where the method comes from (:class:`Paper`; every built-in method names one, ``cnnlens methods``
+            shows it); None for a method of your own that names none.
     """
 
     name: str
@@ -72,6 +118,7 @@ class Method:
     in_report: int | None = None
     class_average: bool = False
     contrastive: int | None = None
+    paper: Paper | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip() or "," in self.name:
@@ -92,6 +139,9 @@ class Method:
             v = getattr(self, name)
             if v is not None and not is_int(v):
                 raise TypeError(f"method {self.name!r}: {name} must be an int or None, got {v!r}")
+        if self.paper is not None and not isinstance(self.paper, Paper):
+            raise TypeError(f"method {self.name!r}: paper must be a registry.Paper(authors, year, title) or None, "
+                            f"got {self.paper!r}")
         if not isinstance(self.options, Mapping):
             raise TypeError(f"method {self.name!r}: options must be a dict of keyword arguments, got {self.options!r}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # frozen all the way down
@@ -119,18 +169,18 @@ def register(spec: Method, *, replace: bool = False) -> Method:
 def method(name: str, label: str, *, kind: str, help: str = "", layer: bool = False, streamable: bool = False,
            result: Callable[..., Any] | None = None, options: Mapping[str, Any] | None = None, style: str = "auto",
            in_report: int | None = None, class_average: bool = False, contrastive: int | None = None,
-           replace: bool = False) -> Callable[[MethodFn], MethodFn]:
+           paper: Paper | None = None, replace: bool = False) -> Callable[[MethodFn], MethodFn]:
     """Register the decorated function as explanation method ``name`` (facts as :class:`Method`'s);
     the function itself is returned unchanged.
 
-    >>> @method("gradient-x-input", "Gradient x input", kind="gradient")
+    >>> @method("gradient-x-input", "Gradient x input", kind="gradient", paper=Paper.own("the input times saliency"))
     ... def gradient_x_input(model, images, target=None): ...
     """
 
     def decorate(fn: MethodFn) -> MethodFn:
         register(Method(name, label, fn, kind, help=help, layer=layer, streamable=streamable, result=result,
                         options=dict(options or {}), style=style, in_report=in_report, class_average=class_average,
-                        contrastive=contrastive), replace=replace)
+                        contrastive=contrastive, paper=paper), replace=replace)
         return fn
 
     return decorate

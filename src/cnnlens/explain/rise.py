@@ -18,7 +18,7 @@ from cnnlens._checks import check_count, check_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.core import batch_ranges, check_batch_size, check_output, class_score
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 def upsampling_matrix(cells: int, size: int, dtype: torch.dtype = torch.float32,
@@ -70,7 +70,9 @@ def build_masks(grids: torch.Tensor, shifts: torch.Tensor, up_h: torch.Tensor, u
     return (rows @ grids.to(rows.dtype)) @ cols.transpose(1, 2)  # two bmm: ~20x an einsum's speed on CPU
 
 
-@method("rise", "RISE", kind="perturbation", options={"n_masks": 2000})
+@method("rise", "RISE", kind="perturbation", options={"n_masks": 2000},
+        paper=Paper("Petsiuk, Das & Saenko", 2018, "RISE: randomized input sampling for explanation of black-box "
+                    "models"))
 def rise(model: nn.Module, images: torch.Tensor, target: Target = None, *, n_masks: int = 8000, cells: int = 7,
          p: float = 0.5, output: str = "probability", batch_size: int | None = None,
          generator: torch.Generator | None = None, progress: bool = False, fast: bool = True,

@@ -12,10 +12,12 @@ from torch import nn
 from cnnlens._checks import is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("saliency", "Saliency", kind="gradient", streamable=True, in_report=0, class_average=True, contrastive=1)
+@method("saliency", "Saliency", kind="gradient", streamable=True, in_report=0, class_average=True, contrastive=1,
+        paper=Paper("Simonyan, Vedaldi & Zisserman", 2014, "Deep inside convolutional networks: visualising image "
+                    "classification models and saliency maps"))
 def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
              reduce: Reduce = "max_abs", abs: bool = True, fast: bool = True) -> torch.Tensor:
     """Vanilla gradient of the target logit w.r.t. the input (Simonyan et al. 2014).

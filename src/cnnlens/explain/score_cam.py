@@ -11,10 +11,12 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import score_cam_map
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("score-cam", "Score-CAM", kind="cam", layer=True)
+@method("score-cam", "Score-CAM", kind="cam", layer=True,
+        paper=Paper("Wang et al.", 2020, "Score-CAM: score-weighted visual explanations for convolutional neural "
+                    "networks"))
 def score_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
               batch_size: int | None = None, progress: bool = False, fast: bool = True) -> torch.Tensor:

@@ -26,7 +26,7 @@ from cnnlens._progress import track
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.saliency import saliency
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 class GradientMethod(Protocol):
@@ -58,7 +58,8 @@ def noisy_batches(images: torch.Tensor, n_samples: int, sigma: float, batch_size
 
 
 # the commands' 12 noisy copies (the paper's 50): the demo's report well under a minute on 2 CPU cores
-@method("smoothgrad", "SmoothGrad", kind="gradient", options={"n_samples": 12}, in_report=1)
+@method("smoothgrad", "SmoothGrad", kind="gradient", options={"n_samples": 12}, in_report=1,
+        paper=Paper("Smilkov et al.", 2017, "SmoothGrad: removing noise by adding noise"))
 def smoothgrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                method: GradientMethod = saliency, n_samples: int = 50, sigma: float = 0.15,
                squared: bool = False, variance: bool = False, batch_size: int | None = None,

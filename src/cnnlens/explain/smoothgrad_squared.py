@@ -11,13 +11,14 @@ from torch import nn
 
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import GradientMethod, smoothgrad
 
 
 # the commands' 12 noisy copies, as SmoothGrad's
-@method("smoothgrad-squared", "SmoothGrad-Squared", kind="gradient", options={"n_samples": 12})
+@method("smoothgrad-squared", "SmoothGrad-Squared", kind="gradient", options={"n_samples": 12},
+        paper=Paper("Hooker et al.", 2019, "A benchmark for interpretability methods in deep neural networks"))
 def smoothgrad_squared(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                        method: GradientMethod = saliency, n_samples: int = 50, sigma: float = 0.15,
                        batch_size: int | None = None, generator: torch.Generator | None = None,

@@ -13,11 +13,12 @@ from cnnlens._checks import check_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.cam_family import score_cam_map
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
 # the commands' 4 noise samples (the paper's 35): 35 passes per channel of the layer is minutes per image on a CPU
-@method("ss-cam", "SS-CAM", kind="cam", layer=True, options={"n_samples": 4})
+@method("ss-cam", "SS-CAM", kind="cam", layer=True, options={"n_samples": 4},
+        paper=Paper("Wang et al.", 2020, "SS-CAM: smoothed Score-CAM for sharper visual feature localization"))
 def ss_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
            layer: str | nn.Module | None = None, n_samples: int = 35, std: float = 2.0, relu: bool = True,
            upsample: bool = True, batch_size: int | None = None, generator: torch.Generator | None = None,

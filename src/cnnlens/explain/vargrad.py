@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import core
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import GradientMethod, smoothgrad
 
@@ -22,7 +22,9 @@ SIGNED_GRADIENT = functools.partial(saliency, abs=False)
 
 
 # the commands' 12 noisy copies, as SmoothGrad's
-@method("vargrad", "VarGrad", kind="gradient", options={"n_samples": 12})
+@method("vargrad", "VarGrad", kind="gradient", options={"n_samples": 12},
+        paper=Paper("Adebayo et al.", 2018, "Local explanation methods for deep neural networks lack sensitivity to "
+                    "parameter values"))
 def vargrad(model: nn.Module, images: torch.Tensor, target: Target = None, *,
             method: GradientMethod = SIGNED_GRADIENT, n_samples: int = 50, sigma: float = 0.15,
             batch_size: int | None = None, generator: torch.Generator | None = None, progress: bool = False,

@@ -11,10 +11,12 @@ from torch import nn
 
 from cnnlens._types import Target
 from cnnlens.explain.cam_family import combine, layer_and_gradient
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 
-@method("xgrad-cam", "XGrad-CAM", kind="cam", layer=True, streamable=True)
+@method("xgrad-cam", "XGrad-CAM", kind="cam", layer=True, streamable=True,
+        paper=Paper("Fu et al.", 2020, "Axiom-based Grad-CAM: towards accurate visualization and explanation of "
+                    "CNNs"))
 def xgrad_cam(model: nn.Module, images: torch.Tensor, target: Target = None, *,
               layer: str | nn.Module | None = None, relu: bool = True, upsample: bool = True,
               fast: bool = True) -> torch.Tensor:

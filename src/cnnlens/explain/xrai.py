@@ -21,7 +21,7 @@ from cnnlens._checks import check_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import core
 from cnnlens.explain.integrated_gradients import integrated_gradients
-from cnnlens.explain.registry import method
+from cnnlens.explain.registry import Paper, method
 
 #: The paper's Felzenszwalb scales, smoothing, minimum segment size and segmentation size (PAIR's values).
 SCALES = (50, 100, 150, 250, 500, 1200)
@@ -92,7 +92,8 @@ def xrai_regions(attribution: torch.Tensor, masks: torch.Tensor, *, area_thresho
 
 
 # the commands' 16 integrated-gradient steps (PAIR's 100)
-@method("xrai", "XRAI", kind="gradient", options={"n_steps": 16})
+@method("xrai", "XRAI", kind="gradient", options={"n_steps": 16},
+        paper=Paper("Kapishnikov et al.", 2019, "XRAI: better attributions through regions"))
 def xrai(model: nn.Module, images: torch.Tensor, target: Target = None, *, n_steps: int = 100,
          attributions: torch.Tensor | None = None, segments: Sequence[torch.Tensor] | None = None,
          area_threshold: float = 1.0, min_pixel_diff: int = 50,
