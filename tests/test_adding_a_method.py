@@ -33,7 +33,8 @@ def test_the_page_shows_the_real_file_whole():
 def define_input_x_gradient(registry):
     """The method's file as docs/adding-a-method.md shows it, registered as one's own method would be."""
 
-    @registry.method("input-x-gradient", "Input x gradient", kind="gradient", in_report=9, replace=True)
+    @registry.method("input-x-gradient", "Input x gradient", kind="gradient", in_report=9, replace=True,
+                     paper=registry.Paper("Shrikumar et al.", 2016, "Not just a black box"))
     def input_x_gradient(model: nn.Module, images: torch.Tensor, target: Target = None, *,
                          reduce: Reduce = "sum", fast: bool = True) -> torch.Tensor:
         """Input times gradient (Shrikumar et al. 2016): ``sum_c x * d logit_t / dx``, signed, ``[N,H,W]``.
@@ -64,6 +65,9 @@ def test_one_function_and_one_decorator_reach_the_runner_the_cli_and_the_report(
     # the CLI lists it and runs it
     listed = CliRunner().invoke(main, ["explain", "--help"])
     assert "input-x-gradient" in "".join(listed.output.split())  # the help wraps at hyphens
+    listed = CliRunner().invoke(main, ["methods", "input-x-gradient"])
+    assert " ".join(listed.output.split()).startswith("input-x-gradient: Input x gradient (gradient) paper Shrikumar "
+                                                      "et al. 2016, Not just a black box")
     import zoo_models
     from cnnlens.data.synth import write_faces
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "import": "cnnlens.cli.import_cmd",
     "evaluate": "cnnlens.cli.evaluate_cmd",
     "explain": "cnnlens.cli.explain_cmd",
+    "methods": "cnnlens.cli.methods_cmd",
     "faithfulness": "cnnlens.cli.faithfulness_cmd",
     "report": "cnnlens.cli.report_cmd",
     "demo": "cnnlens.cli.demo_cmd",
@@ -55,4 +56,5 @@ def main() -> None:
                  cnnlens report runs/fer --out runs/fer/report
     Your model:  cnnlens import --model mynet:build --weights net.pt --classes a,b --input-shape 1,48,48 --out runs/mine
                  cnnlens report runs/mine --data folder:photos
+    Methods:     cnnlens methods [NAME]   (every explanation method: kind, paper, options)
     """

@@ -15,6 +15,7 @@ def _registry_text() -> dict[str, str]:
     defaults = registry.default_options(registry.names())
     return {"methods": ",".join(registry.names()), "layer_methods": ", ".join(registry.names(layer=True)),
             "perturbation_methods": ", ".join(registry.names(kind="perturbation")),
+            "kinds": ", ".join(registry.KINDS),
             "defaults": ", ".join(f"{m}.{k}={v}" for m, kw in defaults.items() for k, v in kw.items())}
 
 
@@ -22,8 +23,8 @@ class RegistryOption(click.Option):
     """A click option whose help, and with ``registry_default`` its default, is read from the method registry
     when shown or used rather than when the command's module is imported, so a method registered later (a
     module of your own) is listed too. ``help`` may name ``{methods}`` (every method, comma-separated),
-    ``{layer_methods}`` (those taking ``layer=``, comma-separated), ``{perturbation_methods}`` (likewise) and ``{defaults}`` (the commands' default
-    options as METHOD.NAME=VALUE).
+    ``{layer_methods}`` (those taking ``layer=``, comma-separated), ``{perturbation_methods}`` (likewise), ``{kinds}`` (the
+    method kinds) and ``{defaults}`` (the commands' default options as METHOD.NAME=VALUE).
 
     >>> @click.option("--methods", cls=RegistryOption, default="all", help="Methods ({methods}) or 'all'.")
     """

@@ -261,7 +261,8 @@ def lime_parts(results: list[tuple[int, Any]] | None) -> list[tuple[np.ndarray, 
 @click.command(name="explain")
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR]")
 @click.option("--methods", cls=RegistryOption, default="all", show_default=True, metavar="NAMES",
-              help="Comma-separated methods ({methods}) or 'all'.")
+              help="Comma-separated methods ({methods}) or 'all'; `cnnlens methods` shows each one's kind, paper "
+                   "and options.")
 @click.option("--images", "images", default=None, metavar="I,J,...", help="Explain these images of the split (0-based).")
 @click.option("--per-class", "per_class_k", type=click.IntRange(min=1), default=None, metavar="K",
               help=f"Explain the K most confidently right images of each class (default: {DEFAULT_PER_CLASS}).")

@@ -44,7 +44,8 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 @click.option("--examples-per-class", type=click.IntRange(min=1), default=_D.examples_per_class, show_default=True,
               help="Example images per class in the Data section.")
 @click.option("--methods", cls=RegistryOption, registry_default=default_methods, show_default=True,
-              help="Explanation methods shown side by side, comma-separated (see `cnnlens explain --help`).")
+              help="Explanation methods shown side by side, comma-separated, or 'all' (every registered method; "
+                   "those the model cannot support are left out, saying why). `cnnlens methods` lists them.")
 @click.option("--occlusion-stride", type=click.IntRange(min=1), default=_D.occlusion_stride, show_default=True,
               help="Occlusion: pixels between patch positions (smaller = finer, slower).")
 @click.option("--occlusion-patch", type=click.IntRange(min=1), default=_D.occlusion_patch, show_default=True,
@@ -99,10 +100,15 @@ def command(run_dir: Path, out_dir: Path | None, overwrite: bool, split: str | N
       cnnlens report runs/fer --out site --images-per-class 3 --lime-samples 1000
       cnnlens report runs/fer --out site --overwrite  # replace the report written there before
       cnnlens report runs/fer --methods saliency,grad-cam --average-methods none
+      cnnlens report runs/fer --methods all           # every method, not only the default eight
       cnnlens report runs/imported --data folder:photos
     """
     from cnnlens.report import build_report
 
+    if methods.strip().lower() == "all":  # every registered method, in the registry's order
+        from cnnlens.explain import registry
+
+        methods = ",".join(registry.names())
     method_names = _names(methods, "--methods")
     average = _names(average_methods, "--average-methods")
     try:

@@ -10,6 +10,7 @@ explain the same images toward the same classes with the same options. Which ima
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ NOT_OPTIONS = ("progress",)
 
 def json_value(value: Any) -> Any:
     """An option value as JSON: numbers, strings, None and lists as they are; a function by its name; a
-    tensor as a list (or its shape when large); a generator as ``"torch.Generator"``; anything else ``repr``."""
+    tensor as a list (or its shape when large); a generator as ``"torch.Generator"``; a ``functools.partial`` as
+    ``"module.function(abs=False)"``; anything else ``repr``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
@@ -129,6 +131,9 @@ def json_value(value: Any) -> Any:
         return value.tolist() if value.numel() <= 16 else f"tensor of shape {list(value.shape)}"
     if isinstance(value, torch.Generator):
         return "torch.Generator"
+    if isinstance(value, functools.partial):  # its repr holds a memory address: never the same twice
+        bound = ", ".join([*(repr(a) for a in value.args), *(f"{k}={v!r}" for k, v in value.keywords.items())])
+        return f"{json_value(value.func)}({bound})"
     if callable(value) and hasattr(value, "__name__"):
         return f"{getattr(value, '__module__', '')}.{value.__name__}".lstrip(".")
     return repr(value)
