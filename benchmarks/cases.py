@@ -447,6 +447,116 @@ def blur_ig_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, 
                 reference=float64(blur_ig, model, x, t, max_sigma=max_sigma, n_steps=steps, reduce=None))
 
 
+@contextlib.contextmanager
+def _numpy_quantile_keyword() -> Iterator[None]:
+    """saliency 0.2.1 calls ``np.quantile(..., interpolation=)``, which numpy 2 renamed ``method=``."""
+    quantile = np.quantile
+    np.quantile = lambda a, q, interpolation=None, **kw: quantile(a, q, method=interpolation or "linear", **kw)
+    try:
+        yield
+    finally:
+        np.quantile = quantile
+
+
+def _pair_gradients(model: nn.Module, target: int, dtype: torch.dtype = torch.float32):
+    """PAIR's ``call_model_function``: gradients of ``target``'s logit for a batch of HWC images, the model's
+    own dtype (PAIR keeps its path in float64 numpy)."""
+    import saliency.core as pair
+
+    def call(batch, call_model_args=None, expected_keys=None):
+        xb = torch.from_numpy(np.asarray(batch)).to(dtype).permute(0, 3, 1, 2).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(xb)[:, target].sum(), xb)
+        return {pair.INPUT_OUTPUT_GRADIENTS: grad.permute(0, 2, 3, 1).numpy()}
+    return call
+
+
+def guided_ig_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                   sizes: Sizes) -> Case:
+    """Guided IG against PAIR's ``saliency.core.GuidedIG`` (numpy, one image and one step at a time; it has no
+    batching knob). The timed outputs differ by float32 (cnnlens's path) against float64 (PAIR's path): the
+    feature selection sorts gradients, so near-ties pick other features; the agreement runs both in float64."""
+    from cnnlens.explain.guided_ig import guided_ig
+
+    steps = sizes.ig_steps
+    cs = [Contestant("cnnlens", "cnnlens", lambda: guided_ig(model, x, t, n_steps=steps, reduce=None),
+                     "default (fast)", default=True),
+          Contestant("cnnlens", "cnnlens", lambda: guided_ig(model, x, t, n_steps=steps, reduce=None, fast=False),
+                     "fast=False (the model itself)")]
+    agreement, notes = None, []
+    try:
+        import saliency.core as pair
+    except ImportError:
+        pair = None
+        notes.append("PAIR saliency not installed")
+    if pair is not None:
+        def peer(m: nn.Module = model, images: torch.Tensor = x, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            with _numpy_quantile_keyword():
+                maps = [pair.GuidedIG().GetMask(img.permute(1, 2, 0).double().numpy(), _pair_gradients(m, int(c), dtype),
+                                                x_steps=steps) for img, c in zip(images, t)]
+            return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).to(images.dtype)
+
+        cs.append(Contestant("PAIR saliency GuidedIG", "peer", peer, "default (one image, one step at a time)",
+                             default=True))
+
+        def agreement() -> dict[str, float | str]:
+            m64, x64 = copy.deepcopy(model).double(), x.double()
+            return {**max_diff(guided_ig(m64, x64, t, n_steps=steps, reduce=None, fast=False),
+                               peer(m64, x64, torch.float64)), "compared": "float64 on both sides"}
+        notes.append("agreement in float64 on both sides (the timed float32 maps differ where near-tied gradients "
+                     "select other features)")
+    return Case(name, "Guided IG", f"{steps} steps, fraction 0.25, max_dist 0.02, black baseline", len(x), cs,
+                steps, "fwd+bwd", agreement, notes)
+
+
+def xrai_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor, sizes: Sizes,
+              fast_batch: int, peer_batch: int) -> Case:
+    """XRAI (its integrated gradients from the image's min and max, PAIR's Felzenszwalb segments, the full
+    greedy search) against PAIR's ``saliency.core.XRAI``: the same work on both sides; the timed maps differ by
+    the integrated gradients' quadrature (PAIR: equal weights on ``linspace(0, 1, steps)``; cnnlens:
+    Gauss-Legendre), so the agreement gives PAIR cnnlens's attribution and segments."""
+    from cnnlens.explain.integrated_gradients import integrated_gradients
+    from cnnlens.explain.xrai import xrai, xrai_segments
+
+    n_steps = 2 * sizes.ig_steps  # PAIR's default 100 on the full run
+    cs = [Contestant("cnnlens", "cnnlens", lambda: xrai(model, x, t, n_steps=n_steps), "default (fast)", default=True),
+          Contestant("cnnlens", "cnnlens", lambda: xrai(model, x, t, n_steps=n_steps, fast=False),
+                     "fast=False (the model itself)")]
+    agreement, notes = None, []
+    try:
+        import saliency.core as pair
+    except ImportError:
+        pair = None
+        notes.append("PAIR saliency not installed")
+    if pair is not None:
+        def peer(batch: int) -> torch.Tensor:
+            params = pair.XRAIParameters(steps=n_steps)
+            maps = [pair.XRAI().GetMask(img.permute(1, 2, 0).numpy(), _pair_gradients(model, int(c)), batch_size=batch,
+                                        extra_parameters=params) for img, c in zip(x, t)]
+            return torch.from_numpy(np.stack(maps)).float()
+
+        cs.append(Contestant("PAIR saliency XRAI", "peer", lambda: peer(1), "default (batch_size=1)", default=True))
+        if peer_batch != 1:
+            cs.append(Contestant("PAIR saliency XRAI", "peer", lambda: peer(peer_batch), f"batch_size={peer_batch}"))
+
+        def agreement() -> dict[str, float | str]:
+            i = 0
+            img = x[i:i + 1]
+            black = img.amin(dim=(1, 2, 3), keepdim=True).expand_as(img)
+            white = img.amax(dim=(1, 2, 3), keepdim=True).expand_as(img)
+            attr = sum(integrated_gradients(model, img, t[i:i + 1], baseline=b, n_steps=n_steps, reduce=None)
+                       for b in (black, white)) / 2
+            segments = xrai_segments(img[0])
+            theirs = pair.XRAI().GetMask(img[0].permute(1, 2, 0).numpy(), None, segments=[m.numpy() for m in segments],
+                                         base_attribution=attr[0].permute(1, 2, 0).double().numpy())
+            ours = xrai(model, img, t[i:i + 1], attributions=attr, segments=[segments])
+            return {**max_diff(ours[0], torch.from_numpy(theirs)), "compared": "cnnlens's attribution and "
+                                                                                "segments given to PAIR, image 0"}
+        notes.append("the timed maps differ by the integrated gradients' quadrature; agreement: PAIR given cnnlens's "
+                     "attribution and segments (its segments are PAIR's own: tests/test_explain_reference_paths.py)")
+    return Case(name, "XRAI", f"IG {n_steps} steps x 2 baselines, Felzenszwalb segments, full search", len(x), cs,
+                2 * n_steps, "fwd+bwd", agreement, notes)
+
+
 def integrated_gradients_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, t: torch.Tensor,
                               sizes: Sizes, fast_batch: int, peer_batch: int) -> Case:
     attr = captum()

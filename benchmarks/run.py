@@ -383,6 +383,8 @@ def build_cases(name: str, spec: dict, sizes: C.Sizes, device: torch.device, smo
         "deeplift-shap": lambda: (C.deeplift_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "gradient-shap": lambda: (C.gradient_shap_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
         "blur-ig": lambda: (C.blur_ig_case(name, model, fast, xm, tm, sizes, fb_batch), mr),
+        "guided-ig": lambda: (C.guided_ig_case(name, model, fast, xm, tm, sizes), mr),
+        "xrai": lambda: (C.xrai_case(name, model, fast, xp, tp, sizes, fb_batch, peer_fb), pr),
         "vargrad": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch, "vargrad"), mr),
         "smoothgrad-squared": lambda: (C.noise_tunnel_case(name, model, fast, xm, tm, sizes, fb_batch,
                                                            "smoothgrad_sq"), mr),

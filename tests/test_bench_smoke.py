@@ -26,7 +26,7 @@ def test_smoke_benchmark_writes_tables_and_agrees_with_the_peers(tmp_path):
     payload = json.loads((tmp_path / "results" / "smoke.json").read_text())
     methods = {r["method"] for r in payload["results"]}
     assert methods == {"saliency", "SmoothGrad", "guided backprop", "integrated gradients", "input x gradient",
-                       "deconvnet", "DeepLIFT", "DeepLiftShap", "GradientSHAP", "Blur IG", "VarGrad", "SmoothGrad-Squared", "Grad-CAM",
+                       "deconvnet", "DeepLIFT", "DeepLiftShap", "GradientSHAP", "Blur IG", "Guided IG", "XRAI", "VarGrad", "SmoothGrad-Squared", "Grad-CAM",
                        "Grad-CAM++", "XGrad-CAM", "Layer-CAM", "Score-CAM", "SS-CAM", "IS-CAM", "occlusion", "LIME",
                        "RISE", "KernelSHAP", "feature ablation", "LRP"}
     for result in payload["results"]:
