@@ -21,6 +21,7 @@ from cnnlens.explain.integrated_gradients import integrated_gradients, integrate
 from cnnlens.explain.saliency import masked_image, saliency
 from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain.rise import rise
+from cnnlens.explain.extremal import extremal_perturbation
 from cnnlens.explain.kernel_shap import kernel_shap
 from cnnlens.explain.feature_ablation import feature_ablation
 from cnnlens.explain import (ablation_cam, eigen_cam, full_grad, grad_cam_pp, hires_cam, is_cam, layer_cam,
@@ -74,6 +75,7 @@ METHODS = {
     "lrp_gamma_box": functools.partial(lrp, composite="epsilon-gamma-box"),
     "xrai": quick_xrai,
     "rise": functools.partial(rise, n_masks=12, batch_size=5),
+    "extremal_perturbation": functools.partial(extremal_perturbation, steps=3, batch_size=4),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4),
     "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4),
 }
@@ -104,6 +106,7 @@ EXACT = {
     "lrp_gamma_box": functools.partial(lrp, composite="epsilon-gamma-box", fast=False),
     "xrai": functools.partial(quick_xrai, fast=False),
     "rise": functools.partial(rise, n_masks=12, batch_size=5, fast=False),
+    "extremal_perturbation": functools.partial(extremal_perturbation, steps=3, batch_size=4, fast=False),
     "kernel_shap": functools.partial(kernel_shap, n_segments=5, n_samples=10, batch_size=4, fast=False),
     "feature_ablation": functools.partial(feature_ablation, n_segments=5, batch_size=4, fast=False),
 }
@@ -174,6 +177,7 @@ FAIL_ON |= {"guided_ig": 2, "blur_ig": 2}  # 1: the clean logits; then the first
 FAIL_ON |= {"xrai": 3}  # its target pass, then integrated gradients' clean logits and first steps
 FAIL_ON |= {"lrp": 1, "lrp_gamma_box": 1}  # the relevance pass (z^B's probe stops at the first layer, uncounted)
 FAIL_ON |= {"rise": 2, "kernel_shap": 3, "feature_ablation": 2}  # 1: the clean images; then the perturbed batches
+FAIL_ON |= {"extremal_perturbation": 3}  # 1: the clean logits; then the optimisation's steps
 
 
 @pytest.mark.parametrize("name", list(METHODS))

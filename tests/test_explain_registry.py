@@ -19,7 +19,7 @@ GRADIENTS = ["input-x-gradient", "deconvnet", "deeplift", "deeplift-shap", "grad
 BUILT_IN = ["saliency", "smoothgrad", "guided-backprop", "integrated-gradients", *GRADIENTS, "grad-cam", "cam", "guided-grad-cam",
             *CAMS, "full-grad", "occlusion", "lime"]
 #: the perturbation methods after LIME (none in the report's defaults)
-PERTURBATIONS = ["rise", "kernel-shap", "feature-ablation"]
+PERTURBATIONS = ["rise", "kernel-shap", "feature-ablation", "extremal-perturbation"]
 BUILT_IN += PERTURBATIONS
 
 

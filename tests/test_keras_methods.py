@@ -35,7 +35,7 @@ torchcam_methods = pytest.importorskip("torchcam.methods")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Captum warns about its ReLU hooks
 
 #: Small settings, passed to the methods that take them.
-SMALL = {"n_samples": 3, "n_steps": 6, "n_baselines": 3, "n_masks": 40, "patch": 4, "stride": 4, "n_segments": 8,
+SMALL = {"steps": 4, "n_samples": 3, "n_steps": 6, "n_baselines": 3, "n_masks": 40, "patch": 4, "stride": 4, "n_segments": 8,
          "batch_size": 5}
 TARGETS = [0, 2]
 

@@ -20,7 +20,7 @@ from zoo_models import NO_RELU, ZOO, build_view_tanh
 
 from cnnlens.explain import cam, grad_cam, guided_backprop, guided_grad_cam, integrated_gradients, occlusion, saliency
 from cnnlens.explain import lime as lime_map
-from cnnlens.explain import feature_ablation, kernel_shap, rise
+from cnnlens.explain import extremal_perturbation, feature_ablation, kernel_shap, rise
 from cnnlens.explain import (ablation_cam, eigen_cam, full_grad, grad_cam_pp, hires_cam, is_cam, layer_cam,
                              score_cam, ss_cam, xgrad_cam)
 from cnnlens.explain.smoothgrad import smoothgrad
@@ -65,6 +65,7 @@ METHODS = {
     "rise": functools.partial(rise, n_masks=16, batch_size=8),
     "kernel-shap": functools.partial(kernel_shap, n_samples=24, n_segments=8),
     "feature-ablation": functools.partial(feature_ablation, n_segments=8),
+    "extremal-perturbation": functools.partial(extremal_perturbation, steps=3, batch_size=2),
 }
 RANDOM = {"rise", "kernel-shap", "smoothgrad", "lime", "ss-cam"}  # seeded through a generator argument
 RANDOM |= {"deeplift-shap", "gradient-shap", "vargrad", "smoothgrad-squared"}

@@ -49,6 +49,7 @@ from cnnlens.explain.lime import lime, lime_explain
 from cnnlens.explain.rise import rise
 from cnnlens.explain.kernel_shap import kernel_shap
 from cnnlens.explain.feature_ablation import feature_ablation
+from cnnlens.explain.extremal import extremal_perturbation
 
 METHODS = registry.functions()
 
@@ -60,4 +61,4 @@ __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "
             "xgrad_cam"]  # the CAM family
 __all__ += ["full_grad"]
 __all__ += ["lrp"]  # layer-wise relevance propagation, its rules and composites
-__all__ += ["feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
+__all__ += ["extremal_perturbation", "feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
