@@ -51,3 +51,15 @@ def test_guarded_restores_modes_and_flags_after_error() -> None:
         raise RuntimeError("boom")
     assert [m.training for m in model.modules()] == before
     assert not x.requires_grad
+
+
+def test_gaussian_blur_borders_keep_a_constant_image_and_refuse_unknown_ones():
+    from cnnlens.explain.core import gaussian_blur
+
+    flat = torch.full((1, 2, 5, 7), 0.3, dtype=torch.float64)
+    for border in ("reflect", "replicate"):  # replicate also where 3 sigma exceeds the image (reflect cannot)
+        torch.testing.assert_close(gaussian_blur(flat, 4.0, border=border), flat, rtol=0, atol=1e-15)
+    assert gaussian_blur(flat, 4.0, border="zeros")[0, 0, 0, 0] < 0.3  # zeros darken the edge
+    assert torch.equal(gaussian_blur(flat, 0.0), flat) and gaussian_blur(flat, 0.0) is not flat
+    with pytest.raises(ValueError, match="border must be one of 'reflect', 'replicate', 'zeros'"):
+        gaussian_blur(flat, 1.0, border="wrap")

@@ -17,7 +17,7 @@ from torch import nn
 from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.integrated_gradients import gaussian_blur
+from cnnlens.explain.core import gaussian_blur
 from cnnlens.explain.registry import Paper, method
 
 

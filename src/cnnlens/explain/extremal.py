@@ -19,8 +19,7 @@ from torch import nn
 from cnnlens._checks import check_choice, check_count, check_int, is_number
 from cnnlens._types import Target
 from cnnlens.explain import accel, core
-from cnnlens.explain.core import batch_ranges
-from cnnlens.explain.integrated_gradients import gaussian_blur
+from cnnlens.explain.core import batch_ranges, gaussian_blur
 from cnnlens.explain.registry import Paper, method
 
 PERTURBATIONS: tuple[str, ...] = ("blur", "fade")

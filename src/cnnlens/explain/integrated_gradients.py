@@ -9,17 +9,16 @@ batches of ``batch_size``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._checks import check_int, is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
+from cnnlens.explain.core import gaussian_blur
 from cnnlens.explain.registry import Paper, method
 
 BASELINES = ("zeros", "mean", "blur")
@@ -73,25 +72,6 @@ def quadrature(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         return k / (n - 1), weights
     offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[method]
     return (k + offset) / n, torch.full((n,), 1.0 / n, dtype=torch.float64)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float, *, border: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian blur of ``[N,C,H,W]``: ``border="reflect"`` reflects the image (a constant image
-    stays constant; kernel radius ``ceil(3 sigma)``, at most the image's size - 1); ``"zeros"`` pads with
-    zeros and truncates the kernel at ``int(4 sigma + 0.5)`` as ``scipy.ndimage.gaussian_filter(mode="constant")``
-    does (Blur IG's path)."""
-    n, c, h, w = images.shape
-    out = images.reshape(n * c, 1, h, w)
-    for dim, size in ((2, h), (3, w)):
-        radius = min(math.ceil(3 * sigma), size - 1) if border == "reflect" else int(4 * sigma + 0.5)
-        if radius < 1:
-            continue
-        x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).reshape(1, 1, *((-1, 1) if dim == 2 else (1, -1)))
-        pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
-        out = F.conv2d(F.pad(out, pad, mode="reflect") if border == "reflect" else F.pad(out, pad), kernel)
-    return out.reshape(n, c, h, w)
 
 
 def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor, blur_sigma: float | None = None) -> torch.Tensor:

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnlens._checks import check_choice, is_number
@@ -97,18 +96,8 @@ def step_counts(step: int | float, n_pixels: int) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``images`` ``[N,C,H,W]`` blurred by a separable Gaussian (radius 3 sigma, edges replicated)."""
-    if sigma <= 0:
-        return images.clone()
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    n, c, h, w = images.shape
-    flat = images.reshape(n * c, 1, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return flat.reshape(n, c, h, w)
+    """``images`` ``[N,C,H,W]`` blurred by a separable Gaussian (radius 3 sigma, edges replicated): the blur substrate."""
+    return core.gaussian_blur(images, sigma, border="replicate")
 
 
 def channel_means(images: torch.Tensor, channel_mean: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
