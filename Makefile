@@ -29,6 +29,9 @@ PEERS_VENV := .venv-peers
 $(PEERS_VENV)/.installed:
 	$(PY) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 grad-cam zennit==0.5.1 pytest
+	# TorchRay (extremal perturbations' reference code: benchmarks/peers_extremal.py) without its pins: it needs
+	# only torch, torchvision and matplotlib at import, which grad-cam brings
+	$(PEERS_VENV)/bin/pip install -q --no-deps torchray==1.0.0.2
 	touch $@
 peers: $(PEERS_VENV)/.installed
 
