@@ -135,3 +135,36 @@ def test_logit_output_and_default_target():
 def test_bad_inputs_give_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         rise(make_random_model(1), torch.rand(2, 1, 8, 8), **kwargs)
+
+
+def test_fast_path_scores_through_the_local_plan_with_winograd_exactly_in_float64(random_model_and_images,
+                                                                                  monkeypatch):
+    """The default path: masked images through the model's local plan (folded BatchNorm, residual adds) with
+    every eligible 3x3 convolution as Winograd F(4x4,3x3) (timed faster here by decree); in float64 its maps
+    are the model's own, mask by mask, to 1e-10."""
+    from cnnlens.explain import accel
+    from cnnlens.explain.accel import winograd
+
+    model, images = random_model_and_images
+    model, images = model.double(), images.double()
+    accel.clear_caches()
+    monkeypatch.setattr(winograd, "seconds_per_item",
+                        lambda run, batch, t: 0.5 if isinstance(run, winograd.WinogradConv) else 1.0)
+    used, plan_scorer = [], accel.plan_scorer
+
+    def spy(*args, **kwargs):
+        found = plan_scorer(*args, **kwargs)
+        used.append(found)
+        return found
+
+    monkeypatch.setattr(accel, "plan_scorer", spy)
+    targets = torch.tensor([3, 0, 6, 1])
+    try:
+        fast = rise(model, images, targets, n_masks=60, cells=4, p=0.4, generator=seeded(3), batch_size=7)
+        chosen = list(winograd._CHOSEN.values())
+    finally:
+        accel.clear_caches()  # the decreed choices must not outlive the test
+    assert used and used[0] is not None and used[0][1] == 7  # the plan scorer, at the batch size asked for
+    assert chosen and all(chosen)  # every eligible convolution ran as Winograd
+    plain = rise(model, images, targets, n_masks=60, cells=4, p=0.4, generator=seeded(3), batch_size=7, fast=False)
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-12)

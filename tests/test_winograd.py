@@ -86,3 +86,30 @@ def test_faster_replaces_only_eligible_layers_and_times_each_shape_once(monkeypa
     assert len(timed) == 6  # three interleaved rounds of (direct, Winograd), once
     monkeypatch.setattr(winograd, "_CHOSEN", {})
     assert faster(eligible, (8, 3, 8, 8)) is eligible  # the last speeds: Winograd slower
+
+
+def test_tile_products_through_onednn_and_the_batched_fallback_agree(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(36, 20, 24, generator=g, dtype=torch.float64)
+    u = torch.randn(36, 16, 24, generator=g, dtype=torch.float64)
+    exact = torch.bmm(v, u.transpose(1, 2))
+    got = winograd.tile_products(v.float(), u.float(), torch.empty(36, 20, 16))  # oneDNN's where torch has it
+    assert (got.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    monkeypatch.setattr(winograd, "_ONEDNN", [None])  # a build without the op: one batched product
+    torch.testing.assert_close(winograd.tile_products(v, u, torch.empty(36, 20, 16, dtype=torch.float64)), exact,
+                               rtol=0, atol=1e-12)
+
+
+def test_kept_buffers_never_reach_a_result_under_inference_mode():
+    # the transforms' buffers are kept from call to call (and shape to shape); the results are new tensors
+    g = torch.Generator().manual_seed(4)
+    convs = [nn.Conv2d(c, o, 3, padding=1).double().eval() for c, o in ((3, 5), (5, 2))]
+    xs = [torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64),
+          torch.randn(3, 5, 12, 12, generator=g, dtype=torch.float64)]
+    with torch.inference_mode():
+        first = WinogradConv(convs[0])(xs[0])
+        second = WinogradConv(convs[1])(xs[1])
+        again = WinogradConv(convs[0])(xs[0])
+        torch.testing.assert_close(first, convs[0](xs[0]), rtol=0, atol=1e-12)  # not overwritten by the second call
+        torch.testing.assert_close(second, convs[1](xs[1]), rtol=0, atol=1e-12)
+        assert torch.equal(again, first)

@@ -3,10 +3,11 @@
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Each 4x4 output tile is
 ``A^T [(G g G^T) * (B^T d B)] A`` of its 6x6 input tile ``d`` and the 3x3 kernel ``g``: 36 multiplies per
 tile and channel pair instead of 144. Here the transforms are small matrix products (one axis at a
-time) and the 36 products one batched matrix product, so the gain depends on the shape: measured on a
-2-core CPU (one thread, batch 32), 1.6-1.9x over oneDNN's direct convolution on 8x8x256 and 4x4x512
-maps, 1.3-1.6x on 16x16x128, about even on 32x32x64, slower on larger maps (the transforms dominate)
-and on 6x6 maps (the tiles overhang).
+time) and the 36 products 36 matrix products (:func:`tile_products`: oneDNN's, where torch has it, on the CPU
+in float32; else one batched product), so the gain depends on the shape and the CPU's matrix products:
+on a 2-core AMD EPYC (Zen 5, one thread), whose MKL products run at ~45 GMAC/s and oneDNN's direct
+convolution and products at ~100, 1.5-1.6x over the direct convolution on 12x12x128 -> 512 and
+12x12x256 maps, about even on 24x24x64 and 6x6x512, slower on larger maps (the transforms dominate).
 :func:`faster` therefore times both on the layer's real input shape and keeps the faster one.
 
 Rounding: a few 1e-6 of the layer's largest output in float32 (interpolation points chosen for it,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -42,10 +44,15 @@ _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 
                    dtype=torch.float64)
 #: Winograd replaces the direct convolution only when measured at least this much faster.
 MIN_GAIN = 1.1
-#: Tiles transformed and multiplied per batched product (2-9 MB of transformed input at 128-512 channels),
-#: measured fastest on a 2-core CPU for 16x16x128, 8x8x256 and 4x4x512 maps (256 tiles: 0.7-1.0x on the first).
-TILES = 128
+#: Tiles transformed and multiplied per chunk at most (the chunks of a batch of equal size: a small last chunk
+#: runs its 36 products far below the matrix units' speed). 256 tiles of 128-512 channels: 4-19 MB of
+#: products; one chunk for 16 images of 12x12 maps (9 tiles each), 6 images a chunk of 24x24 ones.
+TILES = 256
 _CHOSEN: dict[tuple, bool] = {}
+#: Each thread's buffers for the transforms and products, kept from call to call under inference mode: freshly
+#: allocated, these tens of MB were returned to the system and faulted in again on every call (6,400 page faults
+#: a call for 16 images of 12x12x128 -> 512, more system time than the arithmetic).
+_WORKSPACE = threading.local()
 #: One WinogradConv per convolution module (its transformed weights are reused across calls).
 _MADE: weakref.WeakKeyDictionary[nn.Conv2d, WinogradConv] = weakref.WeakKeyDictionary()
 
@@ -54,6 +61,20 @@ def clear_cache() -> None:
     """Forget the timed choices and the transformed weights (``cnnlens.explain.accel.clear_caches`` calls this)."""
     _CHOSEN.clear()
     _MADE.clear()
+    _WORKSPACE.__dict__.clear()  # this thread's buffers (another thread's go with it)
+
+
+def _buffer(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat scratch tensor of ``numel`` values like ``like``: under inference mode this thread's buffer ``name``,
+    kept for the next call (grown when too small); otherwise a new one."""
+    if not torch.is_inference_mode_enabled():
+        return like.new_empty(numel)
+    store = _WORKSPACE.__dict__.setdefault("buffers", {})
+    key = (name, like.device, like.dtype)
+    buf = store.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = store[key] = like.new_empty(numel)
+    return buf[:numel]
 
 
 def eligible(module: object) -> bool:
@@ -64,10 +85,45 @@ def eligible(module: object) -> bool:
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``G g G^T`` of every kernel ``[O,C,3,3]``, as ``[36,C,O]`` (one matrix per tile pixel)."""
+    """``G g G^T`` of every kernel ``[O,C,3,3]``, as ``[36,O,C]`` (one matrix per tile pixel, laid out as a
+    linear layer's weight: what oneDNN's product reads without a copy)."""
     g = _G.to(weight.device, weight.dtype)
     u = g @ weight @ g.T  # [O,C,6,6]
-    return u.permute(2, 3, 1, 0).reshape(36, weight.shape[1], weight.shape[0]).contiguous()
+    return u.permute(2, 3, 0, 1).reshape(36, weight.shape[0], weight.shape[1]).contiguous()
+
+
+def _onednn_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """oneDNN's matrix product ``a @ w.T`` as torch exposes it (``torch.ops.mkldnn._linear_pointwise``, the op
+    inductor lowers linear layers to), or None where this build has no such op or oneDNN is turned off."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return None
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return lambda a, w: op(a, w, None, "none", [], "")
+
+
+_ONEDNN: list = []  # [the op or None], found on first use
+
+
+def tile_products(v: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[i] = v[i] @ u[i].T`` for the 36 tile pixels (``v`` ``[36,T,C]``, ``u`` ``[36,O,C]``, ``out`` ``[36,T,O]``).
+
+    On the CPU in float32, oneDNN's product where torch has it: MKL's (``torch.bmm``) runs at less than half its
+    speed on AMD CPUs (~45 against ~100 GMAC/s on a Zen 5 core), and these products are most of the work.
+    Elsewhere (float64, CUDA, no oneDNN) one batched product."""
+    if not _ONEDNN:
+        _ONEDNN.append(_onednn_linear())
+    linear = _ONEDNN[0]
+    if linear is not None and v.device.type == "cpu" and v.dtype == torch.float32:
+        try:
+            for i in range(v.shape[0]):
+                out[i] = linear(v[i], u[i])
+            return out
+        except RuntimeError:  # an op that exists but refuses (a build without the kernel): never again
+            _ONEDNN[0] = None
+    return torch.bmm(v, u.transpose(1, 2), out=out)
 
 
 def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
@@ -86,13 +142,21 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
     s = xp.stride()
     tiles = xp.as_strided((6, 6, n, th, tw, c), (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3]), xp.storage_offset())
     bt, at = _BT.to(x.device, x.dtype), _AT.to(x.device, x.dtype)
-    o = u.shape[-1]
+    o = u.shape[1]
     y = x.new_empty(n, th, 4, tw, 4, o)
-    for a, b in batch_ranges(n, max(1, TILES // (th * tw))):
-        d = tiles[:, :, a:b].reshape(6, -1)  # [6 rows, 6 columns x tiles x C]
-        v = torch.matmul(bt, (bt @ d).view(6, 6, -1)).view(36, -1, c)  # B^T d B, one axis at a time
-        m = torch.bmm(v, u).view(6, 6, -1)  # [36, tiles, O]
-        z = torch.matmul(at, (at @ m.view(6, -1)).view(4, 6, -1))  # A^T m A: [4,4, tiles x O]
+    chunk = -(-n // max(1, -(-n * th * tw // TILES)))  # images per chunk: as few chunks as TILES allows, equal
+    most = min(n, chunk) * th * tw  # tiles in the largest chunk
+    d_buf, bd_buf, v_buf = (_buffer(name, 36 * most * c, x) for name in ("d", "bd", "v"))
+    m_buf, am_buf, z_buf = (_buffer(name, k * most * o, x) for name, k in (("m", 36), ("am", 24), ("z", 16)))
+    for a, b in batch_ranges(n, chunk):
+        t = (b - a) * th * tw
+        d = d_buf[:36 * t * c].view(6, 6, b - a, th, tw, c)
+        d.copy_(tiles[:, :, a:b])  # [6 rows, 6 columns, tiles, C]
+        bd = torch.matmul(bt, d.view(6, -1), out=bd_buf[:36 * t * c].view(6, -1))
+        v = torch.matmul(bt, bd.view(6, 6, -1), out=v_buf[:36 * t * c].view(6, 6, -1)).view(36, t, c)  # B^T d B
+        m = tile_products(v, u, m_buf[:36 * t * o].view(36, t, o))  # [36, tiles, O]
+        am = torch.matmul(at, m.view(6, -1), out=am_buf[:24 * t * o].view(4, -1))
+        z = torch.matmul(at, am.view(4, 6, -1), out=z_buf[:16 * t * o].view(4, 4, -1))  # A^T m A: [4,4, tiles x O]
         y[a:b] = z.view(4, 4, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
     y = y.view(n, 4 * th, 4 * tw, o)
     if (oh, ow) != (4 * th, 4 * tw):  # the tiles overhang the map: one copy of the part inside
@@ -167,7 +231,7 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
 def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits of whole images through ``plan``, each 3x3 convolution as Winograd F(4x4,3x3) where :func:`faster`
     times it faster on batches of ``batch_size`` images shaped like ``example`` (forward only: call it under
-    inference mode). Score-CAM's masked images take this path (``cnnlens.explain.accel.plan_scorer``)."""
+    inference mode). Score-CAM's and RISE's masked images take this path (``cnnlens.explain.accel.plan_scorer``)."""
     clean = plan.maps(example[:1])
     layers = [faster(step.layer, (batch_size, *clean[step.inputs[0]].shape[1:])) if isinstance(step.layer, Spatial)
               else step.layer for step in plan.steps]
