@@ -98,7 +98,8 @@ def test_json_round_trips_and_agrees_with_the_registry_and_the_runner() -> None:
         m = registry.get(d["name"])
         assert (d["label"], d["kind"], d["layer"], d["streamable"], d["style"], d["class_average"], d["contrastive"]) == \
             (m.label, m.kind, m.layer, m.streamable, m.style, m.class_average, m.contrastive)
-        assert d["paper"] == {"authors": m.paper.authors, "year": m.paper.year, "title": m.paper.title, "cite": m.paper.cite}
+        assert d["paper"] == {"authors": m.paper.authors, "year": m.paper.year, "title": m.paper.title,
+                              "cite": m.paper.cite, "text": str(m.paper)}
         assert d["options"] == used_options(m.name, {})  # the signature's defaults, as index.json records them
         assert d["command_options"] == {k: v for k, v in m.options.items() if d["options"][k] != v}
         assert d["help"] == m.help and d["summary"]
@@ -217,9 +218,11 @@ def test_faithfulness_and_report_take_every_method(small_run: Path, tmp_path: Pa
 
     from cnnlens.report.context import default_methods
 
+    # the Score-CAM variants' fewest samples: each is 512 masked passes per sample and image on small_cnn
     res = CliRunner().invoke(main, ["faithfulness", str(small_run), "--methods", "all", "--metrics", "deletion",
-                                    "--n-images", "4", "--n-perturbation-images", "2", "--n-randomization-images", "0",
-                                    "--device", "cpu"], catch_exceptions=False)
+                                    "--n-images", "3", "--n-perturbation-images", "2", "--n-randomization-images", "0",
+                                    "-o", "ss-cam.n_samples=1", "-o", "is-cam.n_samples=1", "--device", "cpu"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     with open(small_run / "faithfulness" / "faithfulness.csv", newline="") as f:
         scored = {row["method"] for row in csv.DictReader(f)}
@@ -260,3 +263,40 @@ def test_it_loads_the_registry_and_nothing_of_the_report() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("n_methods", [4, 36])
+def test_the_deletion_figure_keeps_every_legend_entry_readable(n_methods: int) -> None:
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cnnlens.faithfulness import figures
+    from cnnlens.faithfulness.deletion import CurveResult
+
+    g = torch.Generator().manual_seed(0)
+
+    def curve(mode: str) -> CurveResult:
+        probs = torch.rand(3, 21, generator=g).sort(1, descending=mode == "deletion").values
+        return CurveResult(mode, "blur", torch.linspace(0, 1, 21), probs, probs.mean(1), torch.zeros(3, dtype=torch.long))
+
+    names = [f"method-{i}" for i in range(n_methods - 1)] + ["random-order"]
+    curves = {m: {"deletion": curve("deletion"), "insertion": curve("insertion")} for m in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied because axes sizes collapsed to zero"
+        fig = figures.curves_figure(curves)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+    renderer = canvas.get_renderer()
+    page = fig.bbox
+    for ax in fig.axes:
+        box, leg = ax.get_window_extent(renderer), ax.get_legend()
+        assert len(leg.get_texts()) == n_methods
+        for text in leg.get_texts():  # every entry on the page
+            t = text.get_window_extent(renderer)
+            assert page.x0 <= t.x0 and t.x1 <= page.x1 and page.y0 <= t.y0 and t.y1 <= page.y1, text.get_text()
+        lb = leg.get_window_extent(renderer)
+        if n_methods <= figures.LEGEND_INSIDE:  # inside its axes
+            assert box.x0 <= lb.x0 and lb.x1 <= box.x1 and box.y0 <= lb.y0 and lb.y1 <= box.y1
+        else:  # below its axes, over none of the curves
+            assert lb.y1 <= box.y0 and box.height > 100

@@ -13,11 +13,14 @@ import json
 import shutil
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cnnlens.cli._options import RegistryOption
+
+if TYPE_CHECKING:
+    from cnnlens.explain.registry import Method
 
 #: Version of the ``--json`` document.
 JSON_VERSION = 1
@@ -30,7 +33,7 @@ def _paragraphs(doc: str | None) -> list[str]:
     return [" ".join(p.split()) for p in inspect.cleandoc(doc or "").split("\n\n") if p.strip()]
 
 
-def _docs(m: Any) -> tuple[str, str | None]:
+def _docs(m: Method) -> tuple[str, str | None]:
     """The method's summary (its module docstring's first paragraph, or its help) and its formula: the module
     docstring's first later paragraph that opens with a ``literal`` (the house's formula line), else None
     (the help, the function docstring's first paragraph, then carries it)."""
@@ -62,9 +65,9 @@ def _value_text(value: Any) -> str:
 def example(name: str) -> str:
     """A ``cnnlens explain`` line running ``name`` with one of its options set: the first the commands set
     (at their value), else the first plain-valued one (a flag turned over, anything else at its default)."""
-    library, commands = _options(name)
     from cnnlens.explain import registry
 
+    library, _ = _options(name)
     given = dict(registry.get(name).options)
     key = next(iter(given), None)
     plain = [k for k, v in library.items() if isinstance(v, (bool, int, float, str))]
@@ -96,7 +99,8 @@ def describe(name: str) -> dict[str, Any]:
     p = m.paper
     return {
         "name": m.name, "label": m.label, "kind": m.kind,
-        "paper": None if p is None else {"authors": p.authors, "year": p.year, "title": p.title, "cite": p.cite},
+        "paper": None if p is None else {"authors": p.authors, "year": p.year, "title": p.title, "cite": p.cite,
+                                         "text": str(p)},
         "summary": summary, "formula": formula, "help": m.help,
         "function": f"{m.fn.__module__}.{getattr(m.fn, '__qualname__', m.fn.__name__)}",
         "options": library, "command_options": commands,
@@ -153,8 +157,7 @@ def _full(d: dict[str, Any], width: int) -> str:
         return textwrap.wrap(text, width=w, initial_indent=f"{label:<10}", subsequent_indent=" " * 10,
                              break_on_hyphens=False) or [label]
 
-    p = d["paper"]
-    paper = "-" if p is None else (f"{p['cite']}, {p['title']}" if p["year"] is not None else f"{p['cite']}: {p['title']}")
+    paper = "-" if d["paper"] is None else d["paper"]["text"]
     facts = ["takes --layer (default: the last conv layer)" if d["layer"] else "",
              "streamable (whole splits in constant memory)" if d["streamable"] else "",
              f"in the report's defaults (#{d['report_default']})" if d["report_default"]
