@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from cnnlens.faithfulness.deletion import CurveResult
@@ -15,6 +17,22 @@ from cnnlens.faithfulness.stats import mean_ci
 #: Baselines are drawn gray and dashed so the methods stand out.
 BASELINE_STYLE = {"color": "0.45", "linestyle": "--"}
 HEAT_CMAP = "turbo"
+#: More entries than this and a legend inside the axes hides the curves (``--methods all``: ~35): it goes
+#: below them instead, in columns, and the figure grows by :func:`legend_height`.
+LEGEND_INSIDE = 10
+
+
+def legend_height(entries: int, columns: int = 2) -> float:
+    """Inches a legend of ``entries`` in ``columns`` below an axes takes (0 while it fits inside)."""
+    return 0.0 if entries <= LEGEND_INSIDE else 0.4 + 0.15 * -(-entries // columns)
+
+
+def legend(ax: Axes, entries: int, *, columns: int = 2, **inside: Any) -> None:
+    """The axes' legend, inside it (``inside``: where) while it fits, else below it in ``columns``."""
+    if entries <= LEGEND_INSIDE:
+        ax.legend(fontsize=7, **inside)
+    else:
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=columns, frameon=False)
 
 
 def curves_figure(curves: Mapping[str, Mapping[str, CurveResult]], baseline: str = "random-order") -> Figure:
@@ -23,7 +41,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, CurveResult]], baseline: str
     ``curves``: method -> {"deletion": CurveResult, "insertion": CurveResult}. The legend gives each
     curve's mean AUC and the number of images.
     """
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4 + legend_height(len(curves))), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, mode in zip(axes, ("deletion", "insertion")):
         for method, by_mode in curves.items():
@@ -39,7 +57,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, CurveResult]], baseline: str
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right" if mode == "deletion" else "lower right")
+        legend(ax, len(curves), loc="upper right" if mode == "deletion" else "lower right")
     axes[0].set_ylabel("target probability (mean over images)")
     return fig
 
@@ -63,7 +81,8 @@ def randomization_figure(results: Mapping[str, RandomizationResult], *, seed: in
     sanity check falls towards 0; one that stays high does not depend on the learned weights.
     """
     modes = list(results)
-    fig = Figure(figsize=(11, 3.8 * len(modes)), layout="constrained")
+    entries = max(len(r.spearman) for r in results.values())
+    fig = Figure(figsize=(11, (3.8 + legend_height(entries)) * len(modes)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(modes), 2, squeeze=False))
     for row, mode in enumerate(modes):
         r = results[mode]
@@ -83,7 +102,7 @@ def randomization_figure(results: Mapping[str, RandomizationResult], *, seed: in
             ax.set_title(f"{mode} randomisation, output layer first" if mode == "cascading"
                          else "independent randomisation (one layer at a time)", fontsize=10)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            legend(ax, len(values))
     return fig
 
 
@@ -132,7 +151,9 @@ def localization_figure(rows: Sequence[Mapping[str, object]], metrics: Sequence[
     ``rows``: dicts with ``method``, ``metric``, ``kind``, ``n_images``, ``mean``, ``ci_low``, ``ci_high``.
     """
     names = list(dict.fromkeys(f"{r['method']} (n={r['n_images']})" for r in rows if r["metric"] in metrics))
-    fig = Figure(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(names)) * 0.35 + 2), 4), layout="constrained")
+    # wider with more bars, up to a page's width (--methods all: thinner bars, not a 40-inch figure)
+    fig = Figure(figsize=(min(20.0, max(6.0, 1.2 * len(metrics) * max(1, len(names)) * 0.35 + 2)),
+                          4 + legend_height(len(names), 4)), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(names))
     for j, name in enumerate(names):
@@ -148,6 +169,6 @@ def localization_figure(rows: Sequence[Mapping[str, object]], metrics: Sequence[
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (1 = all inside the mask)")
     ax.set_title("Localisation against the ground-truth masks (hatched: baselines)")
-    ax.legend(fontsize=7, ncols=2)
+    legend(ax, len(names), columns=4, ncols=2)
     ax.grid(axis="y", alpha=0.3)
     return fig
