@@ -99,8 +99,9 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
     SGD with learning rate 0.01, momentum and dampening 0.9, clamped to [0, 1] after each step;
     ``lambda`` starts at 300 and grows by 0.35% a step; every other step the masked image is flipped
     left-right (``jitter``). ``step``, ``sigma`` and ``max_blur`` default to TorchRay's 7, 21 and 20 pixels
-    scaled to the image's shorter side over 224. The area term covers the image itself (TorchRay's also a
-    margin around it). Every image and area is its own optimisation, run side by side in rows of
+    scaled to the image's shorter side over 224. The area term covers the image itself, as in the paper
+    (TorchRay's also a margin around it), and the parameter points sit at the cells' centres (TorchRay's at
+    their corners; with one-pixel cells the two masks agree: ``tests/test_explain_extremal_torchray.py``). Every image and area is its own optimisation, run side by side in rows of
     ``batch_size`` (image, area) pairs; ``fast`` (default) differentiates the checked folded, channels-last
     copy. No Captum equivalent (TorchRay's ``extremal_perturbation`` takes one image).
 
