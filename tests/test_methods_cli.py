@@ -298,5 +298,33 @@ def test_the_deletion_figure_keeps_every_legend_entry_readable(n_methods: int) -
         lb = leg.get_window_extent(renderer)
         if n_methods <= figures.LEGEND_INSIDE:  # inside its axes
             assert box.x0 <= lb.x0 and lb.x1 <= box.x1 and box.y0 <= lb.y0 and lb.y1 <= box.y1
-        else:  # below its axes, over none of the curves
-            assert lb.y1 <= box.y0 and box.height > 100
+        else:  # below its axes and their tick labels, over none of the curves
+            assert lb.y1 <= ax.xaxis.get_tightbbox(renderer).y0 and box.height > 100
+
+
+def test_the_randomisation_figure_of_every_method_has_one_legend_below_its_panels() -> None:
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cnnlens.faithfulness import figures
+    from cnnlens.faithfulness.randomization import RandomizationResult
+
+    g = torch.Generator().manual_seed(0)
+    names, layers = [f"method-{i}" for i in range(35)], ("fc", "block3.conv+block3.bn", "block1.conv+block1.bn")
+    results = {mode: RandomizationResult(mode, layers, {m: torch.rand(3, 2, generator=g) for m in names},
+                                         {m: torch.rand(3, 2, generator=g) for m in names}, {}, 0)
+               for mode in ("cascading", "independent")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = figures.randomization_figure(results)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+    renderer = canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    texts = fig.legends[0].get_texts()
+    assert [t.get_text() for t in texts] == [f"{m} (n=2)" for m in names]
+    top = fig.legends[0].get_window_extent(renderer).y1
+    assert all(top <= ax.xaxis.get_tightbbox(renderer).y0 and ax.get_window_extent(renderer).height > 100
+               for ax in fig.axes)
+    assert all(fig.bbox.y0 <= t.get_window_extent(renderer).y0 for t in texts)

@@ -82,7 +82,8 @@ def randomization_figure(results: Mapping[str, RandomizationResult], *, seed: in
     """
     modes = list(results)
     entries = max(len(r.spearman) for r in results.values())
-    fig = Figure(figsize=(11, (3.8 + legend_height(entries)) * len(modes)), layout="constrained")
+    shared = entries > LEGEND_INSIDE  # one legend under all panels (same methods in each), below the tick labels
+    fig = Figure(figsize=(11, 3.8 * len(modes) + legend_height(entries, 4)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(modes), 2, squeeze=False))
     for row, mode in enumerate(modes):
         r = results[mode]
@@ -102,7 +103,11 @@ def randomization_figure(results: Mapping[str, RandomizationResult], *, seed: in
             ax.set_title(f"{mode} randomisation, output layer first" if mode == "cascading"
                          else "independent randomisation (one layer at a time)", fontsize=10)
             ax.grid(alpha=0.3)
-            legend(ax, len(values))
+            if not shared:
+                ax.legend(fontsize=7)
+    if shared:
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=7,
+                   frameon=False)
     return fig
 
 
