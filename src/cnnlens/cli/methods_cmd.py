@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import re
 import shutil
 import sys
 import textwrap
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 #: Version of the ``--json`` document.
 JSON_VERSION = 1
+_EQUATION = re.compile(r"``[^`]*[=~][^`]*``")
 #: Options shown but never worth an example: how a map is computed, not what it is.
 _NOT_EXAMPLES = ("fast", "batch_size", "layer", "generator", "progress")
 
@@ -35,12 +37,12 @@ def _paragraphs(doc: str | None) -> list[str]:
 
 def _docs(m: Method) -> tuple[str, str | None]:
     """The method's summary (its module docstring's first paragraph, or its help) and its formula: the module
-    docstring's first later paragraph that opens with a ``literal`` (the house's formula line), else None
-    (the help, the function docstring's first paragraph, then carries it)."""
+    docstring's first later paragraph with an equation in a ``literal`` (``= ...`` or ``~ ...``: the house's
+    formula line), else None (the help, the function docstring's first paragraph, then carries it)."""
     module = sys.modules.get(getattr(m.fn, "__module__", "") or "")
     paras = _paragraphs(getattr(module, "__doc__", None))
     summary = paras[0] if paras else m.help
-    formula = next((p for p in paras[1:] if p.startswith("``")), None)
+    formula = next((p for p in paras[1:] if _EQUATION.search(p)), None)
     return summary, formula
 
 
