@@ -107,6 +107,38 @@ def planted(steps_list: list[int]) -> dict:
     return rows
 
 
+#: The naive setting of the report before issue 14: 32 pixel steps at lr 0.1 with a one-pixel roll.
+OLD_REPORT = {"parameterization": "pixel", "transforms": None, "steps": 32, "lr": 0.1, "jitter": 1}
+
+
+def planted_neuron(steps_list: list[int]) -> dict:
+    """The neuron objective on the planted filters: the centre neuron of each filter's map sees one 7x7 patch,
+    and under the [0,1] box its maximiser is the filter's sign pattern (1 where w > 0, 0 where w < 0) at
+    exactly that place, a direct test. Per method: the Pearson correlation of the image's 7x7 receptive-field
+    crop with the planted filter (the sign pattern's own correlation with it is the ceiling), and the share
+    of the highest reachable activation ``sum(max(w, 0))`` that the image reaches."""
+    model = planted_model()
+    kernels = planted_kernels()
+    units = list(range(len(kernels)))
+    w = torch.stack(list(kernels.values())).double()  # [5,7,7]
+    best = w.clamp_min(0).flatten(1).sum(1)
+    sign = (w > 0).double()
+    ceiling = {n: round(float(torch.corrcoef(torch.stack([sign[i].flatten(), w[i].flatten()]))[0, 1]), 3) for i, n in enumerate(kernels)}
+    out: dict = {"ceiling (sign pattern)": ceiling}
+    settings = [("naive, old report (32 steps, lr 0.1, roll 1)", OLD_REPORT)]
+    settings += [(f"naive {n} steps (lr 0.05)", {**NAIVE, "steps": n}) for n in steps_list]
+    settings += [(f"readable {n} steps", {**READABLE, "steps": n}) for n in steps_list]
+    for label, options in settings:
+        res = activation_maximization(model, "1", units, objective="neuron", input_shape=(1, SIZE, SIZE),
+                                      generator=torch.Generator().manual_seed(0), **options)
+        r, c = res.position
+        crops = res.images[:, 0, r - 3 : r + 4, c - 3 : c + 4].double()  # the 7x7 field of the centre neuron (padding 3)
+        corr = {n: round(float(torch.corrcoef(torch.stack([crops[i].flatten(), w[i].flatten()]))[0, 1]), 3) for i, n in enumerate(kernels)}
+        share = {n: round(float(res.activation[i]) / float(best[i]), 3) for i, n in enumerate(kernels)}
+        out[label] = {"correlation": corr, "activation share of the maximum": share}
+    return out
+
+
 def deep(run_dir: str, steps: int, layers: list[str], sweep_steps: list[int]) -> dict:
     from cnnlens.train import load_run
 
@@ -164,6 +196,67 @@ def deep(run_dir: str, steps: int, layers: list[str], sweep_steps: list[int]) ->
     return out
 
 
+def cost(run_dir: str, layers: list[str], repeat: int = 2) -> dict:
+    """Process CPU seconds (one thread) of the report's Filters section on a trained run and of its parts at
+    the report's settings (8 filters per layer, ``ReportOptions.am_steps``): the exemplar pass of each layer
+    alone, the neuron images of each layer, the class-model images; the best of ``repeat`` runs. Uses only
+    what the section itself calls, so the same function times an older checkout (PYTHONPATH=its src)."""
+    import tempfile
+
+    from cnnlens.explain import exemplars as ex_mod
+    from cnnlens.report.assets import Assets
+    from cnnlens.report.context import ReportContext, ReportInputs, ReportOptions
+    from cnnlens.report.sections.filters import filters_section
+    from cnnlens.train import load_run
+
+    run = load_run(run_dir, device="cpu")
+    model, data = run.model, run.dataset("val")
+    options = ReportOptions(device="cpu")
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return round(min(times), 2)
+
+    def batches():
+        return (data.float_images(range(i, min(i + 128, len(data)))) for i in range(0, len(data), 128))
+
+    out = {"images": len(data), "am_steps": options.am_steps, "filters per layer": options.filters_per_layer}
+    inputs = ReportInputs(model=model, dataset=data, name="run", run_dir=Path(run_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        probs = ReportContext(inputs, options, Assets(Path(tmp) / "p")).probabilities  # computed before the section in a report
+        times = []
+        for i in range(repeat):
+            ctx = ReportContext(inputs, options, Assets(Path(tmp) / str(i)))
+            ctx.__dict__["probabilities"] = probs  # the cached property, as the report's earlier sections leave it
+            t0 = time.process_time()
+            filters_section(ctx)
+            times.append(time.process_time() - t0)
+        out["filters section"] = round(min(times), 2)
+    for layer in layers:
+        exs = ex_mod.dataset_exemplars(model, layer, batches())
+        units = list(choose_filters(exs, options.filters_per_layer).units)
+        out[f"{layer} exemplar pass"] = best(lambda: ex_mod.dataset_exemplars(model, layer, batches(), field=exs.field))
+        centre = (exs.field.output[0] // 2, exs.field.output[1] // 2)
+        from cnnlens.explain.robustness import Transforms
+
+        warp = Transforms.for_size(*exs.field.size)
+        out[f"{layer} neuron images"] = best(lambda: activation_maximization(
+            model, layer, units, objective="neuron", position=centre, input_shape=tuple(data.input_shape),
+            steps=options.am_steps, transforms=warp, generator=torch.Generator().manual_seed(0)))
+    if hasattr(ex_mod, "layer_exemplars"):
+        out["exemplar pass, all layers at once"] = best(lambda: ex_mod.layer_exemplars(model, layers, batches()))
+    from cnnlens.explain.activation_max import class_model_images
+
+    out["class-model images"] = best(lambda: class_model_images(model, list(range(len(data.classes))),
+                                                                input_shape=tuple(data.input_shape), steps=options.am_steps,
+                                                                generator=torch.Generator().manual_seed(0)))
+    return out
+
+
 def figure(run_dir: str | None, layers: list[str], steps: int, path: str) -> None:
     """A PNG for the doc: the planted filters (kernel | naive | readable, channel images), and per chosen filter
     of each deep layer: the naive neuron image | the readable one | its 6 best real patches (receptive-field crops)."""
@@ -213,13 +306,21 @@ def main() -> None:
     parser.add_argument("--steps", default="16,32,64,128,256,512", help="step counts for the planted part")
     parser.add_argument("--deep-steps", type=int, default=None, help="steps for the deep part (default: the library's)")
     parser.add_argument("--sweep", default="32,64,128,256", help="step counts for the deep layers' neuron images")
+    parser.add_argument("--cost", action="store_true", help="only time the report's Filters section and its parts (needs --run)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="also write the doc's picture sheet (PNG) here")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the timings are per thread: the shared machines run several jobs at once
     from cnnlens.explain.activation_max import DEFAULT_STEPS
 
-    result = {"planted": planted([int(s) for s in args.steps.split(",")])}
+    if args.cost:
+        result = {"cost": cost(args.run, args.layers.split(","))}
+        print(json.dumps(result, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        return
+    result = {"planted": planted([int(s) for s in args.steps.split(",")]),
+              "planted neuron": planted_neuron([int(s) for s in args.steps.split(",")])}
     if args.run:
         result["deep"] = deep(args.run, args.deep_steps or DEFAULT_STEPS, args.layers.split(","),
                               [int(n) for n in args.sweep.split(",")])

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.explain.activation_max import activation_maximization, class_model_images, gram_diversity
-from cnnlens.explain.exemplars import choose_filters, dataset_exemplars
+from cnnlens.explain.activation_max import (_neuron_canvas, activation_maximization, class_model_images, color_correlation,
+                                            gram_diversity)
+from cnnlens.explain.exemplars import choose_filters, dataset_exemplars, layer_exemplars
 from cnnlens.explain.receptive_field import ReceptiveField, receptive_field
 from cnnlens.explain.robustness import Transforms
 from cnnlens.models.small_cnn import SmallCNN
@@ -97,12 +98,121 @@ def test_class_model_images_raise_each_logit():
 
 def test_batched_units_equal_one_at_a_time_in_float64():
     model = make_random_model(in_channels=3, seed=4).double()
-    options = {"input_shape": (3, 16, 16), "steps": 12, "transforms": None, "init_std": 0.0, "objective": "neuron"}
+    # the model itself: from this constant start every max-pool window is a tie, and the prepared copy's
+    # channels-last kernels round identical images of one batch apart (1e-16 at odd sizes), which breaks
+    # the ties differently; test_fast_copy_agrees_with_the_model covers the copy from a random start
+    options = {"input_shape": (3, 16, 16), "steps": 12, "transforms": None, "init_std": 0.0, "objective": "neuron",
+               "fast": False}
     together = activation_maximization(model, "relu_a", [1, 6, 2], **options)
     for j, u in enumerate([1, 6, 2]):
         alone = activation_maximization(model, "relu_a", [u], **options)
         torch.testing.assert_close(together.images[j : j + 1], alone.images, rtol=0, atol=1e-10)
         torch.testing.assert_close(together.activation[j : j + 1], alone.activation, rtol=0, atol=1e-10)
+
+
+def test_fast_copy_agrees_with_the_model():
+    # the folded-BatchNorm, channels-last copy computes the same function: from the same random start the
+    # ascent follows the same path (float64: no max-pool ties to break differently)
+    model = make_random_model(in_channels=3, seed=4).double()
+    for objective in ("channel", "neuron"):
+        runs = [activation_maximization(model, "relu_a", [1, 6, 2], objective=objective, input_shape=(3, 16, 16), steps=10,
+                                        fast=fast, generator=torch.Generator().manual_seed(3)) for fast in (True, False)]
+        torch.testing.assert_close(runs[0].images, runs[1].images, rtol=0, atol=1e-8)
+        torch.testing.assert_close(runs[0].activation, runs[1].activation, rtol=1e-8, atol=1e-10)
+
+
+def test_neuron_is_optimised_on_its_receptive_field_and_measured_on_the_whole_input():
+    model = SmallCNN(in_channels=1, num_classes=3, input_size=48).eval()
+    field = receptive_field(model, "block3.relu", (1, 48, 48))  # 18 px, stride 4, offset -7
+    warp = Transforms.for_size(18, 18)
+    canvas = _neuron_canvas(field, (6, 6), warp, 0)
+    top, left, bottom, right = field.box(6, 6)
+    # the canvas's own grid puts the neuron's field where it is in the input, with room for the warp's reach
+    k = canvas.position
+    assert canvas.top + field.offset[0] + k[0] * field.stride[0] == top
+    assert canvas.left + field.offset[1] + k[1] * field.stride[1] == left
+    assert top - canvas.top >= 2 + 1 and canvas.top + canvas.size[0] - bottom >= 2 + 1  # shifts of 2 px, + bilinear
+    assert canvas.size[0] * canvas.size[1] < 48 * 48
+    res = activation_maximization(model, "block3.relu", [3, 7], objective="neuron", input_shape=(1, 48, 48), steps=6,
+                                  generator=torch.Generator().manual_seed(0))
+    outside = torch.ones(48, 48, dtype=torch.bool)
+    outside[max(canvas.top, 0) : canvas.top + canvas.size[0], max(canvas.left, 0) : canvas.left + canvas.size[1]] = False
+    assert (res.images[:, :, outside] == 0.5).all() and (res.images[:, :, ~outside] != 0.5).any()
+    acts = {}
+    handle = model.block3.relu.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o.clone()))
+    with torch.no_grad():
+        model(res.images)
+    handle.remove()
+    torch.testing.assert_close(res.activation, acts["a"][[0, 1], [3, 7], 6, 6])
+    # a border neuron sees the zero padding: no canvas there
+    assert _neuron_canvas(field, (0, 0), warp, 0) is None
+
+
+class GlobalMix(nn.Module):
+    """conv, then every position plus the image's mean: a neuron here depends on the whole input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.relu(y + 10 * x.mean((2, 3), keepdim=True))
+
+
+def test_a_neuron_that_sees_the_whole_input_is_optimised_on_the_whole_input():
+    torch.manual_seed(0)
+    model = GlobalMix().eval()
+    field = ReceptiveField(size=(3, 3), stride=(1, 1), offset=(-1, -1), output=(24, 24), input=(24, 24))  # what the conv says
+    res = activation_maximization(model, "relu", [0, 1], objective="neuron", input_shape=(1, 24, 24), steps=20, field=field,
+                                  generator=torch.Generator().manual_seed(0))
+    # the random-canvas check saw the mean term and refused the canvas: the whole image was optimised
+    assert (res.images != 0.5).float().mean() > 0.9
+    with torch.no_grad():
+        torch.testing.assert_close(res.activation, model(res.images)[[0, 1], [0, 1], 12, 12])
+
+
+def test_color_correlation_by_hand():
+    # colours that vary only along gray (r = g = b = v, variance s2): cov = s2 * ones(3,3), one direction
+    # (1,1,1)/sqrt(3) with eigenvalue 3 s2, so the square root's first column is sqrt(s2) * (1,1,1)
+    v = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)
+    images = v[:, None, None, None].expand(4, 3, 1, 1)
+    sqrt = color_correlation(images)
+    s2 = float(v.var())
+    torch.testing.assert_close(sqrt[:, 0], torch.full((3,), math.sqrt(s2), dtype=torch.float64))
+    torch.testing.assert_close(sqrt[:, 1:], torch.zeros(3, 2, dtype=torch.float64), atol=1e-7, rtol=0)
+    noisy = torch.rand(6, 3, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sqrt = color_correlation(noisy)  # in general: a square root of the covariance
+    torch.testing.assert_close(sqrt @ sqrt.T, torch.cov(noisy.transpose(0, 1).reshape(3, -1)))
+    with pytest.raises(ValueError, match=r"images must be RGB \[N,3,H,W\]"):
+        color_correlation(torch.rand(2, 1, 4, 4))
+
+
+def test_data_colours_start_at_the_data_mean_and_are_checked():
+    model = make_random_model(in_channels=3, seed=2)
+    mean = torch.tensor([0.7, 0.5, 0.2])
+    colors = color_correlation(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    res = activation_maximization(model, "relu_a", [0], input_shape=(3, 16, 16), steps=0, init_std=0.0, colors=colors,
+                                  color_mean=mean)
+    torch.testing.assert_close(res.images[0], mean[:, None, None].expand(3, 16, 16))
+    moved = activation_maximization(model, "relu_a", [0], input_shape=(3, 16, 16), steps=16, colors=colors,
+                                    color_mean=mean, generator=torch.Generator().manual_seed(0))
+    assert (moved.activation > moved.start_activation + 0.2).all()
+    with pytest.raises(ValueError, match=r"colors must be a tensor of shape \[3, 3\] for RGB inputs"):
+        activation_maximization(model, "relu_a", [0], input_shape=(3, 16, 16), steps=1, colors=torch.eye(2))
+    gray = make_random_model(in_channels=1, seed=2)
+    with pytest.raises(ValueError, match=r"color_mean must be a tensor of shape \[3\] for RGB inputs"):
+        activation_maximization(gray, "relu_a", [0], input_shape=(1, 16, 16), steps=1, color_mean=mean)
+
+
+def test_feature_visualisation_is_exported():
+    import cnnlens.explain as explain
+
+    for name in ("activation_maximization", "class_model_images", "receptive_field", "dataset_exemplars",
+                 "layer_exemplars", "choose_filters", "Transforms", "color_correlation"):
+        assert name in explain.__all__ and getattr(explain, name) is not None
+    assert explain.Transforms is Transforms and explain.activation_maximization is activation_maximization
 
 
 def test_diversity_makes_a_units_images_differ():
@@ -280,6 +390,28 @@ def test_streamed_exemplars_equal_a_brute_force_top_k(random_model_and_images):
     expected = (g * kept["a"]).sum((2, 3)).mean(0).double()
     torch.testing.assert_close(ex.contribution, expected.detach(), rtol=1e-5, atol=1e-7)
     assert ex.count == 23 and ex.target == 3
+
+
+def test_exemplars_of_several_layers_come_from_one_pass_and_equal_each_layer_alone():
+    model = make_random_model(in_channels=1, seed=3)
+    images = torch.rand(19, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    batches = [images[i : i + 6] for i in range(0, 19, 6)]
+    fields = {name: receptive_field(model, name, (1, 16, 16)) for name in ("relu_a", "bn_a", "relu_out")}
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, i: calls.append(1))  # the model itself runs (a hook of the user's)
+    together = layer_exemplars(model, ["relu_a", "bn_a", "relu_out"], iter(batches), k=3, target=2, fields=fields, fast=False)
+    handle.remove()
+    assert len(calls) == len(batches)  # one forward per batch for the three layers
+    for name, ex in together.items():
+        alone = dataset_exemplars(model, name, iter(batches), k=3, target=2, fast=False)
+        for field in ("values", "index", "position", "crops", "mean", "firing", "contribution"):
+            torch.testing.assert_close(getattr(ex, field), getattr(alone, field), rtol=1e-6, atol=1e-7, msg=f"{name} {field}")
+    # bn_a's output is kept as it was before the in-place ReLU after it (relu_a) overwrote it
+    assert (together["bn_a"].mean < together["relu_a"].mean - 0.01).any()
+    fast = layer_exemplars(model, ["relu_a", "relu_out"], iter(batches), k=3)  # the prepared copy
+    for name, ex in fast.items():
+        torch.testing.assert_close(ex.values, together[name].values, rtol=1e-4, atol=1e-5)
+        assert torch.equal(ex.index, together[name].index)
 
 
 def test_dead_filters_are_flagged_and_never_chosen():

@@ -14,16 +14,17 @@ Vedaldi 2015) are there for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cnnlens._checks import check_int, is_int
-from cnnlens.explain import core
+from cnnlens.explain import accel, core
 from cnnlens.explain.integrated_gradients import gaussian_blur
-from cnnlens.explain.receptive_field import receptive_field
+from cnnlens.explain.receptive_field import ReceptiveField, receptive_field
 from cnnlens.explain.robustness import Transforms
 
 PARAMETERIZATIONS = ("pixel", "fourier")
@@ -73,9 +74,14 @@ class _Image:
     """An image batch parameterised by free tensors (pixels or a scaled spectrum) mapped into [0,1]."""
 
     def __init__(self, shape: tuple[int, ...], kind: str, init_std: float, generator: torch.Generator | None,
-                 device: torch.device, dtype: torch.dtype, decay: float = 1.0) -> None:
+                 device: torch.device, dtype: torch.dtype, decay: float = 1.0, colors: torch.Tensor | None = None,
+                 center: torch.Tensor | None = None) -> None:
         f, c, h, w = shape
         self.kind, self.size = kind, (h, w)
+        sqrt = (_COLOR_SQRT if colors is None else colors).to(device=device, dtype=dtype)
+        self.colors = sqrt / sqrt.norm(dim=0).max()  # lucid's normalisation: the longest column has length 1
+        # the sigmoid's centre: gray, or the data's mean colour (its logit is added before the sigmoid)
+        self.offset = None if center is None else torch.logit(center.to(device=device, dtype=dtype).clamp(0.02, 0.98))[None, :, None, None]
         gen_device = generator.device if generator is not None else torch.device("cpu")
         if kind == "pixel":
             init = init_std * torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
@@ -89,12 +95,30 @@ class _Image:
 
     def __call__(self) -> torch.Tensor:
         if self.kind == "pixel":
-            return torch.sigmoid(self.param)
-        x = torch.fft.irfftn(torch.view_as_complex(self.param * self.scale), s=self.size, dim=(2, 3), norm="ortho") / 4.0
-        if x.shape[1] == 3:  # decorrelated colours: optimise in a whitened colour space
-            m = _COLOR_SQRT.to(x) / _COLOR_SQRT.norm(dim=0).max()
-            x = torch.einsum("dc,nchw->ndhw", m, x)
-        return torch.sigmoid(x)
+            x = self.param
+        else:
+            x = torch.fft.irfftn(torch.view_as_complex(self.param * self.scale), s=self.size, dim=(2, 3), norm="ortho") / 4.0
+            if x.shape[1] == 3:  # decorrelated colours: optimise in a whitened colour space
+                x = torch.einsum("dc,nchw->ndhw", self.colors, x)
+        return torch.sigmoid(x if self.offset is None else x + self.offset)
+
+
+def color_correlation(images: torch.Tensor) -> torch.Tensor:
+    """The square root of the colour covariance of ``images`` ``[N,3,H,W]`` (every pixel a sample): ``U sqrt(S)``
+    from the eigendecomposition ``cov = U S U^T``, as Lucid computed its ImageNet matrix
+    (``color_correlation_svd_sqrt``); pass it as ``colors=`` to optimise in the data's own decorrelated colours.
+
+    >>> colors = color_correlation(train_images[:512])   # [3,3]
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be RGB [N,3,H,W], got {getattr(images, 'shape', type(images).__name__)}")
+    x = images.detach().double().transpose(0, 1).reshape(3, -1)
+    cov = torch.cov(x)
+    vals, vecs = torch.linalg.eigh(cov)
+    order = torch.argsort(vals, descending=True)  # the luminance-like direction first, as in lucid's matrix
+    sqrt = vecs[:, order] * vals[order].clamp_min(0).sqrt()
+    sqrt = sqrt * torch.where(sqrt.sum(0) < 0, -1.0, 1.0)  # a sign per direction: the first one positive (brighter)
+    return sqrt.to(images.dtype if images.is_floating_point() else torch.float32)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -129,10 +153,9 @@ def _check_units(units: Sequence[int], count: int, what: str) -> tuple[int, ...]
     return units
 
 
-def _transforms(transforms: Transforms | bool | None, input_shape: Sequence[int], model: nn.Module,
-                layer: str | None, objective: str) -> Transforms | None:
-    if transforms is True and objective == "neuron":  # sized to what the neuron sees, not to the image
-        return Transforms.for_size(*receptive_field(model, layer, tuple(input_shape)).size)
+def _transforms(transforms: Transforms | bool | None, input_shape: Sequence[int], field: ReceptiveField | None) -> Transforms | None:
+    if transforms is True and field is not None:  # a neuron: sized to what it sees, not to the image
+        return Transforms.for_size(*field.size)
     if transforms is True:
         return Transforms.for_size(int(input_shape[1]), int(input_shape[2]))
     if transforms is None or transforms is False:
@@ -140,6 +163,84 @@ def _transforms(transforms: Transforms | bool | None, input_shape: Sequence[int]
     if not isinstance(transforms, Transforms):
         raise TypeError(f"transforms must be True (scaled to the input size), None or a Transforms, got {transforms!r}")
     return None if transforms.identity else transforms
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """The part of the input a neuron's optimisation needs: its receptive field plus the warp's reach.
+
+    ``top``, ``left``: where the canvas sits in the input (may run past its edges); ``size``: its
+    ``(rows, columns)``; ``position``: the neuron's position on the layer's output for the canvas."""
+
+    top: int
+    left: int
+    size: tuple[int, int]
+    position: tuple[int, int]
+
+    def paste(self, canvas: torch.Tensor, shape: tuple[int, int], fill: float = 0.5) -> torch.Tensor:
+        """``canvas`` ``[N,C,h,w]`` in a ``fill`` image of ``shape`` ``(H, W)`` at its place (clipped to the image)."""
+        n, c, h, w = canvas.shape
+        out = canvas.new_full((n, c, *shape), fill)
+        t, l_ = max(self.top, 0), max(self.left, 0)
+        b, r = min(self.top + h, shape[0]), min(self.left + w, shape[1])
+        out[:, :, t:b, l_:r] = canvas[:, :, t - self.top : b - self.top, l_ - self.left : r - self.left]
+        return out
+
+
+def _reach(warp: Transforms | None, jitter: int, radius: float) -> int:
+    """How far (pixels) a point within ``radius`` of the warp's centre can be sampled from: the shifts, then
+    the rotation and zoom (``|R(a) / z - I| * radius`` at the extremes), one more for bilinear sampling."""
+    if warp is None:
+        return jitter
+    angles = (0.0, math.radians(warp.degrees))
+    turn = max(math.hypot(math.cos(a) / z - 1, math.sin(a) / z) for a in angles for z in warp.scale)
+    return warp.pad + warp.jitter + warp.fine_jitter + jitter + math.ceil(turn * radius) + 1
+
+
+def _neuron_canvas(field: ReceptiveField, position: tuple[int, int], warp: Transforms | None, jitter: int) -> _Canvas | None:
+    """A canvas smaller than the input on which the neuron at ``position`` computes the same function of its
+    receptive field, or None where it would not be smaller or the field runs past the image (padding).
+
+    The field's box plus the warp's reach on every side, widened so that the box starts on the layer's grid
+    (``offset + k * stride``): the neuron is then position ``k`` of the canvas's output."""
+    top, left, bottom, right = field.box(*position)
+    if top < 0 or left < 0 or bottom > field.input[0] or right > field.input[1]:
+        return None
+    (rh, rw), (sh, sw), (oh, ow) = field.size, field.stride, field.offset
+    margin = _reach(warp, jitter, 0.5 * math.hypot(rh, rw) + max(sh, sw))
+    mt, ml = max(margin, oh), max(margin, ow)
+    mt, ml = mt + (oh - mt) % sh, ml + (ow - ml) % sw  # the box starts on the grid: mt = oh + k * sh
+    size = (mt + rh + margin, ml + rw + margin)
+    if size[0] * size[1] >= field.input[0] * field.input[1]:
+        return None
+    return _Canvas(top=top - mt, left=left - ml, size=size, position=((mt - oh) // sh, (ml - ow) // sw))
+
+
+def _canvas_agrees(run: Callable[[torch.Tensor], torch.Tensor], canvas: _Canvas, input_shape: tuple[int, ...],
+                   position: tuple[int, int], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the layer's output at the neuron on random canvases equals that at ``position`` of the full
+    input with the canvas pasted into two different random images (so only the canvas matters), to float
+    rounding. A model that rejects the smaller input, or that mixes positions (attention, a global pool
+    before the layer), fails."""
+    gen = torch.Generator().manual_seed(0)  # a local generator: the caller's and torch's global one stay untouched
+    c = input_shape[0]
+    small = torch.rand((2, c, *canvas.size), generator=gen).to(device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            out = run(small)
+            if out.dim() != 4 or out.shape[2] <= canvas.position[0] or out.shape[3] <= canvas.position[1]:
+                return False
+            got = out[:, :, canvas.position[0], canvas.position[1]]
+            inside = canvas.paste(torch.ones_like(small[:, :1]), tuple(input_shape[1:]), fill=0.0) > 0
+            pasted = canvas.paste(small, tuple(input_shape[1:]))
+            for _ in range(2):  # outside the canvas: each time other random pixels
+                full = torch.rand((2, *input_shape), generator=gen).to(device=device, dtype=dtype)
+                want = run(torch.where(inside, pasted, full))[:, :, position[0], position[1]]
+                if not (want - got).abs().max() <= 1e-4 * want.abs().max() + 1e-6:
+                    return False
+    except (RuntimeError, ValueError, TypeError):  # the model refused the canvas's size: optimise the whole input
+        return False
+    return True
 
 
 def activation_maximization(model: nn.Module, layer: str | None = None, filters: Sequence[int] | None = None, *,
@@ -150,6 +251,8 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                             images_per_unit: int = 1, init_std: float | None = None, decay_power: float = 1.0,
                             jitter: int = 0,
                             blur: float = 0.0, l2: float = 0.0, tv: float = 0.0,
+                            colors: torch.Tensor | None = None, color_mean: torch.Tensor | None = None,
+                            field: ReceptiveField | None = None, fast: bool = True,
                             generator: torch.Generator | None = None) -> ActMaxResult:
     """Optimise images for filters of ``layer`` (or for the classes in ``class_scores``), all in one batch.
 
@@ -160,11 +263,19 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     the input size, or for a neuron to its measured receptive field; None: none). Maximised with Adam for ``steps`` steps from ``init_std``-sized noise
     (default 0.01 on the spectrum, 0.5 on pixel logits). ``filters=None`` takes every channel.
     ``parameterization="pixel"`` optimises ``sigmoid(p)`` pixel logits (``blur`` = Gaussian blur sigma after
-    each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours. ``jitter``: an extra
+    each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours: ``colors`` is the square root of
+    the colour covariance (None: Lucid's ImageNet one; :func:`color_correlation` of the user's images);
+    ``color_mean`` ``[3]`` centres the sigmoid on that colour instead of gray (RGB only). ``jitter``: an extra
     integer roll (the old naive regulariser). Lucent equivalent: ``render.render_vis(model, "layer:unit")``
     with ``param.image(h, fft=True, decorrelate=True)`` and ``transform.standard_transforms``.
-    Runs on the model's device and dtype; the model and its ``.grad`` are untouched; every random draw
-    comes from ``generator``.
+
+    A neuron sees only its receptive field (``field``, measured when None): its image is optimised on a
+    canvas of that field plus the warp's reach, where the model computes the same neuron (checked on random
+    canvases first, else the whole input is used), and returned pasted into a gray input of ``input_shape``;
+    its activation is measured on that whole input. ``fast`` (default) runs the folded-BatchNorm,
+    channels-last copy of the model (:func:`cnnlens.explain.accel.prepared`, ``layer`` kept as it is);
+    ``fast=False`` the model itself. Runs on the model's device and dtype; the model and its ``.grad``
+    are untouched; every random draw comes from ``generator``.
 
     >>> res = activation_maximization(model, "block2.relu", [0, 5, 9], input_shape=(1, 48, 48),
     ...                               generator=torch.Generator().manual_seed(0))
@@ -182,6 +293,8 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
         raise ValueError("objective=, position= and diversity= apply to a layer; with class_scores= leave them at their defaults")
     if position is not None and objective != "neuron":
         raise ValueError(f"position= applies to objective='neuron', got objective={objective!r}")
+    if field is not None and (objective != "neuron" or not isinstance(field, ReceptiveField)):
+        raise ValueError(f"field= is the layer's ReceptiveField for objective='neuron', got {field!r} with objective={objective!r}")
     if parameterization == "fourier" and blur:
         raise ValueError("blur= applies to the 'pixel' parameterization; the Fourier one already favours smooth images")
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
@@ -196,8 +309,12 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                          f"{l2=}, {tv=}, {diversity=}, {init_std=}, {lr=}")
     if diversity and images_per_unit < 2:
         raise ValueError("diversity= compares the images of one unit: pass images_per_unit >= 2 with it")
-    module = core.get_layer(model, layer) if layer is not None else None
-    warp = _transforms(transforms, input_shape, model, layer, objective)
+    for what, value, shape in (("colors", colors, (3, 3)), ("color_mean", color_mean, (3,))):
+        if value is not None and not (isinstance(value, torch.Tensor) and tuple(value.shape) == shape and input_shape[0] == 3):
+            raise ValueError(f"{what} must be a tensor of shape {list(shape)} for RGB inputs (input_shape (3, H, W)), "
+                             f"got {getattr(value, 'shape', value)!r} with input_shape={input_shape!r}")
+    input_shape = tuple(int(v) for v in input_shape)
+    name = core.layer_name(model, layer) if layer is not None else None
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -206,6 +323,13 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     with core.guarded(model), core.hooks() as handles:
         for p in model.parameters():
             p.requires_grad_(False)  # gradients w.r.t. the image only; guarded() restores the flags
+        gray = torch.full((1, *input_shape), 0.5, device=device, dtype=dtype)
+        example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+        net = accel.prepared(model, keep=[name] if name is not None else [], example=example) if fast else model
+        module = net.get_submodule(name) if name is not None else None
+        if objective == "neuron" and field is None:
+            field = receptive_field(net, name, input_shape)
+        warp = _transforms(transforms, input_shape, field if objective == "neuron" else None)
         captured: list[torch.Tensor] = []
         # A ReLU's output has no gradient where it is off (a start the unit ignores stays ignored): ascend a
         # leaky ReLU of its input instead, the same where positive, with a small slope where it is off.
@@ -230,7 +354,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
             """The layer's output (or the logits) for ``x``."""
             captured.clear()
             try:
-                out = model(x)
+                out = net(accel.copy_input(net, x))
             except _Stop:
                 pass
             if module is not None:
@@ -240,8 +364,9 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
             return out
 
         with torch.no_grad():
-            probe = run(torch.full((1, *input_shape), 0.5, device=device, dtype=dtype))
+            probe = run(gray)
         count = probe.shape[1]
+        canvas = None
         if objective == "neuron":
             if probe.dim() != 4:
                 raise ValueError(f"objective='neuron' needs a layer with a [N,C,H,W] output; {layer!r} gives {tuple(probe.shape)}")
@@ -249,27 +374,36 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
             position = (rows // 2, cols // 2) if position is None else tuple(position)
             if not (len(position) == 2 and all(is_int(v) for v in position) and 0 <= position[0] < rows and 0 <= position[1] < cols):
                 raise ValueError(f"position must be (row, column) inside the layer's {rows}x{cols} output, got {position!r}")
+            canvas = _neuron_canvas(field, position, warp, jitter)
+            if canvas is not None and not _canvas_agrees(run, canvas, input_shape, position, device, dtype):
+                canvas = None
         requested = class_scores if class_scores is not None else filters
         units = _check_units(range(count) if requested is None else requested, count,
                              "filter" if module is not None else "class")
         units = tuple(u for u in units for _ in range(images_per_unit))
-        input_shape = tuple(input_shape)
         idx = torch.tensor(units, device=device)
 
-        def unit_values(out: torch.Tensor) -> torch.Tensor:
-            """The objective of each image's own unit ``[N]``, and its peak over positions."""
+        def unit_values(out: torch.Tensor, where: tuple[int, int] | None) -> torch.Tensor:
+            """The objective of each image's own unit ``[N]`` (a neuron at ``where``)."""
             own = out[torch.arange(out.shape[0], device=device), idx]
             if objective == "neuron":
-                return own[:, position[0], position[1]]
+                return own[:, where[0], where[1]]
             return own.flatten(1).mean(1) if own.dim() > 1 else own
 
-        image = _Image((len(units), *input_shape), parameterization, float(init_std), generator, device, dtype, float(decay_power))
+        def whole(x: torch.Tensor) -> torch.Tensor:
+            return canvas.paste(x, input_shape[1:]) if canvas is not None else x
+
+        shape = (input_shape[0], *canvas.size) if canvas is not None else input_shape
+        where = canvas.position if canvas is not None else position
+        image = _Image((len(units), *shape), parameterization, float(init_std), generator, device, dtype, float(decay_power),
+                       colors, color_mean)
         # Adam by hand: torch.optim's first construction costs ~3 s of imports on this machine.
         mean, sq = torch.zeros_like(image.param), torch.zeros_like(image.param)
         beta1, beta2 = 0.9, 0.999
 
         with torch.no_grad():
-            start = unit_values(run(image()).clamp_min(0) if rectified else run(image()))
+            out = run(whole(image()))
+            start = unit_values(out.clamp_min(0) if rectified else out, position)
         for step in range(1, steps + 1):
             x = image()
             if jitter:
@@ -279,7 +413,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                 x = warp(x, generator)
             out = run(x)
             out = torch.nn.functional.leaky_relu(out, LEAK) if rectified else out
-            gain = unit_values(out)
+            gain = unit_values(out, where)
             if diversity:
                 gain = gain - diversity * gram_diversity(out, images_per_unit)
             if l2:
@@ -295,14 +429,14 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                 if blur:
                     image.param.copy_(gaussian_blur(image.param, blur))
         with torch.no_grad():
-            final = image()
+            final = whole(image())
             out = run(final)
             out = out.clamp_min(0) if rectified else out
-            reached = unit_values(out)
+            reached = unit_values(out, position)
             own = out[torch.arange(out.shape[0], device=device), idx]
             peak = own.flatten(1).amax(1) if own.dim() > 1 else own
     return ActMaxResult(images=final.detach(), activation=reached.detach(), start_activation=start.detach(),
-                        peak=peak.detach(), units=units, layer=layer if isinstance(layer, str) else None,
+                        peak=peak.detach(), units=units, layer=name,
                         objective="class" if class_scores is not None else objective,
                         position=position if objective == "neuron" else None)
 

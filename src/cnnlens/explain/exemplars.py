@@ -1,7 +1,7 @@
 """Dataset exemplars (Zeiler & Fergus 2014; Olah et al. 2017): for every filter of a layer, the real images
 that excite it most, the crop at its receptive field where it fires, and which filters matter.
 
-One streaming pass over batches of images keeps, per channel, a running top-k of the images' peak
+One streaming pass over batches of images (for one layer or several at once) keeps, per channel, a running top-k of the images' peak
 activation (the highest over positions), where it was, and that receptive-field crop; and the channel's
 mean activation, the share of images it fires on (peak > 0) and, for a chosen class, its mean
 gradient x activation contribution to that class's logit. Memory does not grow with the number of images.
@@ -11,14 +11,14 @@ gradient x activation contribution to that class's logit. Memory does not grow w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cnnlens._checks import check_count, is_int
-from cnnlens.explain import core
+from cnnlens.explain import accel, core
 from cnnlens.explain.receptive_field import ReceptiveField, receptive_field
 
 RULES = ("activation", "contribution")
@@ -62,71 +62,96 @@ class _Stop(Exception):
 
 
 def dataset_exemplars(model: nn.Module, layer: str, batches: Iterable[torch.Tensor], *, k: int = 6,
-                      target: int | None = None, field: ReceptiveField | None = None) -> Exemplars:
+                      target: int | None = None, field: ReceptiveField | None = None, fast: bool = True) -> Exemplars:
     """Stream ``batches`` (each ``[B,C,H,W]`` float in [0,1]) through ``model`` once and keep, per channel
     of ``layer``, the ``k`` images with the highest peak activation ``max_{h,w} A[c,h,w]`` (ties: the
     earlier image), the peak's position and its receptive-field crop; and each channel's mean activation,
     firing share and (with ``target``) mean contribution ``sum_{h,w} dS_target/dA * A`` to that logit
     (gradient x activation, Shrikumar et al. 2016, per channel). ``field``: the layer's receptive field
-    (measured by :func:`~cnnlens.explain.receptive_field.receptive_field` when None). Lucent has no
-    equivalent; Lucid's notebooks sort a dataset by activation the same way. The model is left as it was.
+    (measured by :func:`~cnnlens.explain.receptive_field.receptive_field` when None). ``fast`` (default):
+    the folded-BatchNorm, channels-last copy of the model (:func:`cnnlens.explain.accel.prepared`, the layer
+    kept as it is); ``fast=False``: the model itself. Lucent has no equivalent; Lucid's notebooks sort a
+    dataset by activation the same way. The model is left as it was. For several layers in one pass, see
+    :func:`layer_exemplars`.
 
     >>> ex = dataset_exemplars(model, "block2.relu", (images[i:i + 64] for i in range(0, len(images), 64)))
     >>> ex.crops[5, 0]   # the patch that excites filter 5 most
     """
+    name = core.layer_name(model, layer)
+    return layer_exemplars(model, [name], batches, k=k, target=target, fields=None if field is None else {name: field},
+                           fast=fast)[name]
+
+
+def layer_exemplars(model: nn.Module, layers: Sequence[str], batches: Iterable[torch.Tensor], *, k: int = 6,
+                    target: int | None = None, fields: Mapping[str, ReceptiveField] | None = None,
+                    fast: bool = True) -> dict[str, Exemplars]:
+    """:func:`dataset_exemplars` of every layer in ``layers``, from one pass over ``batches``: each batch runs
+    the model once, up to the last of the layers (the whole model with ``target``). ``fields``: layer name
+    -> receptive field (measured for the layers it lacks). Returns layer name -> :class:`Exemplars`.
+
+    >>> ex = layer_exemplars(model, ["block2.relu", "block3.relu"], batches)
+    >>> ex["block3.relu"].values[:, 0]   # each block3 filter's best peak
+    """
     check_count(k, "k")
     if target is not None and not is_int(target, 0):
         raise TypeError(f"target must be a class index (int >= 0) or None, got {target!r}")
-    module = core.get_layer(model, layer)
-    name = core.layer_name(model, layer)
+    if isinstance(layers, str) or not len(layers):
+        raise ValueError(f"layers must be a non-empty sequence of layer names, got {layers!r}")
+    names = list(dict.fromkeys(core.layer_name(model, layer) for layer in layers))
     stream = iter(batches)
     first = next(stream, None)
     if first is None:
         raise ValueError("batches gave no images; pass at least one batch [B,C,H,W]")
     core.check_images(first, "batch")
-    if field is None:
-        field = receptive_field(model, name, tuple(first.shape[1:]))
-    captured: list[torch.Tensor] = []
-    state: dict[str, torch.Tensor] = {}
+    captured: dict[str, torch.Tensor] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
     seen = 0
     with core.guarded(model), core.hooks() as handles:
         for p in model.parameters():
             p.requires_grad_(False)
+        net = accel.prepared(model, keep=names, example=first) if fast else model
+        fields = {**{name: receptive_field(net, name, tuple(first.shape[1:])) for name in names if name not in (fields or {})},
+                  **(fields or {})}
 
-        def capture(_m: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
-            if not isinstance(out, torch.Tensor) or out.dim() != 4:
-                raise ValueError(f"layer {name!r} outputs {getattr(out, 'shape', type(out).__name__)}, not a feature "
-                                 "map [N,C,H,W]; exemplars need channels and positions")
-            captured.append(out)
-            if target is None:
-                raise _Stop
-            return out.clone()  # a later in-place op (ReLU(inplace=True)) changes the clone, not what we keep
+        def hook(name: str) -> Callable[[nn.Module, object, object], torch.Tensor | None]:
+            def capture(_m: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
+                if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                    raise ValueError(f"layer {name!r} outputs {getattr(out, 'shape', type(out).__name__)}, not a feature "
+                                     "map [N,C,H,W]; exemplars need channels and positions")
+                captured[name] = out
+                if target is None and len(captured) == len(names):
+                    raise _Stop
+                return out.clone()  # a later in-place op (ReLU(inplace=True)) changes the clone, not what we keep
+            return capture
 
-        handles.append(module.register_forward_hook(capture))
+        for name in names:
+            handles.append(net.get_submodule(name).register_forward_hook(hook(name)))
         for x in itertools.chain([first], stream):
             core.check_images(x, "batch")
             captured.clear()
+            contrib: dict[str, torch.Tensor] = {}
             with torch.enable_grad() if target is not None else torch.no_grad():
                 try:  # with a target the input carries a gradient, so the activations do (parameters do not)
-                    logits = model(x.detach().requires_grad_(target is not None))
+                    logits = net(accel.copy_input(net, x.detach().requires_grad_(target is not None)))
                 except _Stop:
                     logits = None
-                if not captured:
-                    raise ValueError(f"layer {name!r} did not run in the model's forward pass")
-                acts = captured[0]
+                missing = [name for name in names if name not in captured]
+                if missing:
+                    raise ValueError(f"layer {missing[0]!r} did not run in the model's forward pass")
                 if target is not None:
                     if not 0 <= target < logits.shape[1]:
                         raise ValueError(f"target {target} is out of range: the model has {logits.shape[1]} classes")
-                    (grad,) = torch.autograd.grad(logits[:, target].sum(), acts)
-                    contrib = (grad * acts).sum((2, 3)).detach()
-            acts = acts.detach()
-            _merge(state, acts, x.detach(), seen, k, field, contrib if target is not None else None)
+                    grads = torch.autograd.grad(logits[:, target].sum(), [captured[name] for name in names])
+                    contrib = {name: (g * captured[name]).sum((2, 3)).detach() for name, g in zip(names, grads)}
+            for name in names:
+                _merge(states[name], captured[name].detach().contiguous(), x.detach(), seen, k, fields[name], contrib.get(name))
             seen += x.shape[0]
-    return Exemplars(layer=name, values=state["values"].T.contiguous(), index=state["index"].T.contiguous(),
-                     position=state["position"].transpose(0, 1).contiguous(), crops=state["crops"].transpose(0, 1).contiguous(),
-                     mean=state["sum"] / state["positions"], firing=state["fires"] / seen, peak=state["values"][0].clone(),
-                     contribution=state["contribution"] / seen if target is not None else None, target=target,
-                     field=field, count=seen)
+    return {name: Exemplars(layer=name, values=s["values"].T.contiguous(), index=s["index"].T.contiguous(),
+                            position=s["position"].transpose(0, 1).contiguous(), crops=s["crops"].transpose(0, 1).contiguous(),
+                            mean=s["sum"] / s["positions"], firing=s["fires"] / seen, peak=s["values"][0].clone(),
+                            contribution=s["contribution"] / seen if target is not None else None, target=target,
+                            field=fields[name], count=seen)
+            for name, s in states.items()}
 
 
 def _merge(state: dict[str, torch.Tensor], acts: torch.Tensor, x: torch.Tensor, start: int, k: int,

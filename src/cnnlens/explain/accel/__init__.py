@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from cnnlens.explain.accel import copies as _copies, tuning
-from cnnlens.explain.accel.copies import (PRECISIONS, autocast, check_precision, fast_forward, fast_scorer,
+from cnnlens.explain.accel.copies import (PRECISIONS, autocast, check_precision, copy_input, fast_forward, fast_scorer,
                                             precision_agreement, prepare, prepared)
 from cnnlens.explain.accel.tuning import (DETERMINISTIC_BATCH, DETERMINISTIC_ENV, architecture_key, deterministic,
                                           is_deterministic, set_deterministic, tuned_batch_size)
@@ -110,5 +110,6 @@ def clear_caches() -> None:
 
 
 __all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "architecture_key", "autocast", "check_precision", "clear_caches",
+           "copy_input",
            "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer", "plan_scorer",
            "precision_agreement", "prepare", "prepared", "set_deterministic", "tuned_batch_size"]

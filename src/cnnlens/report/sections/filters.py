@@ -1,6 +1,6 @@
 """Section 7, Filters: what chosen layers' filters respond to most, in pictures a person can read: per
 filter the synthetic image of one neuron (readable activation maximisation, Olah et al. 2017) beside the
-real image patches that excite it most (dataset exemplars, one streaming pass over the split), the filters
+real image patches that excite it most (dataset exemplars, one streaming pass over the split for all layers), the filters
 chosen by what the data says (mean activation, or contribution to a class) and the dead ones named; the
 class-model images (Simonyan et al. 2014); and what two layers output for one image (the seeds' "filter
 outputs")."""
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from cnnlens.explain.activation_max import activation_maximization, class_model_images
-from cnnlens.explain.exemplars import choose_filters, dataset_exemplars
+from cnnlens.explain.core import layer_name
+from cnnlens.explain.exemplars import Exemplars, choose_filters, layer_exemplars
 from cnnlens.explain.feature_maps import feature_maps
 from cnnlens.explain.robustness import Transforms
 from cnnlens.report import text
@@ -107,14 +108,20 @@ def parse_filter_rule(rule: str, classes: Sequence[str]) -> tuple[str, int | Non
                      f"'contribution:CLASS' with one of {names}")
 
 
-def _filters(ctx: ReportContext, layer: str) -> dict[str, Any]:
-    """One layer: choose its filters from one streaming pass over the split, optimise one neuron image per
-    chosen filter (all in one batch) and pair it with the filter's top exemplars."""
+def _exemplars(ctx: ReportContext, layers: list[str]) -> dict[str, Exemplars]:
+    """Every filter layer's exemplars and statistics from one streaming pass over the split."""
+    o = ctx.options
+    _, target = parse_filter_rule(o.filter_rule, ctx.classes)
+    n, bs = len(ctx.dataset), 128
+    return layer_exemplars(ctx.model, layers, (ctx.float_images(range(i, min(i + bs, n))) for i in range(0, n, bs)),
+                           k=o.exemplars, target=target)
+
+
+def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
+    """One layer: choose its filters from its exemplars' statistics, optimise one neuron image per chosen
+    filter (all in one batch) and pair it with the filter's top exemplars."""
     o = ctx.options
     rule, target = parse_filter_rule(o.filter_rule, ctx.classes)
-    n, bs = len(ctx.dataset), 128
-    ex = dataset_exemplars(ctx.model, layer, (ctx.float_images(range(i, min(i + bs, n))) for i in range(0, n, bs)),
-                           k=o.exemplars, target=target)
     class_name = ctx.classes[target] if target is not None else None
     choice = choose_filters(ex, o.filters_per_layer, rule, class_name=class_name)
     safe, rf = _safe(layer), ex.field
@@ -129,7 +136,7 @@ def _filters(ctx: ReportContext, layer: str) -> dict[str, Any]:
     warp = Transforms.for_size(*rf.size)  # what activation_maximization picks for a neuron, without measuring rf again
     res = activation_maximization(ctx.model, layer, list(choice.units), objective="neuron", position=centre,
                                   input_shape=tuple(ctx.dataset.input_shape), steps=o.am_steps, lr=o.am_lr,
-                                  transforms=warp, generator=torch.Generator().manual_seed(o.seed))
+                                  transforms=warp, field=rf, generator=torch.Generator().manual_seed(o.seed))
     synth = torch.stack([rf.crop(im.cpu(), *centre) for im in res.images])
     ctx.assets.npy(f"filters-{safe}", res.images.cpu().numpy())
     reached = 0
@@ -198,12 +205,14 @@ def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
     every = list(dict.fromkeys(am_layers + fm_layers))
     outputs = feature_maps(ctx.model, x, every)  # also gives each layer's channel count
     sentences, grids, records = [], [], []
+    mapped = [layer for layer in am_layers if outputs[layer].dim() == 4]
+    exemplars = _exemplars(ctx, mapped) if mapped else {}
     for layer in am_layers:
         if outputs[layer].dim() != 4:
             sentences.append(f"{layer}: its output has shape {tuple(outputs[layer].shape[1:])}, not channels x height x "
                              "width; no filter images shown.")
             continue
-        block = _filters(ctx, layer)
+        block = _filters(ctx, layer, exemplars[layer_name(ctx.model, layer)])
         grids.append({"layer": layer, "rows": block["rows"]})
         sentences.append(block["sentence"])
         records.append(block["record"])
