@@ -28,12 +28,13 @@ MAPS = textwrap.dedent("""
     import torch
     sys.path.insert(0, sys.argv[1])
     from conftest import make_random_model
-    from cnnlens.explain import is_deterministic, lime, occlusion
+    from cnnlens.explain import is_deterministic, lime, occlusion, rise, score_cam
 
     model = make_random_model(3, num_classes=5, seed=1)
     x = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(2))
     maps = [lime(model, x, None, n_samples=64, generator=torch.Generator().manual_seed(0)),
-            occlusion(model, x, None, patch=4, stride=2, fill="mean")]
+            occlusion(model, x, None, patch=4, stride=2, fill="mean"),
+            score_cam(model, x, None), rise(model, x, None, n_masks=64)]  # through the local plan's scorer
     print(is_deterministic(), *(hashlib.sha256(m.contiguous().numpy().tobytes()).hexdigest() for m in maps))
 """)
 
@@ -45,9 +46,9 @@ def _maps_digest() -> str:
     return out.stdout.strip()
 
 
-def test_two_processes_give_bit_identical_lime_and_occlusion_maps() -> None:
+def test_two_processes_give_bit_identical_lime_occlusion_score_cam_and_rise_maps() -> None:
     first, second = _maps_digest(), _maps_digest()
-    assert first.startswith("True ") and len(first.split()) == 3
+    assert first.startswith("True ") and len(first.split()) == 5
     assert first == second
 
 
