@@ -126,6 +126,20 @@ def pgc_case(name: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor
                                    f"batch_size={peer_batch}"))
         k = feature_maps(model, x[:1], [layer])[layer].shape[1]
         passes, kind = k + 1, "fwd"
+
+        def agreement() -> dict[str, float | str]:
+            # the paper's ablation on the peer's side too: its AblationLayer puts min - 1e7 where the layer's
+            # minimum is not 0 (a convolution's signed output), this one zeroes always
+            from pytorch_grad_cam.ablation_layer import AblationLayer
+
+            class Zeroing(AblationLayer):
+                def __call__(self, _x: torch.Tensor) -> torch.Tensor:
+                    for i in range(self.activations.size(0)):
+                        self.activations[i, self.indices[i], :] = 0
+                    return self.activations
+
+            theirs = pgc_run(AblationCAM, model, module, x, t, ablation_layer=Zeroing())
+            return {**C.max_diff(ours(), theirs), "compared": "pytorch-grad-cam with an AblationLayer that zeroes"}
         notes.append(f"{k} channels: one ablated pass each per image; pytorch-grad-cam ablates with 0 where the "
                      "layer's minimum is 0, else with min - 1e7 (cnnlens: 0, the paper's)")
     elif method == "eigen-cam":
