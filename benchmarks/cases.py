@@ -37,6 +37,7 @@ from cnnlens.explain.core import class_score
 from cnnlens.explain.occlusion import occlusion
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.smoothgrad import smoothgrad
+from models import module_twin
 
 
 @dataclass
@@ -206,6 +207,10 @@ def deeplift_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor,
     if attr:
         cs.append(Contestant("Captum DeepLift", "peer", _quiet(lambda: attr.DeepLift(model).attribute(x, target=t)),
                              "default (zero baseline)", default=True))
+        twin = module_twin(model)
+        if twin is not None:
+            cs.append(Contestant("Captum DeepLift", "peer", _quiet(lambda: attr.DeepLift(twin).attribute(x, target=t)),
+                                 "module twin (nn.ReLU, nn.MaxPool2d)", default=True))
     # Captum loses its max-pool rule behind an nn.ReLU module (tests/test_explain_reference.py): where the
     # model max-pools after a ReLU its maps differ from the float64 reference by more than rounding
     return Case(name, "DeepLIFT", "Rescale, zero baseline", len(x), cs, 2, "fwd+bwd",
@@ -367,6 +372,11 @@ def deeplift_shap_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Te
         cs.append(Contestant("Captum DeepLiftShap", "peer",
                              _quiet(lambda: attr.DeepLiftShap(model).attribute(x, baselines=base, target=t)),
                              "default (all pairs in one batch)", default=True))
+        twin = module_twin(model)
+        if twin is not None:
+            cs.append(Contestant("Captum DeepLiftShap", "peer",
+                                 _quiet(lambda: attr.DeepLiftShap(twin).attribute(x, baselines=base, target=t)),
+                                 "module twin (nn.ReLU, nn.MaxPool2d)", default=True))
     # as DeepLIFT: Captum's max-pool rule is lost behind an nn.ReLU module
     return Case(name, "DeepLiftShap", f"{n_baselines} uniform-noise baselines", len(x), cs, 2 * n_baselines,
                 "fwd+bwd", reference=float64(deeplift_shap, model, x, t, baselines=base, reduce=None))
@@ -431,7 +441,10 @@ def blur_ig_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor, 
     if pair is not None:
         def gradients(target: int):
             def call(batch, call_model_args=None, expected_keys=None):
-                xb = torch.from_numpy(np.asarray(batch, dtype=np.float32)).permute(0, 3, 1, 2).requires_grad_(True)
+                # NCHW strides, written out: a permuted one-channel HWC batch counts as contiguous, but its strides
+                # lead the convolutions to channels-last outputs, which a model's x.view(x.size(0), -1) refuses
+                xb = torch.from_numpy(np.asarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
+                xb = xb.clone(memory_format=torch.contiguous_format).requires_grad_(True)
                 (grad,) = torch.autograd.grad(model(xb)[:, target].sum(), xb)
                 return {pair.INPUT_OUTPUT_GRADIENTS: grad.permute(0, 2, 3, 1).numpy()}
             return call
@@ -464,7 +477,8 @@ def _pair_gradients(model: nn.Module, target: int, dtype: torch.dtype = torch.fl
     import saliency.core as pair
 
     def call(batch, call_model_args=None, expected_keys=None):
-        xb = torch.from_numpy(np.asarray(batch)).to(dtype).permute(0, 3, 1, 2).requires_grad_(True)
+        xb = torch.from_numpy(np.asarray(batch)).permute(0, 3, 1, 2).to(dtype)  # NCHW strides, as in Blur IG's
+        xb = xb.clone(memory_format=torch.contiguous_format).requires_grad_(True)
         (grad,) = torch.autograd.grad(model(xb)[:, target].sum(), xb)
         return {pair.INPUT_OUTPUT_GRADIENTS: grad.permute(0, 2, 3, 1).numpy()}
     return call

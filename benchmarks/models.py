@@ -55,6 +55,36 @@ class FerMLP(nn.Module):
         return self.fc(self.dropout(F.relu(self.fc1(x))))
 
 
+class FerMLPModules(FerMLP):
+    """:class:`FerMLP` with its ``F.relu`` and ``F.max_pool2d`` calls as modules, one per use, the same weights:
+    what a Captum user must write for ``DeepLift``, whose rules hook modules (on FerMLP itself Captum sees no
+    nonlinearity and computes gradient x difference)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES, side: int = 48) -> None:
+        super().__init__(in_channels, num_classes, side)
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(6))
+        self.pools = nn.ModuleList(nn.MaxPool2d(2) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pools = iter(self.pools)
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            x = self.relus[i](bn(conv(x)))
+            if i in (1, 3, 4):
+                x = next(pools)(x)
+        x = x.view(x.size(0), -1)
+        return self.fc(self.dropout(self.relus[5](self.fc1(x))))
+
+
+def module_twin(model: nn.Module) -> nn.Module | None:
+    """The module-written twin of a benchmark model whose nonlinearities are functions (FerMLP), else None."""
+    if type(model) is not FerMLP:
+        return None
+    side = 8 * round((model.fc1.in_features / 128) ** 0.5)
+    twin = FerMLPModules(model.convs[0].in_channels, model.fc.out_features, side)
+    twin.load_state_dict(model.state_dict())
+    return twin.to(next(model.parameters()).device).eval()
+
+
 #: Benchmark models that are not cnnlens architectures: name -> builder(in_channels, num_classes, side).
 FOREIGN = {"fer_mlp": FerMLP}
 
