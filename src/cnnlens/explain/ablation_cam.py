@@ -34,7 +34,7 @@ def ablation_cam(model: nn.Module, images: torch.Tensor, target: Target = None, 
     to the ablated one: each image runs once through them, the layer's output is copied and ablated per
     channel (``batch_size`` copies at a time; None: as many as hold 2^24 of its values), and only the layers
     after it run on the copies (a skip connection around the layer still sees the image: its map broadcasts
-    over the copies). Checked on a few channels against running every copy through the whole model, which
+    over the copies). Checked on two channels against running every copy through the whole model, which
     is done instead where the model does not allow it (a concatenation with an earlier map, a reshape by the
     input's batch size). ``fast`` (default): the checked prepared copy with the layer kept unfolded, under
     ``inference_mode``; ``fast=False``: the model itself. Returns ``[N,H,W]`` (``upsample=False``: the
@@ -79,7 +79,7 @@ def ablation_cam(model: nn.Module, images: torch.Tensor, target: Target = None, 
             if batch_size is not None:
                 core.check_batch_size(batch_size, x.device)
             chunk = batch_size or min(k, max(1, SHARED_ELEMENTS // acts[0].numel()))
-            check = torch.arange(min(k, chunk, 8), device=x.device)
+            check = torch.arange(min(k, chunk, 2), device=x.device)  # two channels tell the shapes and values
             zero = torch.zeros_like(check)
             plain = scores_of(x[zero], torch.arange(len(check), device=x.device), check, t[zero])
             if _shared_pass_agrees(lambda: scores_of(x[:1], zero, check, t[zero]), plain, logits):
