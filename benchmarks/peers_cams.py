@@ -1,4 +1,5 @@
-"""HiResCAM, Ablation-CAM, Eigen-CAM and FullGrad against pytorch-grad-cam, in the peers' venv.
+"""HiResCAM, Ablation-CAM, Eigen-CAM, FullGrad (and Grad-CAM++, XGrad-CAM, Layer-CAM) against pytorch-grad-cam,
+in the peers' venv.
 
 pytorch-grad-cam needs torchvision, which must never enter ``.venv``; ``make peers`` builds ``.venv-peers``
 (torch 2.14.1, torchvision 0.29.1, grad-cam), where cnnlens's source runs as it is:
@@ -22,6 +23,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # before any import of tqdm (AblationCAM draws a bar per image)
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -45,8 +47,12 @@ from cnnlens.explain.core import default_cam_layer  # noqa: E402
 from cnnlens.explain.feature_maps import feature_maps  # noqa: E402
 from cnnlens.explain.full_grad import full_gradients  # noqa: E402
 
-METHOD_NAMES = ("hires-cam", "ablation-cam", "eigen-cam", "full-grad")
-LABELS = {"hires-cam": "HiResCAM", "ablation-cam": "Ablation-CAM", "eigen-cam": "Eigen-CAM", "full-grad": "FullGrad"}
+METHOD_NAMES = ("hires-cam", "ablation-cam", "eigen-cam", "full-grad", "grad-cam-pp", "xgrad-cam", "layer-cam")
+LABELS = {"hires-cam": "HiResCAM", "ablation-cam": "Ablation-CAM", "eigen-cam": "Eigen-CAM", "full-grad": "FullGrad",
+          "grad-cam-pp": "Grad-CAM++", "xgrad-cam": "XGrad-CAM", "layer-cam": "Layer-CAM"}
+#: The one-pass gradient CAMs: cnnlens method -> pytorch-grad-cam class name.
+GRADIENT_CAMS = {"hires-cam": "HiResCAM", "grad-cam-pp": "GradCAMPlusPlus", "xgrad-cam": "XGradCAM",
+                 "layer-cam": "LayerCAM"}
 
 
 def scaled(maps: torch.Tensor) -> torch.Tensor:
@@ -88,8 +94,8 @@ def pgc_full_grad_from_parts(model: torch.nn.Module, x: torch.Tensor, t: torch.T
 
 def pgc_case(name: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str,
              peer_batch: int) -> C.Case:
-    """One of the four against pytorch-grad-cam's class on cnnlens's default CAM layer (FullGrad: every bias)."""
-    from pytorch_grad_cam import AblationCAM, EigenCAM, FullGrad, HiResCAM
+    """One method against pytorch-grad-cam's class on cnnlens's default CAM layer (FullGrad: every bias)."""
+    from pytorch_grad_cam import AblationCAM, EigenCAM, FullGrad
 
     fn = METHODS[method]
     layer = default_cam_layer(model, x)
@@ -112,10 +118,26 @@ def pgc_case(name: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor
     else:
         cs = [C.Contestant("cnnlens", "cnnlens", ours, "default", default=True),
               C.Contestant("cnnlens", "cnnlens", lambda: ours(False), "fast=False (the model itself)")]
-    if method == "hires-cam":
-        cs.append(C.Contestant("pytorch-grad-cam HiResCAM", "peer", lambda: pgc_run(HiResCAM, model, module, x, t),
-                               "default", default=True))
+    if method in GRADIENT_CAMS:
+        import pytorch_grad_cam
+
+        cls = getattr(pytorch_grad_cam, GRADIENT_CAMS[method])
+        cs.append(C.Contestant(f"pytorch-grad-cam {GRADIENT_CAMS[method]}", "peer",
+                               lambda: pgc_run(cls, model, module, x, t), "default", default=True))
         passes, kind = 1, "fwd+bwd"
+        if method == "grad-cam-pp":
+            def agreement() -> dict[str, float | str]:
+                # its alpha adds 1e-6 to the denominator 2 g^2 + sum(A) g^3: with the logits scaled by 1000
+                # (gradients of order 1, as in tests/test_explain_cams_peers.py) that changes nothing
+                big = copy.deepcopy(model)
+                with torch.no_grad():
+                    big.fc.weight.mul_(1000)
+                    big.fc.bias.mul_(1000)
+                mine = scaled(fn(big, x, t, layer=layer, fast=False))
+                return {**C.max_diff(mine, pgc_run(cls, big, dict(big.named_modules())[layer], x, t)),
+                        "compared": "logits x 1000 (its eps 1e-6 beside g^2 then negligible)"}
+            notes.append("pytorch-grad-cam adds 1e-6 to alpha's denominator, comparable to g^2 on these logits: the "
+                         "timed maps differ by that; the agreement scales the logits by 1000")
     elif method == "ablation-cam":
         cs.append(C.Contestant("pytorch-grad-cam AblationCAM", "peer",
                                lambda: pgc_run(AblationCAM, model, module, x, t), "default (batch_size=32)",
@@ -272,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                           + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": info, "grad_cam": version("grad-cam"), "floors": floors, "results": results}
-    tag = "-".join(["peers-cams-cpu", *models])
+    tag = "-".join(["peers-cams-cpu", *models, *(methods if tuple(methods) != METHOD_NAMES else [])])
     out = HERE / "results" / tag
     write_text(out.with_suffix(".json"), json.dumps(payload, indent=1, default=str))
     write_text(out.with_suffix(".md"), render(payload))
