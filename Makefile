@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch installed would pull gigabytes of CUDA packages. Elsewhere pip finds 2.13.0 on PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast fuzz install install-test bench-smoke bench clean peers
+.PHONY: demo test test-fast fuzz install install-test bench-smoke bench bench-peers clean peers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-smoke: install-test
 bench: install-test
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run.py --threads 1
+
+# the CAMs against pytorch-grad-cam, in the peers' venv (torchvision; both sides on its torch):
+# benchmarks/results/peers-cams-cpu-*.json and .md
+bench-peers: peers
+	PYTHONPATH=src $(PEERS_VENV)/bin/python benchmarks/peers_cams.py --threads 1
 
 clean:
 	rm -rf $(VENV) demo-run
