@@ -113,3 +113,24 @@ def test_kept_buffers_never_reach_a_result_under_inference_mode():
         torch.testing.assert_close(first, convs[0](xs[0]), rtol=0, atol=1e-12)  # not overwritten by the second call
         torch.testing.assert_close(second, convs[1](xs[1]), rtol=0, atol=1e-12)
         assert torch.equal(again, first)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 9), (3, 2, 2, 3)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_max_pool_2x2_is_torchs_exactly(shape, channels_last):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    x[0, 0, 0, :2] = float("nan")  # a NaN wins its window, as in torch's kernel
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(winograd.max_pool_2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0, equal_nan=True)
+
+
+def test_faster_pool_replaces_only_2x2_max_pooling():
+    from cnnlens.explain.accel.incremental import _pool_layer
+
+    two = _pool_layer(nn.MaxPool2d(2))
+    assert winograd.faster_pool(two, (4, 3, 8, 8), mode="always").full is winograd.max_pool_2x2
+    assert winograd.faster_pool(two, (4, 3, 8, 8), mode="never") is two
+    for other in (nn.MaxPool2d(3, 2), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, padding=1), nn.AvgPool2d(2)):
+        layer = _pool_layer(other)
+        assert winograd.faster_pool(layer, (4, 3, 8, 8), mode="always") is layer

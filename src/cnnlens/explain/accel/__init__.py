@@ -65,8 +65,10 @@ def plan_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None 
     """``(forward, batch_size)`` for scoring many whole images: logits under ``torch.inference_mode`` through
     ``model``'s :class:`~cnnlens.explain.accel.incremental.LocalPlan` (folded BatchNorm, channels-last), its 3x3
     convolutions as Winograd F(4x4,3x3) where timed faster (:func:`cnnlens.explain.accel.winograd.plan_forward`),
-    at ``batch_size`` (None: measured, with each size's own Winograd choices); or None, with a ``cnnlens.explain``
-    log line saying why, where the model does not decompose. Call inside ``core.guarded``."""
+    at ``batch_size`` (None: measured on the plan with Winograd's choices for batches of the usual size,
+    :data:`DETERMINISTIC_BATCH`, then those timed again at the size found: timing every candidate size's choices
+    took ~15 s of the small CNN's first call); or None, with a ``cnnlens.explain`` log line saying why, where the
+    model does not decompose. Call inside ``core.guarded``."""
     from cnnlens.explain.accel import incremental, winograd  # heavy (torch.fx graph reading): loaded on first use
 
     try:
@@ -75,18 +77,12 @@ def plan_scorer(model: nn.Module, example: torch.Tensor, batch_size: int | None 
         _copies.log.info("cnnlens: %s does not decompose (%s); scoring with its prepared copy",
                          type(model).__name__, why)
         return None
-    forwards: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
-
-    def at(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        if size not in forwards:
-            forwards[size] = winograd.plan_forward(plan, example, size)
-        return forwards[size]
-
     with torch.inference_mode():
         if batch_size is None:
-            batch_size = tuned_batch_size(lambda b: at(b.shape[0])(b), example[:1],
-                                          key=("plan", *architecture_key(model)))
-        forward = at(batch_size)
+            usual = DETERMINISTIC_BATCH.get(example.device.type, DETERMINISTIC_BATCH["cpu"])
+            guess = winograd.plan_forward(plan, example, usual)  # Winograd's choices timed at the usual size
+            batch_size = tuned_batch_size(guess, example[:1], key=("plan", *architecture_key(model)))
+        forward = winograd.plan_forward(plan, example, batch_size)
 
     def scored(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -8,7 +8,9 @@ in float32; else one batched product), so the gain depends on the shape and the 
 on a 2-core AMD EPYC (Zen 5, one thread), whose MKL products run at ~45 GMAC/s and oneDNN's direct
 convolution and products at ~100, 1.5-1.6x over the direct convolution on 12x12x128 -> 512 and
 12x12x256 maps, about even on 24x24x64 and 6x6x512, slower on larger maps (the transforms dominate).
-:func:`faster` therefore times both on the layer's real input shape and keeps the faster one.
+:func:`faster` therefore times both on the layer's real input shape and keeps the faster one. The dense plan
+forward (:func:`plan_forward`) also takes 2x2 max-pooling as the maximum of four strided views where timed
+faster (:func:`max_pool_2x2`: exact).
 
 Rounding: a few 1e-6 of the layer's largest output in float32 (interpolation points chosen for it,
 below), 1e-13 in float64. Under autocast (bfloat16) the direct convolution always runs.
@@ -49,6 +51,7 @@ MIN_GAIN = 1.1
 #: products; one chunk for 16 images of 12x12 maps (9 tiles each), 6 images a chunk of 24x24 ones.
 TILES = 256
 _CHOSEN: dict[tuple, bool] = {}
+_POOL_CHOSEN: dict[tuple, bool] = {}  # the same for :func:`max_pool_2x2`
 #: Each thread's buffers for the transforms and products, kept from call to call under inference mode: freshly
 #: allocated, these tens of MB were returned to the system and faulted in again on every call (6,400 page faults
 #: a call for 16 images of 12x12x128 -> 512, more system time than the arithmetic).
@@ -60,6 +63,7 @@ _MADE: weakref.WeakKeyDictionary[nn.Conv2d, WinogradConv] = weakref.WeakKeyDicti
 def clear_cache() -> None:
     """Forget the timed choices and the transformed weights (``cnnlens.explain.accel.clear_caches`` calls this)."""
     _CHOSEN.clear()
+    _POOL_CHOSEN.clear()
     _MADE.clear()
     _WORKSPACE.__dict__.clear()  # this thread's buffers (another thread's go with it)
 
@@ -228,13 +232,61 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
     return dataclasses.replace(layer, full=wino)
 
 
-def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` (stride 2, no padding, floor) as the maximum of four strided views of the map read
+    channels-last: the same values (a maximum rounds nothing), 1.3-2.4x aten's channels-last kernel on the small
+    CNN's maps on one CPU thread. The result is channels-last."""
+    n, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1)[:, :h // 2 * 2, :w // 2 * 2].unflatten(1, (h // 2, 2)).unflatten(3, (w // 2, 2))
+    rows = torch.maximum(y[:, :, 0], y[:, :, 1])  # [n, h/2, w/2, 2, c]
+    return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).permute(0, 3, 1, 2)
+
+
+def _is_max_pool_2x2(module: object) -> bool:
+    return (isinstance(module, nn.MaxPool2d) and as_pair(module.kernel_size) == (2, 2)
+            and as_pair(module.stride or module.kernel_size) == (2, 2) and as_pair(module.padding) == (0, 0)
+            and as_pair(module.dilation) == (1, 1) and not module.ceil_mode and not module.return_indices)
+
+
+def faster_pool(layer: Spatial, shape: tuple[int, ...], *, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32, mode: str = "auto", min_time: float = 0.03) -> Spatial:
+    """``layer`` with :func:`max_pool_2x2` as its whole-map function where it is a 2x2 max-pooling that this
+    computes faster on channels-last inputs of ``shape`` (timed once per shape, like :func:`faster`; never in
+    deterministic mode), else ``layer`` itself."""
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"mode must be 'auto', 'always' or 'never', got {mode!r}")
+    if mode == "auto" and is_deterministic():
+        mode = "never"
+    if mode == "never" or not _is_max_pool_2x2(layer.full):
+        return layer
+    if mode == "auto":
+        key = (tuple(shape), str(device), dtype, torch.get_num_threads())
+        if key not in _POOL_CHOSEN:
+            probe = torch.Generator(device=device).manual_seed(0)  # its own: torch's global random state stays
+            x = torch.randn(shape, device=device, dtype=dtype, generator=probe).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                aten, views = math.inf, math.inf
+                for _ in range(3):  # interleaved, best of each
+                    aten = min(aten, seconds_per_item(layer.full, x, min_time))
+                    views = min(views, seconds_per_item(max_pool_2x2, x, min_time))
+            _POOL_CHOSEN[key] = aten >= MIN_GAIN * views
+        if not _POOL_CHOSEN[key]:
+            return layer
+    return dataclasses.replace(layer, full=max_pool_2x2)
+
+
+def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
+                 mode: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits of whole images through ``plan``, each 3x3 convolution as Winograd F(4x4,3x3) where :func:`faster`
-    times it faster on batches of ``batch_size`` images shaped like ``example`` (forward only: call it under
-    inference mode). Score-CAM's and RISE's masked images take this path (``cnnlens.explain.accel.plan_scorer``)."""
+    times it faster on batches of ``batch_size`` images shaped like ``example``, each 2x2 max-pooling as
+    :func:`max_pool_2x2` where :func:`faster_pool` does (``mode`` as theirs;
+    forward only: call it under inference mode). Score-CAM's and RISE's masked images take this path
+    (``cnnlens.explain.accel.plan_scorer``)."""
     clean = plan.maps(example[:1])
-    layers = [faster(step.layer, (batch_size, *clean[step.inputs[0]].shape[1:])) if isinstance(step.layer, Spatial)
-              else step.layer for step in plan.steps]
+    shapes = [(batch_size, *clean[step.inputs[0]].shape[1:]) for step in plan.steps]
+    layers = [faster_pool(faster(step.layer, shape, mode=mode), shape, device=example.device, dtype=example.dtype,
+                          mode=mode) if isinstance(step.layer, Spatial) else step.layer
+              for step, shape in zip(plan.steps, shapes)]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         maps = [to_channels_last(x)]
