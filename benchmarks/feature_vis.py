@@ -257,9 +257,10 @@ def cost(run_dir: str, layers: list[str], repeat: int = 2) -> dict:
     return out
 
 
-def figure(run_dir: str | None, layers: list[str], steps: int, path: str) -> None:
-    """A PNG for the doc: the planted filters (kernel | naive | readable, channel images), and per chosen filter
-    of each deep layer: the naive neuron image | the readable one | its 6 best real patches (receptive-field crops)."""
+def figure(run_dir: str | None, layers: list[str], steps: int, path: str, deep_steps: int | None = None) -> None:
+    """A PNG for the doc: the planted filters (kernel | naive | readable channel images | naive | readable neuron
+    images, the 7x7 field), and per chosen filter of each deep layer (``deep_steps``, default ``steps``): the naive
+    neuron image | the readable one | its 6 best real patches (receptive-field crops)."""
     import numpy as np
     from PIL import Image
 
@@ -277,9 +278,14 @@ def figure(run_dir: str | None, layers: list[str], steps: int, path: str) -> Non
     units = list(range(len(kernels)))
     naive = activation_maximization(model, "1", units, input_shape=(1, SIZE, SIZE), steps=steps, generator=torch.Generator().manual_seed(0), **NAIVE)
     readable = activation_maximization(model, "1", units, input_shape=(1, SIZE, SIZE), steps=steps, generator=torch.Generator().manual_seed(0))
+    neurons = [activation_maximization(model, "1", units, objective="neuron", input_shape=(1, SIZE, SIZE), steps=steps,
+                                       generator=torch.Generator().manual_seed(0), **o) for o in (NAIVE, READABLE)]
+    r, c = neurons[0].position
     for i, w in enumerate(kernels.values()):
         k = (w - w.min()) / (w.max() - w.min())
-        rows.append(np.concatenate([tile(k[None], 96), tile(naive.images[i], 96), tile(readable.images[i], 96)], 1))
+        rows.append(np.concatenate([tile(k[None], 96), tile(naive.images[i], 96), tile(readable.images[i], 96)]
+                                   + [tile(n.images[i, :, r - 3 : r + 4, c - 3 : c + 4], 96) for n in neurons], 1))
+    steps = deep_steps or steps
     if run_dir:
         from cnnlens.train import load_run
 

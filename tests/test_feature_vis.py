@@ -199,10 +199,20 @@ def test_data_colours_start_at_the_data_mean_and_are_checked():
     moved = activation_maximization(model, "relu_a", [0], input_shape=(3, 16, 16), steps=16, colors=colors,
                                     color_mean=mean, generator=torch.Generator().manual_seed(0))
     assert (moved.activation > moved.start_activation + 0.2).all()
-    with pytest.raises(ValueError, match=r"colors must be a tensor of shape \[3, 3\] for RGB inputs"):
+    # colours per unit: the image with the same colours as a lone run is that run's image, the other differs
+    # (the model itself: from a constant start the copy's kernels break max-pool ties by batch size)
+    options = {"input_shape": (3, 16, 16), "steps": 5, "init_std": 0.0, "transforms": None, "fast": False}
+    both = activation_maximization(model, "relu_a", [0, 0], colors=torch.stack([colors, torch.eye(3)]),
+                                   color_mean=torch.stack([mean, mean.flip(0)]), **options)
+    one = activation_maximization(model, "relu_a", [0], colors=colors, color_mean=mean, **options)
+    torch.testing.assert_close(both.images[:1], one.images)
+    assert not torch.allclose(both.images[1], one.images[0])
+    with pytest.raises(ValueError, match=r"colors must be a tensor of shape \[3, 3\] \(or \[units, 3, 3\]\) for RGB inputs"):
         activation_maximization(model, "relu_a", [0], input_shape=(3, 16, 16), steps=1, colors=torch.eye(2))
+    with pytest.raises(ValueError, match="colors gives 3 units. colours for 2 units"):
+        activation_maximization(model, "relu_a", [0, 1], input_shape=(3, 16, 16), steps=1, colors=colors.expand(3, 3, 3))
     gray = make_random_model(in_channels=1, seed=2)
-    with pytest.raises(ValueError, match=r"color_mean must be a tensor of shape \[3\] for RGB inputs"):
+    with pytest.raises(ValueError, match=r"color_mean must be a tensor of shape \[3\] \(or \[units, 3\]\) for RGB inputs"):
         activation_maximization(gray, "relu_a", [0], input_shape=(1, 16, 16), steps=1, color_mean=mean)
 
 
@@ -470,6 +480,20 @@ def test_report_shows_each_filter_beside_its_exemplars(tmp_path):
     assert page.count('class="filter-row"') == sum(len(r["filters"]) for r in record)
     assert "contribution (gradient x activation) to class Happy" in page
     assert "What the model thinks each class looks like" in page and (tmp_path / "r/figures/class-model-0.png").is_file()
+
+
+def test_report_colours_each_rgb_filter_from_its_own_patches():
+    from cnnlens.report.sections.filters import exemplar_colors
+
+    model = make_random_model(in_channels=3, seed=1)
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    ex = dataset_exemplars(model, "relu_a", [images], k=3)
+    got = exemplar_colors(ex, [2, 5])
+    for j, u in enumerate([2, 5]):  # the square root of its patches' colour covariance, and their mean colour
+        torch.testing.assert_close(got["colors"][j], color_correlation(ex.crops[u]))
+        torch.testing.assert_close(got["color_mean"][j], ex.crops[u].mean((0, 2, 3)))
+    gray = dataset_exemplars(make_random_model(in_channels=1, seed=1), "relu_a", [images[:, :1]], k=2)
+    assert exemplar_colors(gray, [0]) == {}  # gray images: no colours to choose
 
 
 def test_report_filter_rule_errors(tmp_path):

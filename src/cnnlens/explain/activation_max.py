@@ -78,10 +78,12 @@ class _Image:
                  center: torch.Tensor | None = None) -> None:
         f, c, h, w = shape
         self.kind, self.size = kind, (h, w)
-        sqrt = (_COLOR_SQRT if colors is None else colors).to(device=device, dtype=dtype)
-        self.colors = sqrt / sqrt.norm(dim=0).max()  # lucid's normalisation: the longest column has length 1
+        sqrt = (_COLOR_SQRT if colors is None else colors).to(device=device, dtype=dtype).expand(f, 3, 3)
+        # lucid's normalisation: the longest column has length 1 (per image: each may have its own colours)
+        self.colors = sqrt / sqrt.norm(dim=1).amax(1)[:, None, None]
         # the sigmoid's centre: gray, or the data's mean colour (its logit is added before the sigmoid)
-        self.offset = None if center is None else torch.logit(center.to(device=device, dtype=dtype).clamp(0.02, 0.98))[None, :, None, None]
+        self.offset = (None if center is None else
+                       torch.logit(center.to(device=device, dtype=dtype).clamp(0.02, 0.98)).expand(f, 3)[:, :, None, None])
         gen_device = generator.device if generator is not None else torch.device("cpu")
         if kind == "pixel":
             init = init_std * torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
@@ -99,7 +101,7 @@ class _Image:
         else:
             x = torch.fft.irfftn(torch.view_as_complex(self.param * self.scale), s=self.size, dim=(2, 3), norm="ortho") / 4.0
             if x.shape[1] == 3:  # decorrelated colours: optimise in a whitened colour space
-                x = torch.einsum("dc,nchw->ndhw", self.colors, x)
+                x = torch.einsum("ndc,nchw->ndhw", self.colors, x)
         return torch.sigmoid(x if self.offset is None else x + self.offset)
 
 
@@ -263,9 +265,10 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     the input size, or for a neuron to its measured receptive field; None: none). Maximised with Adam for ``steps`` steps from ``init_std``-sized noise
     (default 0.01 on the spectrum, 0.5 on pixel logits). ``filters=None`` takes every channel.
     ``parameterization="pixel"`` optimises ``sigmoid(p)`` pixel logits (``blur`` = Gaussian blur sigma after
-    each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours: ``colors`` is the square root of
-    the colour covariance (None: Lucid's ImageNet one; :func:`color_correlation` of the user's images);
-    ``color_mean`` ``[3]`` centres the sigmoid on that colour instead of gray (RGB only). ``jitter``: an extra
+    each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours: ``colors`` ``[3,3]`` (or ``[U,3,3]``,
+    one per unit) is the square root of the colour covariance (None: Lucid's ImageNet one;
+    :func:`color_correlation` of the user's images or of a unit's exemplars); ``color_mean`` ``[3]`` (or ``[U,3]``)
+    centres the sigmoid on that colour instead of gray (RGB only). ``jitter``: an extra
     integer roll (the old naive regulariser). Lucent equivalent: ``render.render_vis(model, "layer:unit")``
     with ``param.image(h, fft=True, decorrelate=True)`` and ``transform.standard_transforms``.
 
@@ -310,9 +313,10 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     if diversity and images_per_unit < 2:
         raise ValueError("diversity= compares the images of one unit: pass images_per_unit >= 2 with it")
     for what, value, shape in (("colors", colors, (3, 3)), ("color_mean", color_mean, (3,))):
-        if value is not None and not (isinstance(value, torch.Tensor) and tuple(value.shape) == shape and input_shape[0] == 3):
-            raise ValueError(f"{what} must be a tensor of shape {list(shape)} for RGB inputs (input_shape (3, H, W)), "
-                             f"got {getattr(value, 'shape', value)!r} with input_shape={input_shape!r}")
+        if value is not None and not (isinstance(value, torch.Tensor) and tuple(value.shape[-len(shape):]) == shape
+                                      and value.dim() <= len(shape) + 1 and input_shape[0] == 3):
+            raise ValueError(f"{what} must be a tensor of shape {list(shape)} (or [units, {', '.join(map(str, shape))}]) for "
+                             f"RGB inputs (input_shape (3, H, W)), got {getattr(value, 'shape', value)!r} with input_shape={input_shape!r}")
     input_shape = tuple(int(v) for v in input_shape)
     name = core.layer_name(model, layer) if layer is not None else None
     param = next(model.parameters(), None)
@@ -380,6 +384,11 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
         requested = class_scores if class_scores is not None else filters
         units = _check_units(range(count) if requested is None else requested, count,
                              "filter" if module is not None else "class")
+        for what, value, rank in (("colors", colors, 3), ("color_mean", color_mean, 2)):
+            if value is not None and value.dim() == rank and value.shape[0] != len(units):
+                raise ValueError(f"{what} gives {value.shape[0]} units' colours for {len(units)} units")
+        per_image = [v.repeat_interleave(images_per_unit, 0) if v is not None and v.dim() == r else v
+                     for v, r in ((colors, 3), (color_mean, 2))]
         units = tuple(u for u in units for _ in range(images_per_unit))
         idx = torch.tensor(units, device=device)
 
@@ -396,7 +405,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
         shape = (input_shape[0], *canvas.size) if canvas is not None else input_shape
         where = canvas.position if canvas is not None else position
         image = _Image((len(units), *shape), parameterization, float(init_std), generator, device, dtype, float(decay_power),
-                       colors, color_mean)
+                       *per_image)
         # Adam by hand: torch.optim's first construction costs ~3 s of imports on this machine.
         mean, sq = torch.zeros_like(image.param), torch.zeros_like(image.param)
         beta1, beta2 = 0.9, 0.999

@@ -118,10 +118,15 @@ def layer_exemplars(model: nn.Module, layers: Sequence[str], batches: Iterable[t
                 if not isinstance(out, torch.Tensor) or out.dim() != 4:
                     raise ValueError(f"layer {name!r} outputs {getattr(out, 'shape', type(out).__name__)}, not a feature "
                                      "map [N,C,H,W]; exemplars need channels and positions")
-                captured[name] = out
-                if target is None and len(captured) == len(names):
+                if target is not None:  # the logit's gradient must reach what we keep: the rest of the pass reads a clone
+                    captured[name] = out
+                    return out.clone()  # a later in-place op (ReLU(inplace=True)) changes the clone, not what we keep
+                # without a target, keep a contiguous copy (the merge reads it so; a later in-place op cannot reach it)
+                kept = out.contiguous()
+                captured[name] = out.clone() if kept is out else kept
+                if len(captured) == len(names):
                     raise _Stop
-                return out.clone()  # a later in-place op (ReLU(inplace=True)) changes the clone, not what we keep
+                return None
             return capture
 
         for name in names:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.explain.activation_max import activation_maximization, class_model_images
+from cnnlens.explain.activation_max import activation_maximization, class_model_images, color_correlation
 from cnnlens.explain.core import layer_name
 from cnnlens.explain.exemplars import Exemplars, choose_filters, layer_exemplars
 from cnnlens.explain.feature_maps import feature_maps
@@ -136,7 +136,8 @@ def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
     warp = Transforms.for_size(*rf.size)  # what activation_maximization picks for a neuron, without measuring rf again
     res = activation_maximization(ctx.model, layer, list(choice.units), objective="neuron", position=centre,
                                   input_shape=tuple(ctx.dataset.input_shape), steps=o.am_steps, lr=o.am_lr,
-                                  transforms=warp, field=rf, generator=torch.Generator().manual_seed(o.seed))
+                                  transforms=warp, field=rf, generator=torch.Generator().manual_seed(o.seed),
+                                  **exemplar_colors(ex, choice.units))
     synth = torch.stack([rf.crop(im.cpu(), *centre) for im in res.images])
     ctx.assets.npy(f"filters-{safe}", res.images.cpu().numpy())
     reached = 0
@@ -162,11 +163,24 @@ def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
                                   "exemplar_index": ex.index[u].tolist(), "mean_activation": float(ex.mean[u]),
                                   "firing": float(ex.firing[u]), "score": float(choice.score[u])})
     shift = warp.pad + warp.jitter + warp.fine_jitter
-    sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum, "
+    colours = " in the colours of its real patches" if ex.crops.shape[2] == 3 else ""
+    sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum{colours}, "
                 f"random shifts of up to {shift} px, scales and rotations at every step) maximises the filter's centre neuron and is cut to its "
                 f"{rf.size[0]}x{rf.size[1]} receptive field, like the {ex.values.shape[1]} real patches beside it; "
                 f"{reached} of {len(choice.units)} reach the best real patch's activation.{dead}")
     return {"layer": layer, "rows": rows, "sentence": sentence, "record": record}
+
+
+def exemplar_colors(ex: Exemplars, units: Sequence[int]) -> dict[str, torch.Tensor]:
+    """For RGB, each filter's colours from its own real patches: the square root of their colour covariance
+    and their mean colour (``colors=`` and ``color_mean=`` of activation maximisation); nothing for gray.
+    ImageNet's colour matrix, or the whole split's, let the ascent leave the colours the data holds
+    (docs/feature-visualization.md, "RGB")."""
+    if ex.crops.shape[2] != 3:
+        return {}
+    patches = [ex.crops[u][ex.index[u] >= 0] for u in units]
+    return {"colors": torch.stack([color_correlation(p) for p in patches]),
+            "color_mean": torch.stack([p.mean((0, 2, 3)) for p in patches])}
 
 
 def _list(units: tuple[int, ...], most: int = 12) -> str:
