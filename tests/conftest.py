@@ -34,6 +34,28 @@ class ResidualNet(nn.Module):
         return self.fc(self.gap(self.head(x)).flatten(1))
 
 
+class CentreSquare(nn.Module):
+    """Class 0's logit is 10x the mean brightness of the 12x12 square in the middle of a 48x48 gray image
+    (class 1's is 0), through a 1x1 convolution so there is a layer to hook: the mask of that area that keeps
+    most of the score is that square (extremal perturbations' hand-worked case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        nn.init.ones_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.conv(x)[:, :, 18:30, 18:30].mean(dim=(1, 2, 3))
+        return torch.stack([10 * q, torch.zeros_like(q)], dim=1)
+
+
+def centre_square_images(n: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Random 48x48 gray images whose middle 12x12 square is one brighter."""
+    x = torch.rand(n, 1, 48, 48, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x[:, :, 18:30, 18:30] += 1.0
+    return x
+
+
 def make_random_model(in_channels: int = 1, num_classes: int = 7, seed: int = 0) -> ResidualNet:
     """A ResidualNet with random weights and non-trivial BatchNorm statistics, in eval mode."""
     return seeded(ResidualNet(in_channels, num_classes), seed)

@@ -1,36 +1,15 @@
 """Extremal perturbations: the smooth mask against its closed form, the mask a hand-made model must get,
-the area constraint, batching and per-sample targets, bad inputs. No oracle: TorchRay (the reference
-code) needs torchvision and takes one image; the toys below are worked by hand instead."""
+the area constraint, batching and per-sample targets, bad inputs. TorchRay (the reference code) needs
+torchvision: it is the oracle in the peers' venv (tests/test_explain_extremal_torchray.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from cnnlens.explain import extremal_perturbation
 from cnnlens.explain.extremal import blend, mask_weights, perturbation_pyramid, smooth_mask
-from conftest import assert_model_untouched, make_random_model
-
-
-class Quarter(nn.Module):
-    """Class 0's logit is 10x the mean brightness of the top-left 12x12 quarter (class 1: 0), through a 1x1
-    convolution so there is a layer to hook: the mask that keeps most of that score keeps that quarter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 1, bias=False)
-        nn.init.ones_(self.conv.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.conv(x)[:, :, :12, :12].mean(dim=(1, 2, 3))
-        return torch.stack([10 * q, torch.zeros_like(q)], dim=1)
-
-
-def faces(n: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    x = torch.rand(n, 1, 48, 48, generator=torch.Generator().manual_seed(0), dtype=dtype)
-    x[:, :, :12, :12] += 1.0
-    return x
+from conftest import CentreSquare, assert_model_untouched, centre_square_images, make_random_model
 
 
 def test_a_single_parameter_gives_the_kernel_around_its_point():
@@ -62,30 +41,34 @@ def test_the_pyramid_blends_between_its_levels():
     assert not torch.allclose(blend(blur, torch.zeros(2, 9, 9, dtype=torch.float64)), x)
 
 
+#: The area counts the image and its margin: 48 px faces get a margin of round(21 * 48 / 224) = 4 px.
+COVERED = (48 + 2 * 4) ** 2
+
+
 def test_the_mask_keeps_the_region_the_score_reads():
-    model = Quarter()
-    masks = extremal_perturbation(model, faces(), target=0, areas=0.0625, steps=300, perturbation="fade",
-                                  jitter=False)
+    model = CentreSquare()
+    masks = extremal_perturbation(model, centre_square_images(), target=0, areas=144 / COVERED, steps=800, perturbation="fade",
+                                  jitter=False)  # the paper's 800 steps: by then lambda is 16x, the area nearly exact
     assert masks.shape == (2, 48, 48) and masks.min() >= 0 and masks.max() <= 1
-    inside, outside = masks[:, :12, :12], masks.clone()
-    outside[:, :12, :12] = 0
-    assert inside.mean() > 0.85, inside.mean()
+    inside, outside = masks[:, 18:30, 18:30], masks.clone()
+    outside[:, 18:30, 18:30] = 0
+    assert inside.mean() > 0.8, inside.mean()  # the smooth mask's edge rounds the square's corners
     # outside, the area term alone pulls the mask down (by ~lr * 2 lambda m / HW a step: slowly near 0)
-    assert outside.sum() / (2 * (48 * 48 - 144)) < 0.04
-    assert outside[:, 24:, 24:].max() < 0.05  # far from the quarter nothing is kept
-    # its area is the one asked for (a 12x12 quarter is 1/16 of the image), to the smooth edge's rounding
-    assert (masks > 0.5).sum(dim=(1, 2)).div(144).sub(1).abs().max() < 0.2
+    assert outside.sum() / (2 * (48 * 48 - 144)) < 0.06
+    assert outside[:, :10].max() < 0.05 and outside[:, 38:].max() < 0.05  # far from it nothing is kept
+    # its area is the one asked for (the 12x12 square), to the smooth edge's rounding
+    assert (masks > 0.5).sum(dim=(1, 2)).div(144).sub(1).abs().max() < 0.1
 
 
 def test_several_areas_average_their_masks_and_each_has_its_area():
-    x = faces(1)
-    one = [extremal_perturbation(Quarter(), x, 0, areas=a, steps=400, perturbation="fade", jitter=False)
+    x = centre_square_images(1)
+    one = [extremal_perturbation(CentreSquare(), x, 0, areas=a, steps=400, perturbation="fade", jitter=False)
            for a in (0.05, 0.2)]
-    both = extremal_perturbation(Quarter(), x, 0, areas=(0.05, 0.2), steps=400, perturbation="fade", jitter=False)
+    both = extremal_perturbation(CentreSquare(), x, 0, areas=(0.05, 0.2), steps=400, perturbation="fade", jitter=False)
     torch.testing.assert_close(both, (one[0] + one[1]) / 2, rtol=0, atol=1e-6)
     for mask, area in zip(one, (0.05, 0.2)):  # the kept pixels (the rest decays slowly towards 0)
-        kept = float((mask > 0.5).float().mean())
-        assert abs(kept / area - 1) < 0.15, (kept, area)
+        kept = float((mask > 0.5).sum()) / COVERED
+        assert abs(kept / area - 1) < 0.25, (kept, area)  # the constraint is soft: lambda grows with the steps
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -124,4 +107,4 @@ def test_contrastive_reward_and_blur_run_and_stay_in_range():
 ])
 def test_bad_arguments_say_what_to_pass(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        extremal_perturbation(Quarter(), faces(1), 0, **kwargs)
+        extremal_perturbation(CentreSquare(), centre_square_images(1), 0, **kwargs)

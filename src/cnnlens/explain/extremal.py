@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,40 @@ def smooth_mask(params: torch.Tensor, weights: torch.Tensor, radius: int, step: 
     return (z * torch.softmax(COLDNESS * z, dim=1)).sum(dim=1).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class MaskGeometry:
+    """Where a mask's parameters lie: a ``grid`` of points ``step`` pixels apart over the image, ringed by
+    ``pad`` cells of fixed zeros so that the mask also covers a ``margin`` of pixels around the image (the
+    area term counts the image and its margin, as TorchRay does: pixels near the border are then not
+    favoured by having fewer points near them). ``weights``/``radius``: :func:`mask_weights` over the padded
+    grid's pixels."""
+
+    size: tuple[int, int]
+    step: int
+    grid: tuple[int, int]
+    pad: int
+    margin: int
+    weights: torch.Tensor
+    radius: int
+
+    def masks(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(on the image [B,H,W], on the image and its margin [B,H+2M,W+2M])`` of parameters ``[B,gh,gw]``."""
+        full = smooth_mask(F.pad(params, (self.pad,) * 4), self.weights, self.radius, self.step)
+        o, m, (h, w) = self.pad * self.step, self.margin, self.size
+        return full[:, o:o + h, o:o + w], full[:, o - m:o + h + m, o - m:o + w + m]
+
+
+def mask_geometry(size: tuple[int, int], step: int, sigma: float, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> MaskGeometry:
+    """The :class:`MaskGeometry` of ``size`` images: ``ceil(size / step)`` points, a margin of ``round(sigma)``."""
+    grid = (math.ceil(size[0] / step), math.ceil(size[1] / step))
+    margin = round(sigma)
+    pad = math.ceil(margin / step)
+    weights, radius = mask_weights(((grid[0] + 2 * pad) * step, (grid[1] + 2 * pad) * step), step, sigma, dtype,
+                                   device)
+    return MaskGeometry(tuple(size), step, grid, pad, margin, weights, radius)
+
+
 def blend(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """``[B,C,H,W]``: each pixel read from the pyramid ``[B,L,C,H,W]`` (level 0 the most perturbed, ``L - 1``
     the image) at level ``mask * (L - 1)``, linearly between the two nearest levels."""
@@ -99,9 +134,11 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
     SGD with learning rate 0.01, momentum and dampening 0.9, clamped to [0, 1] after each step;
     ``lambda`` starts at 300 and grows by 0.35% a step; every other step the masked image is flipped
     left-right (``jitter``). ``step``, ``sigma`` and ``max_blur`` default to TorchRay's 7, 21 and 20 pixels
-    scaled to the image's shorter side over 224. The area term covers the image itself, as in the paper
-    (TorchRay's also a margin around it), and the parameter points sit at the cells' centres (TorchRay's at
-    their corners; with one-pixel cells the two masks agree: ``tests/test_explain_extremal_torchray.py``). Every image and area is its own optimisation, run side by side in rows of
+    scaled to the image's shorter side over 224. The area term counts the image and a margin of
+    ``round(sigma)`` pixels around it, as TorchRay's does (over the image alone, the near-ties of the mask
+    at its start favour the corners, which have the fewest points near them, and the optimisation kept
+    them); the parameter points sit at the cells' centres (TorchRay's at their corners; with one-pixel
+    cells the two masks agree: ``tests/test_explain_extremal_torchray.py``). Every image and area is its own optimisation, run side by side in rows of
     ``batch_size`` (image, area) pairs; ``fast`` (default) differentiates the checked folded, channels-last
     copy. No Captum equivalent (TorchRay's ``extremal_perturbation`` takes one image).
 
@@ -125,12 +162,11 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
         raise ValueError(f"sigma and max_blur must be positive numbers of pixels, got {sigma!r} and {max_blur!r}")
     bs = core.check_batch_size(batch_size, images.device)
     x = images.detach()
-    weights, radius = mask_weights((h, w), step, sigma, x.dtype, x.device)
-    grid = (math.ceil(h / step), math.ceil(w / step))
-    a = len(area_list)
-    reference = torch.ones(a, h * w, dtype=x.dtype, device=x.device)
+    geometry = mask_geometry((h, w), step, sigma, x.dtype, x.device)
+    a, covered = len(area_list), (h + 2 * geometry.margin) * (w + 2 * geometry.margin)
+    reference = torch.ones(a, covered, dtype=x.dtype, device=x.device)
     for i, share in enumerate(area_list):
-        reference[i, : int(h * w * (1 - share))] = 0
+        reference[i, : int(covered * (1 - share))] = 0
     out = torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
     with core.guarded(model, images):
         net = accel.prepared(model, example=x) if fast else model
@@ -141,22 +177,20 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
         for start, end in batch_ranges(n * a, bs, progress=progress, description="extremal perturbation"):
             row = torch.arange(start, end, device=x.device)
             img, k = row // a, row % a
-            masks = _optimise(net, pyramid[img], t[img], reference[k], weights, radius, step, grid, steps,
-                              reward, jitter)
+            masks = _optimise(net, pyramid[img], t[img], reference[k], geometry, steps, reward, jitter)
             out.index_add_(0, img, masks)
     return out / a
 
 
 def _optimise(net: nn.Module, pyramid: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
-              weights: torch.Tensor, radius: int, step: int, grid: tuple[int, int], steps: int, reward: str,
-              jitter: bool) -> torch.Tensor:
+              geometry: MaskGeometry, steps: int, reward: str, jitter: bool) -> torch.Tensor:
     """The masks ``[B,H,W]`` of one row of (image, area) pairs after ``steps`` SGD steps (see the caller)."""
-    params = torch.ones(pyramid.shape[0], *grid, dtype=pyramid.dtype, device=pyramid.device)
+    params = torch.ones(pyramid.shape[0], *geometry.grid, dtype=pyramid.dtype, device=pyramid.device)
     velocity = torch.zeros_like(params)
     lam, lr, momentum = 300.0, 0.01, 0.9
     for i in range(steps):
         params.requires_grad_(True)
-        masks = smooth_mask(params, weights, radius, step)
+        masks, covered = geometry.masks(params)
         seen = blend(pyramid, masks)
         if jitter and i % 2 == 0:
             seen = torch.flip(seen, dims=(3,))
@@ -165,11 +199,11 @@ def _optimise(net: nn.Module, pyramid: torch.Tensor, target: torch.Tensor, refer
         if reward == "contrastive":
             others = logits.scatter(1, target[:, None], float("-inf"))
             score = score - others.max(dim=1).values
-        area = ((masks.flatten(1).sort(dim=1).values - reference) ** 2).mean(dim=1)
+        area = ((covered.flatten(1).sort(dim=1).values - reference) ** 2).mean(dim=1)
         (grad,) = torch.autograd.grad((score - lam * area).sum(), params)
         with torch.no_grad():  # SGD with dampening as torch.optim.SGD: the first step takes the gradient itself
             velocity = grad if i == 0 else momentum * velocity + (1 - momentum) * grad
             params = (params.detach() + lr * velocity).clamp_(0, 1)  # ascent on the energy
         lam *= 1.0035
     with torch.no_grad():
-        return smooth_mask(params, weights, radius, step)
+        return geometry.masks(params)[0]
