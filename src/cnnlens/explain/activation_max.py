@@ -9,7 +9,8 @@ spectrum; colour decorrelation for RGB only), transformation robustness scaled t
 (:class:`cnnlens.explain.robustness.Transforms`), optionally a diversity term (Gram-matrix cosine between
 the images of one unit). ``parameterization="pixel", transforms=None`` is the naive ascent from noise that
 students get (high-frequency "QR codes"); blur, L2 and total variation (Yosinski et al. 2015; Mahendran &
-Vedaldi 2015) are there for it.
+Vedaldi 2015) are there for it. A neuron is optimised on a canvas of its receptive field, which is all
+it sees; every pass runs the folded-BatchNorm copy of the model (``fast=True``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ActMaxResult:
     """Images that maximise chosen units, and how strongly.
 
     Attributes:
-        images: ``[F,C,H,W]`` in [0,1]; image i maximises unit ``units[i]``.
+        images: ``[F,C,H,W]`` in [0,1]; image i maximises unit ``units[i]`` (a neuron's: gray outside the
+            canvas of its receptive field that was optimised, see :func:`activation_maximization`).
         activation: ``[F]`` the objective each image reaches (untransformed image, no penalty).
         start_activation: ``[F]`` the objective of the image it started from.
         peak: ``[F]`` the unit's highest activation over the layer's positions (the logit for a class):
