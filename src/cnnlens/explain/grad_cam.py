@@ -20,7 +20,8 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
     """``(A, dlogit_t/dA, target)`` for the output ``A`` ``[N,C,h,w]`` of ``layer``, in one forward pass.
 
     The forward hook hands the rest of the model a clone of ``A``, so that an in-place op right after
-    the layer (``nn.ReLU(inplace=True)`` after a conv) cannot overwrite the activation kept here.
+    the layer (``nn.ReLU(inplace=True)`` after a conv) cannot overwrite the activation kept here; the graph
+    starts at ``A`` (the layers before it run without recording anything for a backward pass).
     Call inside ``core.guarded``.
     """
     name = layer if isinstance(layer, str) else type(layer).__name__
@@ -32,18 +33,19 @@ def layer_output_and_gradient(model: nn.Module, images: torch.Tensor, target: Ta
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"layer {name!r} outputs {shape}; Grad-CAM needs a layer whose output is a "
                              "feature map [N,C,h,w] (a conv, BatchNorm, ReLU or pooling layer)")
-        kept.append(output)
-        return output.clone()
+        kept.append(output.detach().requires_grad_(True))  # the graph starts here: nothing before it is kept
+        return kept[-1].clone()
 
     with core.hooks() as handles:
         handles.append(module.register_forward_hook(keep))
-        x = core.input_with_grad(images)
+        x = images.detach()
         logits = model(x)
     if len(kept) != 1:
         raise ValueError(f"layer {name!r} ran {len(kept)} times in one forward pass; "
                          "Grad-CAM needs a layer that runs exactly once")
     t = core.resolve_target(target, x.shape[0], logits.shape[1], logits=logits.detach, device=x.device)
-    (grad,) = torch.autograd.grad(core.target_scores(logits, t).sum(), kept[0], allow_unused=True)
+    score = core.target_scores(logits, t).sum()
+    (grad,) = torch.autograd.grad(score, kept[0], allow_unused=True) if score.requires_grad else (None,)
     if grad is None:
         raise ValueError(f"the target score does not depend on layer {name!r}; choose a layer on the path to the output")
     return kept[0].detach(), grad, t
