@@ -496,6 +496,37 @@ def test_report_colours_each_rgb_filter_from_its_own_patches():
     assert exemplar_colors(gray, [0]) == {}  # gray images: no colours to choose
 
 
+def test_report_rgb_synthetic_images_start_from_each_filters_patch_colour(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from cnnlens.data.imageset import ImageSet
+    from cnnlens.report.context import ReportInputs
+    from cnnlens.report.sections.filters import exemplar_colors, filters_section
+    from test_report import CLASSES, TINY, context
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 60, (12, 3, 16, 16), generator=g, dtype=torch.uint8)
+    images[:6, 0] += 190  # red images and blue ones: a filter's patches are far from gray, and filters differ
+    images[6:, 2] += 190
+    data = ImageSet(images, torch.arange(12) % len(CLASSES), CLASSES, tuple(f"{i}.png" for i in range(12)), None)
+    inputs = ReportInputs(model=make_random_model(in_channels=3, num_classes=len(CLASSES), seed=3), dataset=data, name="rgb")
+    # one tiny step: each synthetic image is still its starting colour, the mean of its filter's own patches
+    options = dataclasses.replace(TINY, am_steps=1, am_lr=1e-5, exemplars=3)
+    ctx = context(tmp_path, inputs, options)
+    section = filters_section(ctx)
+    assert "in the colours of its real patches" in section["text"][0]
+    ex = dataset_exemplars(inputs.model, "relu_out", [data.float_images()], k=3)
+    units = choose_filters(ex, 3).units
+    synth = torch.from_numpy(np.load(tmp_path / "assets/arrays/filters-relu_out.npy"))
+    want = exemplar_colors(ex, units)["color_mean"]
+    r, c = (s // 2 for s in ex.field.output)
+    centre = torch.stack([ex.field.crop(im, r, c).mean((1, 2)) for im in synth])  # [3 filters, 3 colours]
+    torch.testing.assert_close(centre, want, atol=0.03, rtol=0)
+    assert (want - 0.5).abs().max() > 0.2  # far from the gray that Lucid's default would start from
+
+
 def test_report_filter_rule_errors(tmp_path):
     from cnnlens.report import ReportOptions, write_report
     from test_report import tiny_inputs
