@@ -64,6 +64,7 @@ bench: install-test
 # benchmarks/results/peers-cams-cpu-*.json and .md
 bench-peers: peers
 	PYTHONPATH=src $(PEERS_VENV)/bin/python benchmarks/peers_cams.py --threads 1
+	PYTHONPATH=src $(PEERS_VENV)/bin/python benchmarks/peers_extremal.py --threads 1 --steps 300
 
 clean:
 	rm -rf $(VENV) demo-run

@@ -619,7 +619,8 @@ def grad_cam_case(name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                 return extractor(class_idx=t.tolist(), scores=scores, normalized=False)[0].detach()
 
         cs.append(Contestant("torchcam GradCAM", "peer", torchcam_run, "default (normalized=False)", default=True))
-    notes.append("pytorch-grad-cam not measured: it requires torchvision, which does not work with the CPU torch here")
+    notes.append("pytorch-grad-cam (it requires torchvision) is measured apart in the peers' venv: "
+                 "benchmarks/peers_cams.py")
     return Case(name, "Grad-CAM", f"layer {layer}", len(x), cs, 1, "fwd+bwd", None, notes,
                 float64(grad_cam, model, x, t, layer=layer, upsample=False))
 

@@ -54,7 +54,8 @@ def render(payload: dict, json_path: Path) -> str:
         f"- bfloat16-relevant CPU flags: {info['cpu_flags'] or 'none'} (no AMX on this CPU: bfloat16 runs on AVX-512 BF16)",
         f"- {info['platform']}; Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}",
         f"- peers: captum {v.get('captum')}, lime {v.get('lime')}, torchcam {v.get('torchcam')}; "
-        "pytorch-grad-cam not measured: it requires torchvision, which does not work with the CPU torch here",
+        "pytorch-grad-cam and TorchRay need torchvision, which does not work with the CPU torch here: they "
+        "are measured apart in the peers' venv (`make bench-peers`; sections below)",
         f"- load average at start {tuple(round(x, 1) for x in info['load_average_start'])}, at end "
         f"{tuple(round(x, 1) for x in info['load_average_end'])} (the machine was shared: absolute times are noisy, "
         f"ratios within the run are what count); whole run {info['seconds'] / 60:.1f} min",
