@@ -134,3 +134,19 @@ def test_faster_pool_replaces_only_2x2_max_pooling():
     for other in (nn.MaxPool2d(3, 2), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, padding=1), nn.AvgPool2d(2)):
         layer = _pool_layer(other)
         assert winograd.faster_pool(layer, (4, 3, 8, 8), mode="always") is layer
+
+
+def test_plan_forward_runs_the_full_resolution_steps_in_parts_and_equals_the_model_in_float64():
+    # a batch larger than the usual size: the steps before the first max-pooling run 16 images at a time, the
+    # residual block and the head on all of them; Winograd and the strided-view max-pooling forced on
+    from conftest import make_random_model
+    from cnnlens.explain.accel.incremental import local_plan
+
+    model = make_random_model(3, seed=5).double()
+    x = torch.rand(37, 3, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    plan = local_plan(model, x[:2])
+    assert winograd._full_resolution_steps(plan) is not None
+    with torch.inference_mode():
+        for mode in ("always", "never"):
+            got = winograd.plan_forward(plan, x[:1], 40, mode=mode)(x)
+            torch.testing.assert_close(got, model(x), rtol=0, atol=1e-12)

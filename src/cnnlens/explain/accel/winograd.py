@@ -32,7 +32,7 @@ from torch import nn
 
 from cnnlens.explain.core import batch_ranges, to_channels_last
 from cnnlens.explain.accel.incremental import LocalPlan, Spatial, as_pair, full_step
-from cnnlens.explain.accel.tuning import is_deterministic, seconds_per_item
+from cnnlens.explain.accel.tuning import DETERMINISTIC_BATCH, is_deterministic, seconds_per_item
 
 # Interpolation points 0, 1, -1, 1/2, -2 (and infinity): 3-4x less float32 rounding than Lavin's 0, +-1,
 # +-2 on the same products (Barabasz et al., "Error analysis and improving the accuracy of Winograd
@@ -275,23 +275,54 @@ def faster_pool(layer: Spatial, shape: tuple[int, ...], *, device: torch.device 
     return dataclasses.replace(layer, full=max_pool_2x2)
 
 
+def _full_resolution_steps(plan: LocalPlan) -> int | None:
+    """How many of ``plan``'s first steps compute maps at the image's resolution, where no later step reads one
+    of those maps but the last (so the steps can run on part of a batch, the rest on the whole); None if none."""
+    first = next((i for i, stride in enumerate(plan.strides) if stride != (1, 1)), None)
+    if first is None or first == 0 or plan.last < first:
+        return None
+    if any(i < first for step in plan.steps[first:] for i in step.inputs):
+        return None
+    return first
+
+
 def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
                  mode: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits of whole images through ``plan``, each 3x3 convolution as Winograd F(4x4,3x3) where :func:`faster`
     times it faster on batches of ``batch_size`` images shaped like ``example``, each 2x2 max-pooling as
-    :func:`max_pool_2x2` where :func:`faster_pool` does (``mode`` as theirs;
-    forward only: call it under inference mode). Score-CAM's and RISE's masked images take this path
-    (``cnnlens.explain.accel.plan_scorer``)."""
+    :func:`max_pool_2x2` where :func:`faster_pool` does (``mode`` as theirs; forward only: call it under inference
+    mode). Score-CAM's and RISE's masked images take this path (``cnnlens.explain.accel.plan_scorer``).
+
+    The steps up to the first downsampling run :data:`~cnnlens.explain.accel.tuning.DETERMINISTIC_BATCH` images at
+    a time, the rest on the whole batch: the full-resolution maps of a large batch are tens of MB that the C
+    allocator hands back to the system after every pass (64 images of the small CNN: 70,000 page faults a pass, a
+    quarter of its time), while the deep layers' products run faster on more rows."""
+    part = min(batch_size, DETERMINISTIC_BATCH.get(example.device.type, DETERMINISTIC_BATCH["cpu"]))
+    split = _full_resolution_steps(plan) if batch_size > part else None
     clean = plan.maps(example[:1])
-    shapes = [(batch_size, *clean[step.inputs[0]].shape[1:]) for step in plan.steps]
+    shapes = [(part if split is not None and j < split else batch_size, *clean[step.inputs[0]].shape[1:])
+              for j, step in enumerate(plan.steps)]
     layers = [faster_pool(faster(step.layer, shape, mode=mode), shape, device=example.device, dtype=example.dtype,
                           mode=mode) if isinstance(step.layer, Spatial) else step.layer
               for step, shape in zip(plan.steps, shapes)]
 
+    def run(maps: list[torch.Tensor | None], steps: range) -> list[torch.Tensor | None]:
+        for j in steps:
+            maps.append(full_step(layers[j], [maps[i] for i in plan.steps[j].inputs]))
+        return maps
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        maps = [to_channels_last(x)]
-        for layer, step in zip(layers, plan.steps):
-            maps.append(full_step(layer, [maps[i] for i in step.inputs]))
+        if split is None or x.shape[0] <= part:
+            maps = run([to_channels_last(x)], range(len(plan.steps)))
+        else:
+            middle = None
+            for a, b in batch_ranges(x.shape[0], part):
+                done = run([to_channels_last(x[a:b])], range(split))[split]
+                if middle is None:
+                    middle = torch.empty((x.shape[0], *done.shape[1:]), dtype=done.dtype, device=done.device,
+                                         memory_format=torch.channels_last)
+                middle[a:b] = done
+            maps = run([None] * split + [middle], range(split, len(plan.steps)))
         return plan.tail(plan.head(maps[plan.last]))
 
     return forward
