@@ -90,7 +90,7 @@ def rise(model: nn.Module, images: torch.Tensor, target: Target = None, *, n_mas
     Winograd F(4x4,3x3) where timed faster: ``accel.plan_scorer``, as Score-CAM), else the checked prepared
     copy; ``fast=False`` runs the model itself. ``precision="bfloat16"`` (opt-in) runs the copy in bfloat16.
     The masked images share nothing a scorer could reuse: every pixel of every mask takes its own value, and
-    the first layer, linear in the mask, costs ~7% of a pass of the small CNN.
+    the first layer, linear in the mask, costs ~3% of a pass of the small CNN.
 
     >>> maps = rise(model, images, target=3, n_masks=2000, generator=torch.Generator().manual_seed(0))
     """

@@ -234,7 +234,7 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)`` (stride 2, no padding, floor) as the maximum of four strided views of the map read
-    channels-last: the same values (a maximum rounds nothing), 1.3-2.4x aten's channels-last kernel on the small
+    channels-last: the same values (a maximum rounds nothing), 1.4-2.4x aten's channels-last kernel on the small
     CNN's maps on one CPU thread. The result is channels-last."""
     n, c, h, w = x.shape
     y = x.permute(0, 2, 3, 1)[:, :h // 2 * 2, :w // 2 * 2].unflatten(1, (h // 2, 2)).unflatten(3, (w // 2, 2))
