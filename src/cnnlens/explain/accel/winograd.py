@@ -6,8 +6,9 @@ tile and channel pair instead of 144. Here the transforms are small matrix produ
 time) and the 36 products 36 matrix products (:func:`tile_products`: oneDNN's, where torch has it, on the CPU
 in float32; else one batched product), so the gain depends on the shape and the CPU's matrix products:
 on a 2-core AMD EPYC (Zen 5, one thread), whose MKL products run at ~45 GMAC/s and oneDNN's direct
-convolution and products at ~100, 1.5-1.6x over the direct convolution on 12x12x128 -> 512 and
-12x12x256 maps, about even on 24x24x64 and 6x6x512, slower on larger maps (the transforms dominate).
+convolution and products at ~100 (batches of 16, process CPU time): 1.5x over the direct convolution on
+12x12x128 -> 512 and 12x12x256 maps, 1.2x on 12x12x128 -> 256, about even on 24x24x128 and 6x6x512, slower on
+24x24x64 and larger maps (the transforms dominate).
 :func:`faster` therefore times both on the layer's real input shape and keeps the faster one. The dense plan
 forward (:func:`plan_forward`) also takes 2x2 max-pooling as the maximum of four strided views where timed
 faster (:func:`max_pool_2x2`: exact).
