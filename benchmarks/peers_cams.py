@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import cases as C  # noqa: E402
 import run as R  # noqa: E402
 from models import faces, make_model  # noqa: E402
+from report import ms as _ms  # noqa: E402  (milliseconds, as the main doc writes them)
 
 from cnnlens._atomic import write_text  # noqa: E402
 from cnnlens.explain import METHODS, accel  # noqa: E402
@@ -227,13 +228,6 @@ def render(payload: dict) -> str:
         for note in r["notes"]:
             lines.append(f"- {r['model']} / {r['method']}: {note}")
     return "\n".join(lines) + "\n"
-
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    v = seconds * 1e3
-    return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
