@@ -2,9 +2,10 @@
 target's score highest when everything outside it is blurred away.
 
 ``m_a = argmax_m f_t(x (.) m + blur(x) (.) (1 - m)) - lambda ||sort(m) - r_a||^2`` for each area ``a``, ``r_a``
-the sorted mask of area ``a`` (``(1 - a) HW`` zeros then ones): the area is a constraint, not a weight that
-trades size against score. ``m`` is a smooth max-convolution of a coarse parameter grid, so it has no
-adversarial speckle; the map of several areas is their mean (a pixel's share of the areas that keep it).
+the sorted mask of area ``a`` (``(1 - a) P`` zeros then ones, ``P`` the pixels of the image and a margin
+around it): the area is a constraint, not a weight that trades size against score. ``m`` is a smooth
+max-convolution of a coarse parameter grid, so it has no adversarial speckle; the map of several areas is
+their mean (a pixel's share of the areas that keep it).
 """
 
 from __future__ import annotations
@@ -138,9 +139,10 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
     ``round(sigma)`` pixels around it, as TorchRay's does (over the image alone, the near-ties of the mask
     at its start favour the corners, which have the fewest points near them, and the optimisation kept
     them); the parameter points sit at the cells' centres (TorchRay's at their corners; with one-pixel
-    cells the two masks agree: ``tests/test_explain_extremal_torchray.py``). Every image and area is its own optimisation, run side by side in rows of
-    ``batch_size`` (image, area) pairs; ``fast`` (default) differentiates the checked folded, channels-last
-    copy. No Captum equivalent (TorchRay's ``extremal_perturbation`` takes one image).
+    cells the two masks agree: ``tests/test_explain_extremal_torchray.py``). Every image and area is
+    its own optimisation, run side by side in rows of ``batch_size`` (image, area) pairs; ``fast`` (default)
+    differentiates the checked folded, channels-last copy. No Captum equivalent (TorchRay's
+    ``extremal_perturbation`` takes one image).
 
     >>> maps = extremal_perturbation(model, images, target=3, areas=(0.05, 0.1, 0.2), steps=300)
     """
@@ -148,7 +150,7 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target: Target
     area_list = [float(areas)] if is_number(areas) else list(areas)
     if not area_list or not all(is_number(a) and 0 < a < 1 for a in area_list):
         raise ValueError(f"areas must be a number or a non-empty list of numbers in (0, 1) (shares of the image "
-                         f"the mask keeps), got {areas!r}")
+                         f"and its margin that the mask keeps), got {areas!r}")
     check_count(steps, "steps")
     check_choice(perturbation, PERTURBATIONS, "perturbation")
     check_choice(reward, REWARDS, "reward")
