@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    accel.retain_freed_memory()  # as benchmarks/run.py and the cnnlens command: for every contestant alike
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits  # numpy's SVD (pytorch-grad-cam's Eigen-CAM) on as many threads
 

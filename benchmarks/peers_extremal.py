@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    accel.retain_freed_memory()  # as benchmarks/run.py and the cnnlens command: for every contestant alike
     torch.set_num_threads(args.threads)
     R.CLOCK["kind"] = "cpu" if args.threads == 1 else "wall"
     device = torch.device("cpu")

@@ -60,13 +60,18 @@ def render(payload: dict, json_path: Path) -> str:
         f"{tuple(round(x, 1) for x in info['load_average_end'])} (the machine was shared: absolute times are noisy, "
         f"ratios within the run are what count); whole run {info['seconds'] / 60:.1f} min",
         f"- clock: {CLOCKS[info.get('clock', 'wall')]}",
+        *(["- memory: the process keeps freed heap memory (`accel.retain_freed_memory()`, what the `cnnlens` "
+           "command does at start; `cnnlens/_allocator.py` says why), for every contestant alike"]
+          if info.get("retain_freed_memory") else []),
         *([f"- note: {info['note']}"] if info.get("note") else []),
         f"- date {payload['date']}",
         "",
         "## How to read the tables",
         "",
         "- Times are **milliseconds per image**, the median over interleaved repeats (each repeat runs every "
-        "contestant once, in rotating order, so machine noise hits all sides alike); a warm-up call of each "
+        "contestant once, in rotating order, so machine noise hits all sides alike; a quick case keeps adding "
+        "repeats until they have taken 4 s, up to 31, so that a slow second of a shared machine cannot decide it); "
+        "a warm-up call of each "
         "contestant comes first (it fills cnnlens's measured batch sizes and the allocator; for LIME at the full "
         "sample count on both sides, since the first full-size cnnlens call after other cases ran ~20% slower "
         "on resnet18 while the heap adapted).",

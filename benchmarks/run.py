@@ -174,23 +174,35 @@ def pass_time(model: torch.nn.Module, channels: int, side: int, device: torch.de
     return best
 
 
-def run_case(case: C.Case, repeats: int, device: torch.device, log: Callable[[str], None]) -> dict:
-    """Warm up every contestant, then time ``repeats`` interleaved rounds; compare outputs."""
+#: A case whose rounds are quick keeps going past its repeats until its rounds have taken this many seconds
+#: (at most :data:`MAX_ROUNDS`): on these shared machines a slow streak of a second or two (4x slower calls,
+#: no steal time shown) landed on one contestant of a three-round case of 20 ms calls and decided its ratio.
+MIN_CASE_SECONDS = 4.0
+MAX_ROUNDS = 31
+
+
+def run_case(case: C.Case, repeats: int, device: torch.device, log: Callable[[str], None],
+             min_seconds: float = MIN_CASE_SECONDS) -> dict:
+    """Warm up every contestant, then time ``repeats`` interleaved rounds, more until they have taken
+    ``min_seconds`` (:data:`MIN_CASE_SECONDS`; the smoke run: 0); compare outputs."""
     outputs: dict[int, torch.Tensor] = {}
     times: dict[int, list[float]] = {i: [] for i in range(len(case.contestants))}
     walls: dict[int, list[float]] = {i: [] for i in range(len(case.contestants))}
     for c in case.contestants:
         took, _ = clock(c.warmup or c.run, device)  # caches, measured batch sizes, allocator
         log(f"    warm-up {c.name} [{c.config}]: {took:.2f} s")
-    for r in range(repeats):
+    r, spent = 0, 0.0
+    while r < repeats or (spent < min_seconds and r < MAX_ROUNDS):
         order = list(range(len(case.contestants)))
         order = order[r % len(order):] + order[: r % len(order)]  # rotate: nobody always goes first
         for i in order:
             took, out = clock(case.contestants[i].run, device)
+            spent += LAST["wall"]
             times[i].append(took)
             walls[i].append(LAST["wall"])
             outputs.setdefault(i, out)
         log(f"    round {r + 1}: " + ", ".join(f"{case.contestants[i].name} {times[i][-1]:.2f} s" for i in order))
+        r += 1
     rows = []
     ours_default = next(i for i, c in enumerate(case.contestants) if c.side == "cnnlens" and c.default)
     for i, c in enumerate(case.contestants):
@@ -203,7 +215,7 @@ def run_case(case: C.Case, repeats: int, device: torch.device, log: Callable[[st
                 row["vs_cnnlens_fast"] = C.max_diff(outputs[fast[0]], outputs[i])
         rows.append(row)
     result = {"model": case.model, "method": case.method, "settings": case.settings, "images": case.images,
-              "repeats": repeats, "passes": case.passes, "pass_kind": case.pass_kind, "contestants": rows,
+              "repeats": r, "passes": case.passes, "pass_kind": case.pass_kind, "contestants": rows,
               "notes": case.notes}
     if case.agreement is not None:
         with warnings.catch_warnings():
@@ -419,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; --smoke: 1, so it is robust to a busy machine)")
     args = parser.parse_args(argv)
+    # as the cnnlens command does (cnnlens._allocator): freed heap memory is kept for every contestant alike
+    retained = accel.retain_freed_memory()
     threads = args.threads or (1 if args.smoke else None)
     if threads:
         torch.set_num_threads(threads)
@@ -455,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine(device)
     info["clock"] = CLOCK["kind"]
+    info["retain_freed_memory"] = retained
     info["note"] = args.note
     info["matmul_gflops"] = matmul_gflops(device)
     info["cnnlens_source"] = str(Path(sys.modules["cnnlens"].__file__).parent)
@@ -473,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         for method, make_case in model_cases:
             case, repeats = make_case()
             log(f"{name} / {case.method}: {len(case.contestants)} contestants x {repeats} repeats")
-            res = run_case(case, repeats, device, log)
+            res = run_case(case, repeats, device, log, 0.0 if args.smoke else MIN_CASE_SECONDS)
             s = summarise(res, floors[name][case.pass_kind]["seconds"])
             s["targets"] = targets_met(s, case.method, name, incremental)
             res["summary"] = s

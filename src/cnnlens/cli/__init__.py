@@ -58,3 +58,8 @@ def main() -> None:
                  cnnlens report runs/mine --data folder:photos
     Methods:     cnnlens methods [NAME]   (every explanation method: kind, paper, options)
     """
+    from cnnlens._allocator import retain_freed_memory
+
+    # cnnlens's own process: keep freed heap memory between batches (20-40% faster perturbation methods
+    # on CPU; cnnlens._allocator says why). Before any subcommand, never for --help / --version.
+    retain_freed_memory()

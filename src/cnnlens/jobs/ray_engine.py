@@ -63,6 +63,7 @@ class Explainer:
         from cnnlens.explain import accel
         from cnnlens.jobs.unit import prime
 
+        accel.retain_freed_memory()  # a worker process cnnlens owns, as the cnnlens command's own
         torch.set_num_threads(max(1, int(threads)))
         accel.set_deterministic(deterministic)  # the driver's mode, whatever the worker's environment says
         self.model = load_model(model, device)

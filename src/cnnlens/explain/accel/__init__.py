@@ -13,6 +13,8 @@ in every method runs the model itself):
   (:mod:`.tables`, with Winograd convolutions where timed faster, :mod:`.winograd`), else None.
 - :func:`set_deterministic` / :func:`deterministic` / ``CNNLENS_DETERMINISTIC=1``: nothing timed; and
   :func:`clear_caches`, which forgets every process-wide cache.
+- :func:`retain_freed_memory`: glibc keeps freed heap memory instead of handing it back after every batch
+  (:mod:`cnnlens._allocator`; the ``cnnlens`` command calls it, a library user opts in).
 
 The heavy parts (:mod:`.graph`, :mod:`.incremental`, :mod:`.tables`, :mod:`.winograd`: ``torch.fx`` graph
 reading) are imported on first use, not by ``import cnnlens.explain``.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from cnnlens._allocator import retain_freed_memory
 from cnnlens.explain.accel import copies as _copies, tuning
 from cnnlens.explain.accel.copies import (PRECISIONS, autocast, check_precision, copy_input, fast_forward, fast_scorer,
                                             precision_agreement, prepare, prepared)
@@ -108,4 +111,4 @@ def clear_caches() -> None:
 __all__ = ["DETERMINISTIC_BATCH", "DETERMINISTIC_ENV", "PRECISIONS", "architecture_key", "autocast", "check_precision", "clear_caches",
            "copy_input",
            "deterministic", "fast_forward", "fast_scorer", "is_deterministic", "masked_scorer", "occlusion_scorer", "plan_scorer",
-           "precision_agreement", "prepare", "prepared", "set_deterministic", "tuned_batch_size"]
+           "precision_agreement", "prepare", "prepared", "retain_freed_memory", "set_deterministic", "tuned_batch_size"]
