@@ -15,6 +15,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 from conftest import assert_model_untouched, quick_xrai
 from zoo_models import NO_RELU, ZOO, build_view_tanh
 
@@ -27,6 +28,7 @@ from cnnlens.explain.smoothgrad import smoothgrad
 from cnnlens.explain import deconvnet, deeplift, deeplift_shap, gradient_shap, input_x_gradient, smoothgrad_squared, vargrad
 from cnnlens.explain import blur_ig, guided_ig
 from cnnlens.explain.lrp import lrp
+from cnnlens.explain import accel
 
 #: Each method with small settings; all take fast=.
 METHODS = {
@@ -147,6 +149,15 @@ def test_view_flatten_model_runs_on_the_default_path_and_says_why_once(caplog):
     torch.testing.assert_close(maps, saliency(model, images, [0, 1], fast=False), rtol=1e-5, atol=1e-7)
     notes = [r for r in caplog.records if "channels-last copy not used" in r.getMessage()]
     assert len(notes) == 1 and "view" in notes[0].getMessage()
+    # the copy is channels-last up to the last module that outputs a map, contiguous after it (where the
+    # .view is): its convolutions keep the fast layout; the user's model carries no hook of cnnlens's
+    copy_ = accel.prepared(model, example=images)
+    convs = [m for m in copy_.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert "channels-last up to" in notes[0].getMessage()
+    assert not any(m._forward_hooks for m in model.modules())
+    torch.testing.assert_close(grad_cam(model, images, [0, 1]), grad_cam(model, images, [0, 1], fast=False),
+                               rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", [*METHODS, "cam"])

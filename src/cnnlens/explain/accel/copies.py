@@ -268,7 +268,8 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
     first real batch as ``example``, the copy runs on its first :data:`VERIFY_IMAGES` images beside the model
     (once per input shape) and is used only where its outputs match (:func:`mismatch`). Where the
     channels-last copy raises (a ``.view`` after a convolution needs contiguous maps) or differs, a
-    copy with the model's own memory layout is tried, then the model itself, with one log line
+    channels-last copy whose last map-producing module hands on contiguous maps is tried, then a
+    copy with the model's own memory layout, then the model itself, with one log line
     (``cnnlens.explain``, warning) saying why. ``model`` itself is also returned for a model carrying
     hooks (they must see the passes) or one that cannot be copied; a prepared copy is returned as it is.
     The copy is rebuilt when the model's modules, parameters or buffers change (see :func:`model_state`) and
@@ -293,7 +294,12 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
         why = mismatch(model, chosen.module, example)
         if why is not None and getattr(chosen.module, CHANNELS_LAST_ATTR, False):
             plain = _make_copy(model, keep, channels_last=False)
-            if plain is not None and mismatch(model, plain, example) is None:
+            mixed, head = _channels_last_until_head(model, keep, plain, example)
+            if mixed is not None:
+                log.info("cnnlens: %s: channels-last copy not used whole (%s); channels-last up to %r, the "
+                         "model's own layout after it", type(model).__name__, why, head)
+                chosen.module, why = mixed, None
+            elif plain is not None and mismatch(model, plain, example) is None:
                 log.info("cnnlens: %s: channels-last copy not used (%s); using a copy in the model's own layout",
                          type(model).__name__, why)
                 chosen.module, why = plain, None
@@ -303,6 +309,51 @@ def prepared(model: nn.Module, keep: Iterable[str] = (), example: torch.Tensor |
             chosen.module = None
         chosen.checked.add(shape)
     return chosen.module if chosen.module is not None else model
+
+
+def _contiguous(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: the module's output in the default (contiguous) memory layout."""
+    return output.contiguous() if isinstance(output, torch.Tensor) else output
+
+
+def _last_map_module(copy_: nn.Module, example: torch.Tensor) -> str | None:
+    """The name of the last module (in the order they run on ``example``'s first image) whose output is a 4-D
+    map, in ``copy_`` (one of cnnlens's own copies: the hooks are put on it and taken off here)."""
+    names = {m: n for n, m in copy_.named_modules() if n}
+    seen: list[str] = []
+
+    def note(module: nn.Module, inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            seen.append(names[module])
+
+    handles = [m.register_forward_hook(note) for m in names]
+    try:
+        with torch.no_grad():
+            copy_(example[:1].detach())
+    except Exception:  # noqa: BLE001 (the copy's own check says what is wrong with it)
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[-1] if seen else None
+
+
+def _channels_last_until_head(model: nn.Module, keep: tuple, plain: nn.Module | None, example: torch.Tensor
+                              ) -> tuple[nn.Module | None, str | None]:
+    """A channels-last copy whose last map-producing module hands on contiguous maps, and that module's name,
+    where that copy computes the model's outputs; else ``(None, None)``.
+
+    The models people write flatten their last maps with ``x.view(x.size(0), -1)``, which a channels-last map
+    refuses; the convolutions before it are where channels-last pays (fer_mlp's five: 1.44 against 2.05 ms
+    per image on one CPU thread)."""
+    head = _last_map_module(plain, example) if plain is not None else None
+    if head is None:
+        return None, None
+    mixed = _make_copy(model, keep, channels_last=True)
+    if mixed is None:
+        return None, None
+    mixed.get_submodule(head).register_forward_hook(_contiguous)
+    return (mixed, head) if mismatch(model, mixed, example) is None else (None, None)
 
 
 def _make_copy(model: nn.Module, keep: tuple, *, channels_last: bool) -> nn.Module | None:
