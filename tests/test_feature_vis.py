@@ -86,6 +86,26 @@ def test_planted_edges_are_recovered():
         assert own > 0.9 and own > other + 0.2  # the edge at its own orientation, not at the other one
 
 
+def test_a_planted_checkerboard_neuron_survives_the_transforms():
+    # a one-pixel shift inverts a checkerboard: a jitter on its 7-pixel field (the old one-pixel minimum) drove
+    # the readable image to -0.55 correlation with it; Lucent's amount scaled to 7 px rounds to no jitter
+    size = 7
+    idx = torch.arange(size)
+    board = ((idx[:, None] + idx[None, :]) % 2 * 2 - 1).double()
+    board = board - board.mean()
+    board = board / board.norm()
+    net = planted_net(size)
+    with torch.no_grad():
+        net[0].weight[0, 0].copy_(board.float())
+    assert Transforms.for_size(size, size).jitter == 0 and Transforms.for_size(18, 18).jitter == 1
+    res = activation_maximization(net, "1", [0], objective="neuron", input_shape=(1, 16, 16), steps=128,
+                                  generator=torch.Generator().manual_seed(0))
+    r, c = res.position
+    crop = res.images[0, 0, r - 3 : r + 4, c - 3 : c + 4].double().flatten()
+    assert float(torch.corrcoef(torch.stack([crop, board.flatten()]))[0, 1]) > 0.6
+    assert float(res.activation[0]) > 0.5 * float(board.clamp_min(0).sum())
+
+
 def test_class_model_images_raise_each_logit():
     model = make_random_model(in_channels=1, num_classes=4, seed=5)
     res = class_model_images(model, [0, 1, 2, 3], input_shape=(1, 16, 16), steps=48, lr=0.1,

@@ -55,17 +55,22 @@ class Transforms:
 
     @classmethod
     def for_size(cls, height: int, width: int) -> Transforms:
-        """Lucent's standard transforms with the pixel amounts scaled from 224 pixels to ``max(height, width)``
-        (at least a one-pixel jitter). For one neuron, pass its receptive field's size: shifts of a third of
-        the image would move an 8-pixel field off what it looks at.
+        """Lucent's standard transforms with the pixel amounts scaled from 224 pixels to ``max(height, width)``,
+        each rounded to whole pixels: below 14 pixels the scaled jitter is under half a pixel and rounds to
+        none (rotation and zoom stay: they are fractions of the size). For one neuron, pass its receptive
+        field's size: shifts of a third of the image would move an 8-pixel field off what it looks at.
+
+        A one-pixel jitter on a 7-pixel field (the old minimum) is four times Lucent's amount and undoes any
+        pattern of a two-pixel period: a shift by one pixel inverts a checkerboard, and on a planted
+        checkerboard filter the readable image correlated -0.55 with it (jitter alone) against 0.79 without.
 
         >>> Transforms.for_size(48, 48)
         Transforms(pad=3, jitter=2, fine_jitter=1, scale=(0.9, 1.1), degrees=10.0)
         >>> Transforms.for_size(8, 8)
-        Transforms(pad=0, jitter=1, fine_jitter=0, scale=(0.9, 1.1), degrees=10.0)
+        Transforms(pad=0, jitter=0, fine_jitter=0, scale=(0.9, 1.1), degrees=10.0)
         """
         ratio = max(height, width) / LUCENT_SIZE
-        return cls(pad=round(LUCENT_PAD * ratio), jitter=max(1, round(LUCENT_JITTER * ratio)),
+        return cls(pad=round(LUCENT_PAD * ratio), jitter=round(LUCENT_JITTER * ratio),
                    fine_jitter=round(LUCENT_FINE_JITTER * ratio), scale=(0.9, 1.1), degrees=10.0)
 
     @property
