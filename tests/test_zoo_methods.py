@@ -160,6 +160,40 @@ def test_view_flatten_model_runs_on_the_default_path_and_says_why_once(caplog):
                                rtol=1e-5, atol=1e-7)
 
 
+class _ReusedReluView(nn.Module):
+    """One ReLU module after both convolutions, then ``x.view``: the ReLU's last run feeds the flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8 * 12 * 12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_reused_relu_before_the_view_keeps_the_first_maps_channels_last():
+    torch.manual_seed(0)
+    model = _ReusedReluView().eval()
+    images = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    copy_ = accel.prepared(model, example=images)
+    assert copy_ is not model
+    seen: list[bool] = []
+    handle = copy_.conv2.register_forward_pre_hook(
+        lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        for _ in range(2):  # the run count starts again with every pass
+            with torch.no_grad():
+                copy_(accel.copy_input(copy_, images))
+    finally:
+        handle.remove()
+    assert seen == [True, True]  # the ReLU's first run is not the one made contiguous
+    torch.testing.assert_close(saliency(model, images, [0, 1]), saliency(model, images, [0, 1], fast=False),
+                               rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("method", [*METHODS, "cam"])
 def test_no_method_changes_torch_global_random_state(method):
     build, shape = ZOO["tiny_resnet"]

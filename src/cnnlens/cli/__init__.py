@@ -61,5 +61,5 @@ def main() -> None:
     from cnnlens._allocator import retain_freed_memory
 
     # cnnlens's own process: keep freed heap memory between batches (20-40% faster perturbation methods
-    # on CPU; cnnlens._allocator says why). Before any subcommand, never for --help / --version.
+    # on CPU; cnnlens._allocator says why). Runs before any subcommand (not for `cnnlens --help` / `--version`).
     retain_freed_memory()
