@@ -537,6 +537,8 @@ def test_report_rgb_synthetic_images_start_from_each_filters_patch_colour(tmp_pa
     ctx = context(tmp_path, inputs, options)
     section = filters_section(ctx)
     assert "in the colours of its real patches" in section["text"][0]
+    # a field this small gets no shifts, and the sentence says so instead of "shifts of up to 0 px"
+    assert "no shifts" in section["text"][0] and "up to 0 px" not in section["text"][0]
     ex = dataset_exemplars(inputs.model, "relu_out", [data.float_images()], k=3)
     units = choose_filters(ex, 3).units
     synth = torch.from_numpy(np.load(tmp_path / "assets/arrays/filters-relu_out.npy"))

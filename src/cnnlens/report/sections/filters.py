@@ -163,9 +163,11 @@ def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
                                   "exemplar_index": ex.index[u].tolist(), "mean_activation": float(ex.mean[u]),
                                   "firing": float(ex.firing[u]), "score": float(choice.score[u])})
     shift = warp.pad + warp.jitter + warp.fine_jitter
+    moves = (f"random shifts of up to {shift} px, scales and rotations" if shift else
+             "random scales and rotations (no shifts: under half a pixel at this field's size)")
     colours = " in the colours of its real patches" if ex.crops.shape[2] == 3 else ""
     sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum{colours}, "
-                f"random shifts of up to {shift} px, scales and rotations at every step) maximises the filter's centre neuron and is cut to its "
+                f"{moves} at every step) maximises the filter's centre neuron and is cut to its "
                 f"{rf.size[0]}x{rf.size[1]} receptive field, like the {ex.values.shape[1]} real patches beside it; "
                 f"{reached} of {len(choice.units)} reach the best real patch's activation.{dead}")
     return {"layer": layer, "rows": rows, "sentence": sentence, "record": record}
