@@ -537,10 +537,13 @@ def test_report_rgb_synthetic_images_start_from_each_filters_patch_colour(tmp_pa
     ctx = context(tmp_path, inputs, options)
     section = filters_section(ctx)
     assert "in the colours of its real patches" in section["text"][0]
-    # a field this small gets no shifts, and the sentence says so instead of "shifts of up to 0 px"
-    assert "no shifts" in section["text"][0] and "up to 0 px" not in section["text"][0]
     ex = dataset_exemplars(inputs.model, "relu_out", [data.float_images()], k=3)
     units = choose_filters(ex, 3).units
+    # the sentence names the shifts the images got (none on a field under 14 px, never "up to 0 px")
+    warp = Transforms.for_size(*ex.field.size)
+    shift = warp.pad + warp.jitter + warp.fine_jitter
+    assert (f"shifts of up to {shift} px" if shift else "no shifts") in section["text"][0]
+    assert "up to 0 px" not in section["text"][0]
     synth = torch.from_numpy(np.load(tmp_path / "assets/arrays/filters-relu_out.npy"))
     want = exemplar_colors(ex, units)["color_mean"]
     r, c = (s // 2 for s in ex.field.output)
