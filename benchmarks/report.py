@@ -347,16 +347,19 @@ def _before_after(payload: dict, json_path: Path) -> list[str]:
 def _partial_runs(payload: dict, json_path: Path) -> list[str]:
     """A line per case of the partial runs (``--models``/``--methods``) beside this run's JSON, newest first."""
     device = payload["machine"]["device"]
-    found = sorted((p for p in json_path.parent.glob(f"{device}-*.json")
-                    if p != json_path and p.name != BASELINE.format(device=device)),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    rows = []
-    for p in found:
+    parts = []
+    for p in sorted(json_path.parent.glob(f"{device}-*.json")):
+        if p == json_path or p.name == BASELINE.format(device=device):
+            continue
         try:
             part = json.loads(p.read_text())
-            cases = part["results"]
-        except (OSError, ValueError, KeyError, TypeError):
+            parts.append((str(part.get("date", "")), p, part, part["results"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not a benchmark payload (e.g. another script's results)
+    # newest first by the date each run recorded, not the file's mtime (a fresh clone gives them all one)
+    parts.sort(key=lambda item: item[0], reverse=True)
+    rows = []
+    for _, p, part, cases in parts:
         for r in cases:
             s = r.get("summary", {})
             rows.append(f"| {p.name} | {str(part.get('date', ''))[:16]} | {r['model']} | {r['method']} "

@@ -35,3 +35,21 @@ def test_the_repository_notes_are_in_the_rendered_doc():
     for fragment in sorted(report.NOTES.glob("*.md")):
         heading = fragment.read_text().splitlines()[0]
         assert heading.startswith("## ") and heading in doc, fragment.name
+
+
+def test_partial_runs_are_listed_newest_first_by_their_recorded_date(tmp_path):
+    import json
+    import os
+
+    def payload(date: str, method: str) -> str:
+        return json.dumps({"date": date, "machine": {"device": "cpu"},
+                           "results": [{"model": "small_cnn", "method": method, "summary": {"speedup_vs_best_peer": 2.0}}]})
+
+    main = tmp_path / "cpu.json"
+    main.write_text(payload("2026-12-03T00:00", "main"))
+    (tmp_path / "cpu-old.json").write_text(payload("2026-11-01T10:00", "old"))
+    (tmp_path / "cpu-new.json").write_text(payload("2026-12-02T10:00", "new"))
+    (tmp_path / "cpu-other.json").write_text("[1, 2]")  # another script's results: skipped
+    os.utime(tmp_path / "cpu-new.json", (1, 1))  # a fresh clone's mtimes say nothing about which run is newer
+    rows = [r for r in report._partial_runs(json.loads(main.read_text()), main) if r.startswith("| cpu-")]
+    assert [r.split("|")[4].strip() for r in rows] == ["new", "old"]
