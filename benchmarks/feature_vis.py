@@ -196,6 +196,70 @@ def deep(run_dir: str, steps: int, layers: list[str], sweep_steps: list[int]) ->
     return out
 
 
+def smoothness(run_dir: str, layers: list[str], decays: list[float | str], steps_list: list[int],
+               figure_path: str | None = None) -> dict:
+    """The report's neuron images (its call: exemplar colours for RGB, transforms sized to the field) at
+    several spectrum decays (``decay_power``: the Fourier amplitudes scale as 1/f**decay) and step counts:
+    the high-frequency share of the synthetic field crops against the filters' own real patches, how many
+    reach the best patch, and the mean ratio of the synthetic activation to the best patch's. The decay
+    ``"fitted"`` is each filter's own, fitted to its real patches (``spectrum_decay``). ``figure_path``: a PNG,
+    per filter (4 per layer), the field crop at each decay (the first step count), then 4 real patches."""
+    from cnnlens.explain.activation_max import spectrum_decay
+    from cnnlens.explain.exemplars import layer_exemplars
+    from cnnlens.explain.robustness import Transforms
+    from cnnlens.report.sections.filters import exemplar_colors
+    from cnnlens.train import load_run
+
+    run = load_run(run_dir, device="cpu")
+    model, data = run.model, run.dataset("val")
+    batches = (data.float_images(range(i, min(i + 128, len(data)))) for i in range(0, len(data), 128))
+    exs = layer_exemplars(model, layers, batches)
+    out: dict = {}
+    sheet_rows = []
+    for layer in layers:
+        ex = exs[layer]
+        units = list(choose_filters(ex, 8).units)
+        patches = torch.cat([ex.crops[u][ex.index[u] >= 0] for u in units])
+        fitted = torch.tensor([spectrum_decay(ex.crops[u][ex.index[u] >= 0]) for u in units])
+        row = {"filters": units, "real patches high-frequency share": round(high_frequency_share(patches), 4),
+               "fitted decays": [round(float(d), 2) for d in fitted]}
+        centre = (ex.field.output[0] // 2, ex.field.output[1] // 2)
+        shown: list[torch.Tensor] = []
+        for decay in decays:
+            for steps in steps_list:
+                res = activation_maximization(model, layer, units, objective="neuron", position=centre,
+                                              input_shape=tuple(data.input_shape), steps=steps,
+                                              decay_power=fitted if decay == "fitted" else float(decay),
+                                              transforms=Transforms.for_size(*ex.field.size), field=ex.field,
+                                              generator=torch.Generator().manual_seed(0), **exemplar_colors(ex, units))
+                crops = torch.stack([ex.field.crop(im, *centre) for im in res.images])
+                if steps == steps_list[0]:
+                    shown.append(crops[:4])
+                best = ex.values[units, 0]
+                row[f"decay {decay}, {steps} steps"] = {
+                    "high-frequency share (field crop)": round(high_frequency_share(crops), 4),
+                    "reach best patch": int(sum(float(a) >= float(b) for a, b in zip(res.activation, best))),
+                    "activation / best patch": round(float((res.activation / best.clamp_min(1e-6)).mean()), 2)}
+        out[layer] = row
+        sheet_rows += [[crops[j] for crops in shown] + [ex.crops[u, q] for q in range(min(4, ex.crops.shape[1]))]
+                       for j, u in enumerate(units[:4])]
+    if figure_path:
+        import numpy as np
+        from PIL import Image
+
+        def cell(a: torch.Tensor) -> np.ndarray:
+            a = a.detach().float().clamp(0, 1)
+            a = (a.permute(1, 2, 0) if a.shape[0] == 3 else a[0, :, :, None].expand(-1, -1, 3)).numpy()
+            img = Image.fromarray((a * 255).astype(np.uint8)).resize((64, 64), Image.NEAREST)
+            return np.pad(np.asarray(img), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+
+        rows = [np.concatenate([cell(a) for a in r], 1) for r in sheet_rows]
+        width = max(r.shape[1] for r in rows)
+        Image.fromarray(np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                                        for r in rows], 0)).save(figure_path)
+    return out
+
+
 def cost(run_dir: str, layers: list[str], repeat: int = 2) -> dict:
     """Process CPU seconds (one thread) of the report's Filters section on a trained run and of its parts at
     the report's settings (8 filters per layer, ``ReportOptions.am_steps``): the exemplar pass of each layer
@@ -313,14 +377,18 @@ def main() -> None:
     parser.add_argument("--deep-steps", type=int, default=None, help="steps for the deep part (default: the library's)")
     parser.add_argument("--sweep", default="32,64,128,256", help="step counts for the deep layers' neuron images")
     parser.add_argument("--cost", action="store_true", help="only time the report's Filters section and its parts (needs --run)")
+    parser.add_argument("--smoothness", default=None, metavar="DECAYS",
+                        help="only the report's neuron images at these spectrum decays, e.g. 1,1.5,2 (needs --run)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="also write the doc's picture sheet (PNG) here")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the timings are per thread: the shared machines run several jobs at once
     from cnnlens.explain.activation_max import DEFAULT_STEPS
 
-    if args.cost:
-        result = {"cost": cost(args.run, args.layers.split(","))}
+    if args.cost or args.smoothness:
+        result = ({"cost": cost(args.run, args.layers.split(","))} if args.cost else
+                  {"smoothness": smoothness(args.run, args.layers.split(","), [d if d == "fitted" else float(d) for d in args.smoothness.split(",")],
+                                            [int(n) for n in args.sweep.split(",")], args.figure)})
         print(json.dumps(result, indent=1))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -5,6 +5,7 @@ filters are named; the model and torch's global generator are untouched."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.explain.activation_max import (_neuron_canvas, activation_maximization, class_model_images, color_correlation,
+                                            spectrum_decay,
                                             gram_diversity)
 from cnnlens.explain.exemplars import choose_filters, dataset_exemplars, layer_exemplars
 from cnnlens.explain.receptive_field import ReceptiveField, receptive_field
@@ -207,6 +209,47 @@ def test_color_correlation_by_hand():
     torch.testing.assert_close(sqrt @ sqrt.T, torch.cov(noisy.transpose(0, 1).reshape(3, -1)))
     with pytest.raises(ValueError, match=r"images must be RGB \[N,3,H,W\]"):
         color_correlation(torch.rand(2, 1, 4, 4))
+
+
+def power_law_images(a: float, n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Random-phase images whose amplitude spectrum is exactly ``f**-a`` (f > 0)."""
+    fy = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(size, dtype=torch.float64)[None, :]
+    radius = torch.sqrt(fy**2 + fx**2)
+    amplitude = torch.where(radius > 0, radius.clamp_min(1e-12) ** -a, torch.zeros_like(radius))
+    # the spectrum of real noise has Hermitian phases; its unit-modulus part keeps them
+    noise = torch.fft.fft2(torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return torch.fft.ifft2(amplitude * noise / noise.abs().clamp_min(1e-12)).real
+
+
+def test_spectrum_decay_recovers_a_power_law_and_is_clamped():
+    for a in (1.0, 1.5, 2.0):
+        assert spectrum_decay(power_law_images(a)) == pytest.approx(a, abs=1e-6)
+    assert spectrum_decay(power_law_images(0.5)) == 1.0  # clamped to [low, high]
+    assert spectrum_decay(power_law_images(3.0)) == 2.5
+    assert spectrum_decay(power_law_images(0.5), low=0.0) == pytest.approx(0.5, abs=1e-6)
+    assert spectrum_decay(torch.full((2, 3, 8, 8), 0.3)) == 1.0  # constant patches: nothing to fit, the low end
+    with pytest.raises(ValueError, match=r"images must be \[N,C,H,W\] with H, W >= 2"):
+        spectrum_decay(torch.rand(3, 8, 8))
+
+
+def test_a_steeper_decay_per_unit_starts_smoother_and_matches_a_lone_run():
+    model = make_random_model(in_channels=1, seed=2)
+    options = {"input_shape": (1, 16, 16), "transforms": None, "fast": False}
+    start = activation_maximization(model, "relu_a", [0, 0, 0], steps=0, decay_power=torch.tensor([1.0, 2.0, 3.0]),
+                                    generator=torch.Generator().manual_seed(0), **options)
+    x = start.images - start.images.mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(x.double()).abs().pow(2)[:, 0]
+    f = torch.sqrt(torch.fft.fftfreq(16)[:, None] ** 2 + torch.fft.fftfreq(16)[None, :] ** 2)
+    high = (power * (f > 0.25)).sum((1, 2)) / power.sum((1, 2))
+    assert high[0] > 2 * high[1] > 4 * high[2]  # the same noise, each image scaled by its own 1/f**decay
+    both = activation_maximization(model, "relu_a", [0, 1], steps=5, decay_power=torch.tensor([1.5, 1.5]),
+                                   generator=torch.Generator().manual_seed(0), **options)
+    one = activation_maximization(model, "relu_a", [0, 1], steps=5, decay_power=1.5,
+                                  generator=torch.Generator().manual_seed(0), **options)
+    torch.testing.assert_close(both.images, one.images)  # a tensor of equal values is that number
+    with pytest.raises(ValueError, match=r"decay_power must be a number or a tensor of one value per unit \(\[2\]\)"):
+        activation_maximization(model, "relu_a", [0, 1], steps=1, decay_power=torch.tensor([1.0, 2.0, 3.0]), **options)
 
 
 def test_data_colours_start_at_the_data_mean_and_are_checked():
@@ -516,6 +559,23 @@ def test_report_colours_each_rgb_filter_from_its_own_patches():
     assert exemplar_colors(gray, [0]) == {}  # gray images: no colours to choose
 
 
+def test_report_fits_each_rgb_filters_spectrum_to_its_own_patches():
+    from cnnlens.report.sections.filters import exemplar_decay
+
+    model = make_random_model(in_channels=3, seed=1)
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    ex = dataset_exemplars(model, "relu_a", [images], k=3)
+    got = exemplar_decay(ex, [2, 5])["decay_power"]
+    assert got.shape == (2,) and got.tolist() == [spectrum_decay(ex.crops[u]) for u in (2, 5)]
+    smooth = ex.crops.clone()  # patches with a steeper spectrum than noise get a steeper decay
+    smooth[5] = power_law_images(2.0, n=3, size=smooth.shape[-1]).expand(3, 3, -1, -1).float()
+    ex_smooth = dataclasses.replace(ex, crops=smooth)
+    steep = float(exemplar_decay(ex_smooth, [5])["decay_power"][0])
+    assert steep == pytest.approx(2.0, abs=1e-4) and steep > float(got[1])
+    gray = dataset_exemplars(make_random_model(in_channels=1, seed=1), "relu_a", [images[:, :1]], k=2)
+    assert exemplar_decay(gray, [0]) == {}  # gray faces already match at 1/f: Lucid's decay is kept
+
+
 def test_report_rgb_synthetic_images_start_from_each_filters_patch_colour(tmp_path):
     import dataclasses
 
@@ -536,7 +596,7 @@ def test_report_rgb_synthetic_images_start_from_each_filters_patch_colour(tmp_pa
     options = dataclasses.replace(TINY, am_steps=1, am_lr=1e-5, exemplars=3)
     ctx = context(tmp_path, inputs, options)
     section = filters_section(ctx)
-    assert "in the colours of its real patches" in section["text"][0]
+    assert "in the colours and spectral slope of its real patches" in section["text"][0]
     ex = dataset_exemplars(inputs.model, "relu_out", [data.float_images()], k=3)
     units = choose_filters(ex, 3).units
     # the sentence names the shifts the images got (none on a field under 14 px, never "up to 0 px")

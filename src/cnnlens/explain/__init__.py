@@ -51,7 +51,7 @@ from cnnlens.explain.kernel_shap import kernel_shap
 from cnnlens.explain.feature_ablation import feature_ablation
 from cnnlens.explain.extremal import extremal_perturbation
 # feature visualisation: images and exemplars rather than per-pixel maps, so not in the registry (issue 14)
-from cnnlens.explain.activation_max import activation_maximization, class_model_images, color_correlation
+from cnnlens.explain.activation_max import activation_maximization, class_model_images, color_correlation, spectrum_decay
 from cnnlens.explain.exemplars import choose_filters, dataset_exemplars, layer_exemplars
 from cnnlens.explain.receptive_field import receptive_field
 from cnnlens.explain.robustness import Transforms
@@ -67,5 +67,5 @@ __all__ += ["ablation_cam", "eigen_cam", "grad_cam_pp", "hires_cam", "is_cam", "
 __all__ += ["full_grad"]
 __all__ += ["lrp"]  # layer-wise relevance propagation, its rules and composites
 __all__ += ["extremal_perturbation", "feature_ablation", "kernel_shap", "rise"]  # the perturbation methods on superpixels and masks
-__all__ += ["Transforms", "activation_maximization", "choose_filters", "class_model_images", "color_correlation",
+__all__ += ["Transforms", "activation_maximization", "choose_filters", "class_model_images", "color_correlation", "spectrum_decay",
             "dataset_exemplars", "layer_exemplars", "receptive_field"]  # feature visualisation

@@ -76,7 +76,7 @@ class _Image:
     """An image batch parameterised by free tensors (pixels or a scaled spectrum) mapped into [0,1]."""
 
     def __init__(self, shape: tuple[int, ...], kind: str, init_std: float, generator: torch.Generator | None,
-                 device: torch.device, dtype: torch.dtype, decay: float = 1.0, colors: torch.Tensor | None = None,
+                 device: torch.device, dtype: torch.dtype, decay: float | torch.Tensor = 1.0, colors: torch.Tensor | None = None,
                  center: torch.Tensor | None = None) -> None:
         f, c, h, w = shape
         self.kind, self.size = kind, (h, w)
@@ -93,8 +93,12 @@ class _Image:
             init = init_std * torch.randn((f, c, h, w // 2 + 1, 2), generator=generator, device=gen_device, dtype=dtype)
             fy = torch.fft.fftfreq(h, dtype=dtype)[:, None]
             fx = torch.fft.rfftfreq(w, dtype=dtype)[None, :]
-            # 1/frequency**decay scaling: with decay 1 every frequency band gets about equal energy (lucid's fft_image).
-            self.scale = (torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w)) ** -decay).to(device)[..., None]
+            # 1/frequency**decay scaling: with decay 1 every frequency band gets about equal energy (lucid's fft_image);
+            # a tensor decay [f] gives each image its own.
+            radius = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w)).to(device)
+            if isinstance(decay, torch.Tensor):
+                decay = decay.to(device=device, dtype=dtype).reshape(f, 1, 1, 1)
+            self.scale = (radius ** -decay)[..., None]
         self.param = init.to(device).requires_grad_(True)
 
     def __call__(self) -> torch.Tensor:
@@ -123,6 +127,31 @@ def color_correlation(images: torch.Tensor) -> torch.Tensor:
     sqrt = vecs[:, order] * vals[order].clamp_min(0).sqrt()
     sqrt = sqrt * torch.where(sqrt.sum(0) < 0, -1.0, 1.0)  # a sign per direction: the first one positive (brighter)
     return sqrt.to(images.dtype if images.is_floating_point() else torch.float32)
+
+
+def spectrum_decay(images: torch.Tensor, low: float = 1.0, high: float = 2.5) -> float:
+    """The exponent ``a`` of the amplitude spectrum ``|F(f)| ~ f**-a`` of ``images`` ``[N,C,H,W]`` (each mean
+    removed, power averaged over images and channels, least squares of ``log |F|`` on ``log f`` over every
+    frequency but 0), clamped to ``[low, high]``: pass it as ``decay_power=`` so that the Fourier
+    parameterisation starts from the data's own spectrum, as ``colors=`` gives it the data's colours. Lucid's
+    fixed 1 is the natural-image value; a filter's real patches of drawn, flat-coloured plates fit about 1.5.
+
+    >>> spectrum_decay(exemplar_patches)   # e.g. 1.47
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or min(images.shape[-2:]) < 2:
+        raise ValueError(f"images must be [N,C,H,W] with H, W >= 2, got {getattr(images, 'shape', type(images).__name__)}")
+    x = images.detach().double()
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    amplitude = torch.fft.fft2(x).abs().pow(2).mean((0, 1)).sqrt()
+    h, w = amplitude.shape
+    radius = torch.sqrt(torch.fft.fftfreq(h, dtype=torch.float64)[:, None] ** 2
+                        + torch.fft.fftfreq(w, dtype=torch.float64)[None, :] ** 2)
+    keep = (radius > 0) & (amplitude > 0)
+    if int(keep.sum()) < 2:  # constant images: no spectrum to fit
+        return float(low)
+    design = torch.stack([torch.ones_like(radius[keep]), radius[keep].log()], 1)
+    fit = torch.linalg.lstsq(design, amplitude[keep].log()[:, None]).solution
+    return float(min(max(-float(fit[1, 0]), low), high))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +281,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
                             objective: str = "channel", position: tuple[int, int] | None = None,
                             steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, parameterization: str = "fourier",
                             transforms: Transforms | bool | None = True, diversity: float = 0.0,
-                            images_per_unit: int = 1, init_std: float | None = None, decay_power: float = 1.0,
+                            images_per_unit: int = 1, init_std: float | None = None, decay_power: float | torch.Tensor = 1.0,
                             jitter: int = 0,
                             blur: float = 0.0, l2: float = 0.0, tv: float = 0.0,
                             colors: torch.Tensor | None = None, color_mean: torch.Tensor | None = None,
@@ -270,7 +299,8 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     each step); ``"fourier"`` a 1/f-scaled spectrum with decorrelated colours: ``colors`` ``[3,3]`` (or ``[U,3,3]``,
     one per unit) is the square root of the colour covariance (None: Lucid's ImageNet one;
     :func:`color_correlation` of the user's images or of a unit's exemplars); ``color_mean`` ``[3]`` (or ``[U,3]``)
-    centres the sigmoid on that colour instead of gray (RGB only). ``jitter``: an extra
+    centres the sigmoid on that colour instead of gray (RGB only); ``decay_power`` (or ``[U]``, one per unit) is the
+    spectrum's 1/f exponent (:func:`spectrum_decay` of a unit's exemplars fits it). ``jitter``: an extra
     integer roll (the old naive regulariser). Lucent equivalent: ``render.render_vis(model, "layer:unit")``
     with ``param.image(h, fft=True, decorrelate=True)`` and ``transform.standard_transforms``.
 
@@ -389,8 +419,13 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
         for what, value, rank in (("colors", colors, 3), ("color_mean", color_mean, 2)):
             if value is not None and value.dim() == rank and value.shape[0] != len(units):
                 raise ValueError(f"{what} gives {value.shape[0]} units' colours for {len(units)} units")
+        if isinstance(decay_power, torch.Tensor) and decay_power.shape != (len(units),):
+            raise ValueError(f"decay_power must be a number or a tensor of one value per unit ([{len(units)}]), "
+                             f"got shape {list(decay_power.shape)}")
         per_image = [v.repeat_interleave(images_per_unit, 0) if v is not None and v.dim() == r else v
                      for v, r in ((colors, 3), (color_mean, 2))]
+        decay = (decay_power.double().repeat_interleave(images_per_unit, 0) if isinstance(decay_power, torch.Tensor)
+                 else float(decay_power))
         units = tuple(u for u in units for _ in range(images_per_unit))
         idx = torch.tensor(units, device=device)
 
@@ -406,7 +441,7 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
 
         shape = (input_shape[0], *canvas.size) if canvas is not None else input_shape
         where = canvas.position if canvas is not None else position
-        image = _Image((len(units), *shape), parameterization, float(init_std), generator, device, dtype, float(decay_power),
+        image = _Image((len(units), *shape), parameterization, float(init_std), generator, device, dtype, decay,
                        *per_image)
         # Adam by hand: torch.optim's first construction costs ~3 s of imports on this machine.
         mean, sq = torch.zeros_like(image.param), torch.zeros_like(image.param)

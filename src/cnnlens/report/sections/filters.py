@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.explain.activation_max import activation_maximization, class_model_images, color_correlation
+from cnnlens.explain.activation_max import activation_maximization, class_model_images, color_correlation, spectrum_decay
 from cnnlens.explain.core import layer_name
 from cnnlens.explain.exemplars import Exemplars, choose_filters, layer_exemplars
 from cnnlens.explain.feature_maps import feature_maps
@@ -134,10 +134,11 @@ def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
         return {"layer": layer, "rows": [], "record": record,
                 "sentence": f"{layer}: no filter fires (> 0) on any of the {ex.count} images; nothing to show.{dead}"}
     warp = Transforms.for_size(*rf.size)  # what activation_maximization picks for a neuron, without measuring rf again
+    decay = exemplar_decay(ex, choice.units)
     res = activation_maximization(ctx.model, layer, list(choice.units), objective="neuron", position=centre,
                                   input_shape=tuple(ctx.dataset.input_shape), steps=o.am_steps, lr=o.am_lr,
                                   transforms=warp, field=rf, generator=torch.Generator().manual_seed(o.seed),
-                                  **exemplar_colors(ex, choice.units))
+                                  **exemplar_colors(ex, choice.units), **decay)
     synth = torch.stack([rf.crop(im.cpu(), *centre) for im in res.images])
     ctx.assets.npy(f"filters-{safe}", res.images.cpu().numpy())
     reached = 0
@@ -161,11 +162,12 @@ def _filters(ctx: ReportContext, layer: str, ex: Exemplars) -> dict[str, Any]:
                      "firing": text.pct(float(ex.firing[u])), "tiles": tiles})
         record["filters"].append({"filter": u, "synthetic_activation": act, "exemplar_activation": ex.values[u].tolist(),
                                   "exemplar_index": ex.index[u].tolist(), "mean_activation": float(ex.mean[u]),
-                                  "firing": float(ex.firing[u]), "score": float(choice.score[u])})
+                                  "firing": float(ex.firing[u]), "score": float(choice.score[u]),
+                                  **({"spectrum_decay": float(decay["decay_power"][j])} if decay else {})})
     shift = warp.pad + warp.jitter + warp.fine_jitter
     moves = (f"random shifts of up to {shift} px, scales and rotations" if shift else
              "random scales and rotations (no shifts: under half a pixel at this field's size)")
-    colours = " in the colours of its real patches" if ex.crops.shape[2] == 3 else ""
+    colours = " in the colours and spectral slope of its real patches" if ex.crops.shape[2] == 3 else ""
     sentence = (f"{layer}: {choice.reason}. Each synthetic image ({o.am_steps} Adam steps on a decorrelated spectrum{colours}, "
                 f"{moves} at every step) maximises the filter's centre neuron and is cut to its "
                 f"{rf.size[0]}x{rf.size[1]} receptive field, like the {ex.values.shape[1]} real patches beside it; "
@@ -183,6 +185,17 @@ def exemplar_colors(ex: Exemplars, units: Sequence[int]) -> dict[str, torch.Tens
     patches = [ex.crops[u][ex.index[u] >= 0] for u in units]
     return {"colors": torch.stack([color_correlation(p) for p in patches]),
             "color_mean": torch.stack([p.mean((0, 2, 3)) for p in patches])}
+
+
+def exemplar_decay(ex: Exemplars, units: Sequence[int]) -> dict[str, torch.Tensor]:
+    """For RGB, each filter's spectrum decay fitted to its own real patches (``decay_power=`` of activation
+    maximisation, :func:`~cnnlens.explain.activation_max.spectrum_decay`); nothing for gray. On the RGB
+    plates Lucid's fixed 1/f left the images with twice the patches' high-frequency energy (block3: 0.25
+    against 0.16; fitted: 0.17); gray faces already matched at 1/f, and a fitted decay cost one of eight
+    filters its reach of the best patch (docs/feature-visualization.md, "RGB")."""
+    if ex.crops.shape[2] != 3:
+        return {}
+    return {"decay_power": torch.tensor([spectrum_decay(ex.crops[u][ex.index[u] >= 0]) for u in units])}
 
 
 def _list(units: tuple[int, ...], most: int = 12) -> str:
