@@ -236,8 +236,13 @@ def smoothness(run_dir: str, layers: list[str], decays: list[float | str], steps
                 if steps == steps_list[0]:
                     shown.append(crops[:4])
                 best = ex.values[units, 0]
+                own = [torch.cdist(crops[j].flatten(1).T[None].double(),
+                                   ex.crops[u][ex.index[u] >= 0].transpose(0, 1).flatten(1).T[None].double())[0].amin(1)
+                       for j, u in enumerate(units)] if crops.shape[1] == 3 else []
                 row[f"decay {decay}, {steps} steps"] = {
                     "high-frequency share (field crop)": round(high_frequency_share(crops), 4),
+                    **({"mean RGB distance to own patches' nearest pixel": round(float(torch.cat(own).mean()), 3)}
+                       if own else {}),
                     "reach best patch": int(sum(float(a) >= float(b) for a, b in zip(res.activation, best))),
                     "activation / best patch": round(float((res.activation / best.clamp_min(1e-6)).mean()), 2)}
         out[layer] = row

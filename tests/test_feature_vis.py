@@ -248,6 +248,14 @@ def test_a_steeper_decay_per_unit_starts_smoother_and_matches_a_lone_run():
     one = activation_maximization(model, "relu_a", [0, 1], steps=5, decay_power=1.5,
                                   generator=torch.Generator().manual_seed(0), **options)
     torch.testing.assert_close(both.images, one.images)  # a tensor of equal values is that number
+    # any decay keeps 1/f's total spectral energy: it moves energy to low frequencies, not the step size
+    from cnnlens.explain.activation_max import _Image
+
+    scaled = [_Image((2, 1, 16, 16), "fourier", 0.01, torch.Generator().manual_seed(3), torch.device("cpu"),
+                     torch.float64, d) for d in (1.0, torch.tensor([1.5, 2.5]))]
+    ones = scaled[0].scale.expand(2, 1, *scaled[0].scale.shape[-3:])
+    torch.testing.assert_close(scaled[1].scale.flatten(1).norm(dim=1), ones.flatten(1).norm(dim=1))
+    assert scaled[1].scale[1, 0, 0, 1, 0] > scaled[1].scale[0, 0, 0, 1, 0] > ones[0, 0, 0, 1, 0]  # lowest frequency
     with pytest.raises(ValueError, match=r"decay_power must be a number or a tensor of one value per unit \(\[2\]\)"):
         activation_maximization(model, "relu_a", [0, 1], steps=1, decay_power=torch.tensor([1.0, 2.0, 3.0]), **options)
 

@@ -190,9 +190,9 @@ def exemplar_colors(ex: Exemplars, units: Sequence[int]) -> dict[str, torch.Tens
 def exemplar_decay(ex: Exemplars, units: Sequence[int]) -> dict[str, torch.Tensor]:
     """For RGB, each filter's spectrum decay fitted to its own real patches (``decay_power=`` of activation
     maximisation, :func:`~cnnlens.explain.activation_max.spectrum_decay`); nothing for gray. On the RGB
-    plates Lucid's fixed 1/f left the images with twice the patches' high-frequency energy (block3: 0.25
-    against 0.16; fitted: 0.17); gray faces already matched at 1/f, and a fitted decay cost one of eight
-    filters its reach of the best patch (docs/feature-visualization.md, "RGB")."""
+    plates Lucid's fixed 1/f left the images with twice the patches' high-frequency energy (block2: 0.43
+    against 0.20; fitted: 0.22); gray faces already match at 1/f in the last layer, where a fitted decay
+    made them twice too smooth (docs/feature-visualization.md, "A spectrum fitted")."""
     if ex.crops.shape[2] != 3:
         return {}
     return {"decay_power": torch.tensor([spectrum_decay(ex.crops[u][ex.index[u] >= 0]) for u in units])}
