@@ -574,7 +574,8 @@ def test_report_fits_each_rgb_filters_spectrum_to_its_own_patches():
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     ex = dataset_exemplars(model, "relu_a", [images], k=3)
     got = exemplar_decay(ex, [2, 5])["decay_power"]
-    assert got.shape == (2,) and got.tolist() == [spectrum_decay(ex.crops[u]) for u in (2, 5)]
+    # patches of uniform noise have a flat spectrum (slope ~0): the fit is clamped to its low end, Lucid's 1
+    assert got.tolist() == pytest.approx([1.0, 1.0])
     smooth = ex.crops.clone()  # patches with a steeper spectrum than noise get a steeper decay
     smooth[5] = power_law_images(2.0, n=3, size=smooth.shape[-1]).expand(3, 3, -1, -1).float()
     ex_smooth = dataclasses.replace(ex, crops=smooth)

@@ -305,7 +305,8 @@ def activation_maximization(model: nn.Module, layer: str | None = None, filters:
     one per unit) is the square root of the colour covariance (None: Lucid's ImageNet one;
     :func:`color_correlation` of the user's images or of a unit's exemplars); ``color_mean`` ``[3]`` (or ``[U,3]``)
     centres the sigmoid on that colour instead of gray (RGB only); ``decay_power`` (or ``[U]``, one per unit) is the
-    spectrum's 1/f exponent (:func:`spectrum_decay` of a unit's exemplars fits it). ``jitter``: an extra
+    spectrum's 1/f exponent (:func:`spectrum_decay` of a unit's exemplars fits it); unlike Lucid's, a decay other
+    than 1 is rescaled to 1/f's total energy, so it shifts energy to low frequencies without a larger step. ``jitter``: an extra
     integer roll (the old naive regulariser). Lucent equivalent: ``render.render_vis(model, "layer:unit")``
     with ``param.image(h, fft=True, decorrelate=True)`` and ``transform.standard_transforms``.
 
