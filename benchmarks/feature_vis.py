@@ -383,7 +383,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="32,64,128,256", help="step counts for the deep layers' neuron images")
     parser.add_argument("--cost", action="store_true", help="only time the report's Filters section and its parts (needs --run)")
     parser.add_argument("--smoothness", default=None, metavar="DECAYS",
-                        help="only the report's neuron images at these spectrum decays, e.g. 1,1.5,2 (needs --run)")
+                        help="only the report's neuron images at these spectrum decays, e.g. 1,fitted,1.5,2 (fitted: each filter's own, from its patches; needs --run)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="also write the doc's picture sheet (PNG) here")
     args = parser.parse_args()
