@@ -60,6 +60,8 @@ def test_direct_convolution_under_autocast_and_for_other_dtypes():
 def test_rejects_what_it_does_not_compute():
     with pytest.raises(ValueError, match="stride-1"):
         WinogradConv(nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    with pytest.raises(ValueError, match="products must be one of"):
+        WinogradConv(nn.Conv2d(3, 4, 3, padding=1), products="mkl")
     with pytest.raises(ValueError, match="no output on a 2x2 map"):
         winograd_conv2d(torch.randn(1, 1, 2, 2), transform_weight(torch.randn(1, 1, 3, 3)), None, (0, 0))
     with pytest.raises(ValueError, match="mode must be"):
@@ -78,14 +80,31 @@ def test_faster_replaces_only_eligible_layers_and_times_each_shape_once(monkeypa
 
     timed = []
     monkeypatch.setattr(winograd, "_CHOSEN", {})
+    ways = winograd._product_ways(torch.device("cpu"), torch.float32)
     # Winograd measured twice as fast, then twice as slow: the first measurement stands for the shape.
     for speeds in ([1.0, 0.5], [0.5, 1.0]):
         monkeypatch.setattr(winograd, "seconds_per_item",
                             lambda run, batch, t, s=speeds: timed.append(1) or s[isinstance(run, WinogradConv)])
         assert isinstance(faster(eligible, (8, 3, 8, 8)).full, WinogradConv)
-    assert len(timed) == 6  # three interleaved rounds of (direct, Winograd), once
+    assert len(timed) == 3 * (1 + len(ways))  # three interleaved rounds of (direct, each Winograd), once
     monkeypatch.setattr(winograd, "_CHOSEN", {})
     assert faster(eligible, (8, 3, 8, 8)) is eligible  # the last speeds: Winograd slower
+
+
+@pytest.mark.skipif(not winograd.onednn_products(), reason="this torch build has no oneDNN product")
+@pytest.mark.parametrize("fastest", winograd.PRODUCTS)
+def test_faster_keeps_the_faster_of_the_two_products(monkeypatch, fastest):
+    # oneDNN's products are the faster on AMD CPUs, MKL's batched one on Intel Xeons: each shape takes what it timed
+    layer = conv_layer(nn.Conv2d(3, 4, 3, padding=1))
+    speeds = {None: 1.0, fastest: 0.3, ({*winograd.PRODUCTS} - {fastest}).pop(): 0.6}
+    monkeypatch.setattr(winograd, "_CHOSEN", {})
+    monkeypatch.setattr(winograd, "seconds_per_item", lambda run, batch, t: speeds[getattr(run, "products", None)])
+    chosen = faster(layer, (8, 3, 8, 8))
+    assert isinstance(chosen.full, WinogradConv) and chosen.full.products == fastest
+    assert chosen.full._u is faster(layer, (8, 3, 8, 8), mode="always").full._u  # the weights transformed once
+    x = torch.randn(8, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(chosen.full(x), layer.full(x), rtol=0, atol=1e-5)
 
 
 def test_tile_products_through_onednn_and_the_batched_fallback_agree(monkeypatch):
@@ -95,9 +114,14 @@ def test_tile_products_through_onednn_and_the_batched_fallback_agree(monkeypatch
     exact = torch.bmm(v, u.transpose(1, 2))
     got = winograd.tile_products(v.float(), u.float(), torch.empty(36, 20, 16))  # oneDNN's where torch has it
     assert (got.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    batched = winograd.tile_products(v.float(), u.float(), torch.empty(36, 20, 16), via="batched")
+    assert (batched.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    with pytest.raises(ValueError, match="via must be one of"):
+        winograd.tile_products(v, u, torch.empty(36, 20, 16, dtype=torch.float64), via="mkl")
     monkeypatch.setattr(winograd, "_ONEDNN", [None])  # a build without the op: one batched product
     torch.testing.assert_close(winograd.tile_products(v, u, torch.empty(36, 20, 16, dtype=torch.float64)), exact,
                                rtol=0, atol=1e-12)
+    assert winograd._product_ways(torch.device("cpu"), torch.float32) == ("batched",)
 
 
 def test_kept_buffers_never_reach_a_result_under_inference_mode():
@@ -150,3 +174,5 @@ def test_plan_forward_runs_the_full_resolution_steps_in_parts_and_equals_the_mod
         for mode in ("always", "never"):
             got = winograd.plan_forward(plan, x[:1], 40, mode=mode)(x)
             torch.testing.assert_close(got, model(x), rtol=0, atol=1e-12)
+
+

@@ -3,13 +3,16 @@
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Each 4x4 output tile is
 ``A^T [(G g G^T) * (B^T d B)] A`` of its 6x6 input tile ``d`` and the 3x3 kernel ``g``: 36 multiplies per
 tile and channel pair instead of 144. Here the transforms are small matrix products (one axis at a
-time) and the 36 products 36 matrix products (:func:`tile_products`: oneDNN's, where torch has it, on the CPU
-in float32; else one batched product), so the gain depends on the shape and the CPU's matrix products:
-on a 2-core AMD EPYC (Zen 5, one thread), whose MKL products run at ~45 GMAC/s and oneDNN's direct
-convolution and products at ~100 (batches of 16, process CPU time): 1.5x over the direct convolution on
-12x12x128 -> 512 and 12x12x256 maps, 1.2x on 12x12x128 -> 256, about even on 24x24x128 and 6x6x512, slower on
-24x24x64 and larger maps (the transforms dominate).
-:func:`faster` therefore times both on the layer's real input shape and keeps the faster one. The dense plan
+time) and the 36 products 36 matrix products (:func:`tile_products`: oneDNN's or MKL's batched one on the CPU in
+float32, whichever :func:`faster` times faster; else one batched product), so the gain depends on the shape and the
+CPU's matrix products. On a 2-core AMD EPYC (Zen 5, one thread), MKL's products run at ~45 GMAC/s and oneDNN's
+direct convolution and products at ~100 (batches of 16, process CPU time): Winograd through oneDNN's products is
+1.5x the direct convolution on 12x12x128 -> 512 and 12x12x256 maps, 1.2x on 12x12x128 -> 256, about even on
+24x24x128 and 6x6x512, slower on 24x24x64 and larger maps (the transforms dominate). On an Intel Xeon (AVX-512)
+it is the other way round: MKL's batched product took 0.57-0.64 ms per image of the 12x12x128 -> 512 layer's
+products against oneDNN's 0.83-0.86, and 0.26 against 0.49-0.53 on 24x24x64 -> 128.
+:func:`faster` therefore times the direct convolution and Winograd with each product on the layer's real input
+shape and keeps the fastest. The dense plan
 forward (:func:`plan_forward`) also takes 2x2 max-pooling as the maximum of four strided views where timed
 faster (:func:`max_pool_2x2`: exact).
 
@@ -21,6 +24,7 @@ below), 1e-13 in float64. Under autocast (bfloat16) the direct convolution alway
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import threading
@@ -51,7 +55,9 @@ MIN_GAIN = 1.1
 #: runs its 36 products far below the matrix units' speed). 256 tiles of 128-512 channels: 4-19 MB of
 #: products; one chunk for 16 images of 12x12 maps (9 tiles each), 6 images a chunk of 24x24 ones.
 TILES = 256
-_CHOSEN: dict[tuple, bool] = {}
+#: (layer, input shape, device, dtype, threads) -> the timed choice: False (the direct convolution) or the
+#: :func:`tile_products` way of the faster Winograd.
+_CHOSEN: dict[tuple, str | bool] = {}
 _POOL_CHOSEN: dict[tuple, bool] = {}  # the same for :func:`max_pool_2x2`
 #: Each thread's buffers for the transforms and products, kept from call to call under inference mode: freshly
 #: allocated, these tens of MB were returned to the system and faulted in again on every call (6,400 page faults
@@ -112,16 +118,28 @@ def _onednn_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | N
 _ONEDNN: list = []  # [the op or None], found on first use
 
 
-def tile_products(v: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[i] = v[i] @ u[i].T`` for the 36 tile pixels (``v`` ``[36,T,C]``, ``u`` ``[36,O,C]``, ``out`` ``[36,T,O]``).
+#: The ways :func:`tile_products` can multiply: oneDNN's product one tile pixel at a time, or one batched product.
+PRODUCTS = ("onednn", "batched")
 
-    On the CPU in float32, oneDNN's product where torch has it: MKL's (``torch.bmm``) runs at less than half its
-    speed on AMD CPUs (~45 against ~100 GMAC/s on a Zen 5 core), and these products are most of the work.
-    Elsewhere (float64, CUDA, no oneDNN) one batched product."""
+
+def onednn_products() -> bool:
+    """Whether this build has oneDNN's product (:func:`tile_products`' ``"onednn"``) and oneDNN is turned on."""
     if not _ONEDNN:
         _ONEDNN.append(_onednn_linear())
-    linear = _ONEDNN[0]
-    if linear is not None and v.device.type == "cpu" and v.dtype == torch.float32:
+    return _ONEDNN[0] is not None
+
+
+def tile_products(v: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, via: str | None = None) -> torch.Tensor:
+    """``out[i] = v[i] @ u[i].T`` for the 36 tile pixels (``v`` ``[36,T,C]``, ``u`` ``[36,O,C]``, ``out`` ``[36,T,O]``).
+
+    ``via="onednn"``: oneDNN's product for each pixel, on the CPU in float32 where torch has it (MKL's runs at less
+    than half its speed on AMD CPUs, ~45 against ~100 GMAC/s on a Zen 5 core); ``"batched"``: one batched product
+    (``torch.bmm``: MKL's on the CPU, faster than oneDNN's on an Intel Xeon); None: oneDNN's where it applies.
+    Elsewhere (float64, CUDA, no oneDNN) always the batched product."""
+    if via not in (None, *PRODUCTS):
+        raise ValueError(f"via must be one of {PRODUCTS} or None, got {via!r}")
+    if via != "batched" and onednn_products() and v.device.type == "cpu" and v.dtype == torch.float32:
+        linear = _ONEDNN[0]
         try:
             for i in range(v.shape[0]):
                 out[i] = linear(v[i], u[i])
@@ -132,10 +150,11 @@ def tile_products(v: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.
 
 
 def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
-                    padding: tuple[int, int]) -> torch.Tensor:
+                    padding: tuple[int, int], *, products: str | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` for a 3x3 ``weight`` given as ``u = transform_weight(weight)``.
 
-    ``x`` ``[N,C,H,W]`` in any memory format; the result is channels-last. Runs ``TILES`` tiles at a time.
+    ``x`` ``[N,C,H,W]`` in any memory format; the result is channels-last. Runs ``TILES`` tiles at a time, its
+    36 products :func:`tile_products`' ``via=products``.
     """
     n, c, h, w = x.shape
     ph, pw = padding
@@ -159,29 +178,43 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
         d.copy_(tiles[:, :, a:b])  # [6 rows, 6 columns, tiles, C]
         bd = torch.matmul(bt, d.view(6, -1), out=bd_buf[:36 * t * c].view(6, -1))
         v = torch.matmul(bt, bd.view(6, 6, -1), out=v_buf[:36 * t * c].view(6, 6, -1)).view(36, t, c)  # B^T d B
-        m = tile_products(v, u, m_buf[:36 * t * o].view(36, t, o))  # [36, tiles, O]
+        m = tile_products(v, u, m_buf[:36 * t * o].view(36, t, o), via=products)  # [36, tiles, O]
         am = torch.matmul(at, m.view(6, -1), out=am_buf[:24 * t * o].view(4, -1))
         z = torch.matmul(at, am.view(4, 6, -1), out=z_buf[:16 * t * o].view(4, 4, -1))  # A^T m A: [4,4, tiles x O]
-        y[a:b] = z.view(4, 4, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
+        tiled = z.view(4, 4, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
+        if bias is None:
+            y[a:b] = tiled
+        else:  # the bias added on the way into the map: one pass over it instead of two
+            torch.add(tiled, bias, out=y[a:b])
     y = y.view(n, 4 * th, 4 * tw, o)
     if (oh, ow) != (4 * th, 4 * tw):  # the tiles overhang the map: one copy of the part inside
         y = y[:, :oh, :ow].contiguous()
-    if bias is not None:
-        y.add_(bias)
     return y.permute(0, 3, 1, 2)
 
 
 class WinogradConv:
-    """Calls a 3x3 ``nn.Conv2d`` through :func:`winograd_conv2d` (through the module itself under autocast
-    or for other dtypes); the transformed weights are made once per dtype."""
+    """Calls a 3x3 ``nn.Conv2d`` through :func:`winograd_conv2d` with its ``products`` (through the module itself
+    under autocast or for other dtypes); the transformed weights are made once per dtype and shared by
+    :meth:`using`'s copies."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, products: str | None = None) -> None:
         if not eligible(conv):
             raise ValueError(f"Winograd F(4x4,3x3) needs a 3x3, stride-1, undilated, ungrouped, zero-padded "
                              f"convolution, got {conv}")
+        if products not in (None, *PRODUCTS):
+            raise ValueError(f"products must be one of {PRODUCTS} or None, got {products!r}")
         self.conv = conv
         self.padding = as_pair(conv.padding)
+        self.products = products
         self._u: dict[torch.dtype, torch.Tensor] = {}
+
+    def using(self, products: str | None) -> WinogradConv:
+        """This convolution with :func:`tile_products`' ``via=products``, sharing the transformed weights."""
+        if products == self.products:
+            return self
+        other = copy.copy(self)
+        other.products = products
+        return other
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
@@ -189,7 +222,7 @@ class WinogradConv:
         if x.dtype not in self._u:
             self._u[x.dtype] = transform_weight(self.conv.weight.detach().to(x.dtype))
         bias = None if self.conv.bias is None else self.conv.bias.detach().to(x.dtype)
-        return winograd_conv2d(x, self._u[x.dtype], bias, self.padding)
+        return winograd_conv2d(x, self._u[x.dtype], bias, self.padding, products=self.products)
 
 
 def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_time: float = 0.03) -> Spatial:
@@ -220,17 +253,31 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
         if key not in _CHOSEN:
             probe = torch.Generator(device=device).manual_seed(0)  # its own: torch's global random state stays as it was
             x = torch.randn(shape, device=device, dtype=dtype, generator=probe).contiguous(memory_format=torch.channels_last)
+            ways = {way: wino.using(way) for way in _product_ways(device, dtype)}
             with torch.inference_mode():
                 for _ in range(3):  # warm-up: the first calls of a process also pay for the allocator's growth
-                    conv(x), wino(x)
-                direct, winograd = math.inf, math.inf
-                for _ in range(3):  # interleaved, best of each: machine noise hits both
+                    conv(x)
+                    for run in ways.values():
+                        run(x)
+                direct, best = math.inf, dict.fromkeys(ways, math.inf)
+                for _ in range(3):  # interleaved, best of each: machine noise hits all alike
                     direct = min(direct, seconds_per_item(conv, x, min_time))
-                    winograd = min(winograd, seconds_per_item(wino, x, min_time))
-            _CHOSEN[key] = direct >= MIN_GAIN * winograd
-        if not _CHOSEN[key]:
+                    for way, run in ways.items():
+                        best[way] = min(best[way], seconds_per_item(run, x, min_time))
+            fastest = min(best, key=best.__getitem__)
+            _CHOSEN[key] = fastest if direct >= MIN_GAIN * best[fastest] else False
+        if _CHOSEN[key] is False:
             return layer
+        wino = wino.using(_CHOSEN[key])
     return dataclasses.replace(layer, full=wino)
+
+
+def _product_ways(device: torch.device, dtype: torch.dtype) -> tuple[str | None, ...]:
+    """The :func:`tile_products` ways worth timing for weights on ``device`` in ``dtype``: both products on the CPU
+    in float32 where this build has oneDNN's, else the one batched product."""
+    if device.type == "cpu" and dtype == torch.float32 and onednn_products():
+        return PRODUCTS
+    return ("batched",)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
