@@ -176,3 +176,35 @@ def test_plan_forward_runs_the_full_resolution_steps_in_parts_and_equals_the_mod
             torch.testing.assert_close(got, model(x), rtol=0, atol=1e-12)
 
 
+class _FunctionalNet(nn.Module):
+    """F.relu before F.max_pool2d, and a ReLU whose map is also read by a residual add (not movable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.a(x)), 2)
+        r = torch.relu(self.b(x))
+        x = F.max_pool2d(r + self.c(r), 2)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_relu_read_only_by_max_pooling_runs_after_it_with_the_same_values():
+    from cnnlens.explain.accel.incremental import local_plan
+    from cnnlens.models import build
+
+    torch.manual_seed(7)
+    small = build("small_cnn", in_channels=1, num_classes=7, input_size=16, channels=(4, 8, 16)).eval()
+    functional = _FunctionalNet().eval()
+    for model, channels, movable in ((small, 1, 3), (functional, 2, 1)):
+        x = torch.randn(5, channels, 16, 16, generator=torch.Generator().manual_seed(8))
+        plan = local_plan(model, x[:2])
+        moved = winograd.relu_before_max_pool(plan)
+        assert len(moved) == movable  # every conv-ReLU-pool block; not the ReLU the residual add also reads
+        assert all(winograd._is_relu(plan.steps[j].layer.fn) for j in moved)
+        with torch.inference_mode():
+            got = winograd.plan_forward(plan, x[:1], 5, mode="never")(x)
+            assert torch.equal(got, plan(x))  # a maximum rounds nothing: bit for bit the plan's own order
+            torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)

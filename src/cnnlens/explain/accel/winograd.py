@@ -29,14 +29,15 @@ import dataclasses
 import math
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from cnnlens.explain.core import batch_ranges, to_channels_last
-from cnnlens.explain.accel.incremental import LocalPlan, Spatial, as_pair, full_step
+from cnnlens.explain.accel.incremental import LocalPlan, Pointwise, Spatial, as_pair, full_step
 from cnnlens.explain.accel.tuning import DETERMINISTIC_BATCH, is_deterministic, seconds_per_item
 
 # Interpolation points 0, 1, -1, 1/2, -2 (and infinity): 3-4x less float32 rounding than Lavin's 0, +-1,
@@ -334,6 +335,39 @@ def _full_resolution_steps(plan: LocalPlan) -> int | None:
     return first
 
 
+_RELU_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
+
+
+def _is_relu(fn: object) -> bool:
+    """Whether a :class:`Pointwise` step's function is a ReLU: the module, or one ``relu`` call read out of a graph."""
+    if type(fn) is nn.ReLU:
+        return True
+    if not isinstance(fn, fx.GraphModule):
+        return False
+    ops = [n for n in fn.graph.nodes if n.op not in ("placeholder", "output")]
+    return len(ops) == 1 and ((ops[0].op == "call_function" and ops[0].target in _RELU_FUNCTIONS)
+                              or (ops[0].op == "call_method" and ops[0].target in ("relu", "relu_")))
+
+
+def relu_before_max_pool(plan: LocalPlan) -> set[int]:
+    """The steps of ``plan`` that are a ReLU read only by the max-pooling right after it. The dense forward
+    (:func:`plan_forward`) runs each such pair as ``relu(maxpool(x))``: the same values (a maximum commutes with any
+    non-decreasing function, and rounds nothing), with the ReLU on a quarter of them after a 2x2 pooling."""
+    readers = Counter(i for step in plan.steps for i in step.inputs)
+    readers[plan.last] += 1
+    found = set()
+    for j, (step, after) in enumerate(zip(plan.steps, plan.steps[1:])):
+        if (isinstance(step.layer, Pointwise) and _is_relu(step.layer.fn) and isinstance(after.layer, Spatial)
+                and isinstance(after.layer.full, nn.MaxPool2d) and after.inputs == (j + 1,) and readers[j + 1] == 1):
+            found.add(j)
+    return found
+
+
+def _relu_after(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``relu(pool(x))``, in place on the pooling's new output."""
+    return lambda x: torch.relu_(pool(x))
+
+
 def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
                  mode: str = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits of whole images through ``plan``, each 3x3 convolution as Winograd F(4x4,3x3) where :func:`faster`
@@ -344,7 +378,8 @@ def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
     The steps up to the first downsampling run :data:`~cnnlens.explain.accel.tuning.DETERMINISTIC_BATCH` images at
     a time, the rest on the whole batch: the full-resolution maps of a large batch are tens of MB that the C
     allocator hands back to the system after every pass (64 images of the small CNN: 70,000 page faults a pass, a
-    quarter of its time), while the deep layers' products run faster on more rows."""
+    quarter of its time), while the deep layers' products run faster on more rows. A ReLU read only by a max-pooling
+    runs after it (:func:`relu_before_max_pool`: the same values)."""
     part = min(batch_size, DETERMINISTIC_BATCH.get(example.device.type, DETERMINISTIC_BATCH["cpu"]))
     split = _full_resolution_steps(plan) if batch_size > part else None
     clean = plan.maps(example[:1])
@@ -353,10 +388,14 @@ def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
     layers = [faster_pool(faster(step.layer, shape, mode=mode), shape, device=example.device, dtype=example.dtype,
                           mode=mode) if isinstance(step.layer, Spatial) else step.layer
               for step, shape in zip(plan.steps, shapes)]
+    moved = relu_before_max_pool(plan)
+    for j in moved:
+        layers[j + 1] = dataclasses.replace(layers[j + 1], full=_relu_after(layers[j + 1].full))
 
     def run(maps: list[torch.Tensor | None], steps: range) -> list[torch.Tensor | None]:
         for j in steps:
-            maps.append(full_step(layers[j], [maps[i] for i in plan.steps[j].inputs]))
+            inputs = [maps[i] for i in plan.steps[j].inputs]
+            maps.append(inputs[0] if j in moved else full_step(layers[j], inputs))  # a moved ReLU runs in its pooling
         return maps
 
     def forward(x: torch.Tensor) -> torch.Tensor:
