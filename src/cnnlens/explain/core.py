@@ -32,6 +32,8 @@ RANGE_WARNING = (-1.0, 2.0)
 BLUR_BORDERS: tuple[str, ...] = ("reflect", "replicate", "zeros")
 #: What perturbation methods explain: the target's softmax probability or its logit.
 OUTPUTS = ("probability", "logit")
+#: The ways a forward pass computes a ReLU (nn.ReLU calls F.relu).
+RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 
 
 def default_batch_size(device: torch.device | str) -> int:

@@ -26,13 +26,13 @@ from torch.overrides import TorchFunctionMode
 from cnnlens._checks import is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
+from cnnlens.explain.core import RELU_FUNCTIONS
 from cnnlens.explain.guided_backprop import with_backward_rule
 from cnnlens.explain.integrated_gradients import make_baseline
 from cnnlens.explain.registry import Paper, method
 
 #: Elementwise nonlinearities whose backward becomes the rescale multiplier (the modules call these).
-ELEMENTWISE = frozenset({
-    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_,
+ELEMENTWISE = RELU_FUNCTIONS | frozenset({
     F.elu, F.elu_, F.leaky_relu, F.leaky_relu_, F.hardtanh, F.hardtanh_, F.relu6, F.selu, F.celu,
     torch.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, F.sigmoid, torch.tanh, torch.Tensor.tanh,
     torch.Tensor.tanh_, F.tanh, F.softplus, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,

@@ -17,12 +17,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
+from cnnlens.explain.core import RELU_FUNCTIONS
 from cnnlens.explain.saliency import saliency
 from cnnlens.explain.registry import Paper, method
 
@@ -77,8 +77,6 @@ def _rectified(before: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tenso
     return lambda grad: grad.clamp(min=0)
 
 
-#: The ways a forward pass computes a ReLU (nn.ReLU calls F.relu).
-RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 #: The ReLU backward rules: guided backprop's ``(f_in > 0) * (R_out > 0) * R_out`` and the deconvnet's
 #: ``(R_out > 0) * R_out`` (Zeiler & Fergus 2014).
 RULES = ("guided", "deconvnet")

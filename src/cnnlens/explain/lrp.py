@@ -35,7 +35,8 @@ from cnnlens._checks import is_number
 from cnnlens._types import Reduce, Target
 from cnnlens.explain import accel, core
 from cnnlens.explain.deeplift import ELEMENTWISE
-from cnnlens.explain.guided_backprop import RELU_FUNCTIONS, with_backward_rule
+from cnnlens.explain.core import RELU_FUNCTIONS
+from cnnlens.explain.guided_backprop import with_backward_rule
 from cnnlens.explain.lrp_rules import STABILISER, AlphaBeta, Epsilon, Flat, Gamma, Layer, Rule, ZBox, stabilise
 from cnnlens.explain.registry import Paper, method
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from cnnlens.explain.core import batch_ranges, to_channels_last
+from cnnlens.explain.core import RELU_FUNCTIONS, batch_ranges, to_channels_last
 from cnnlens.explain.accel.incremental import LocalPlan, Pointwise, Spatial, as_pair, full_step
 from cnnlens.explain.accel.tuning import DETERMINISTIC_BATCH, is_deterministic, seconds_per_item
 
@@ -335,9 +335,6 @@ def _full_resolution_steps(plan: LocalPlan) -> int | None:
     return first
 
 
-_RELU_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
-
-
 def _is_relu(fn: object) -> bool:
     """Whether a :class:`Pointwise` step's function is a ReLU: the module, or one ``relu`` call read out of a graph."""
     if type(fn) is nn.ReLU:
@@ -345,7 +342,7 @@ def _is_relu(fn: object) -> bool:
     if not isinstance(fn, fx.GraphModule):
         return False
     ops = [n for n in fn.graph.nodes if n.op not in ("placeholder", "output")]
-    return len(ops) == 1 and ((ops[0].op == "call_function" and ops[0].target in _RELU_FUNCTIONS)
+    return len(ops) == 1 and ((ops[0].op == "call_function" and ops[0].target in RELU_FUNCTIONS)
                               or (ops[0].op == "call_method" and ops[0].target in ("relu", "relu_")))
 
 
