@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,3 +210,46 @@ def test_a_relu_read_only_by_max_pooling_runs_after_it_with_the_same_values():
             got = winograd.plan_forward(plan, x[:1], 5, mode="never")(x)
             assert torch.equal(got, plan(x))  # a maximum rounds nothing: bit for bit the plan's own order
             torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [12, 11, 10, 9])
+def test_pooling_inside_the_tiles_gives_the_pooled_convolution(side: int):
+    # 12: whole tiles; 11, 10, 9: the tiles overhang and floor pooling drops an odd last row and column
+    gen = torch.Generator().manual_seed(side)
+    x = torch.randn(3, 5, side, side, generator=gen)
+    conv = nn.Conv2d(5, 7, 3, padding=1)
+    u = winograd.transform_weight(conv.weight.detach())
+    b = conv.bias.detach()
+    with torch.inference_mode():
+        for via in winograd._product_ways(x.device, x.dtype):
+            pooled = winograd.winograd_conv2d(x, u, b, (1, 1), products=via, pool=True)
+            # the same products, then the pooling: a maximum (and the bias, which commutes with it) rounds nothing
+            assert torch.equal(pooled, winograd.max_pool_2x2(winograd.winograd_conv2d(x, u, b, (1, 1), products=via)))
+            assert pooled.shape == (3, 7, side // 2, side // 2)
+        x64, conv64 = x.double(), copy.deepcopy(conv).double()
+        got = winograd.WinogradConv(conv64).pooled()(x64)
+        torch.testing.assert_close(got, F.max_pool2d(conv64(x64), 2), rtol=0, atol=1e-12)
+
+
+def test_plan_forward_pools_each_winograd_convolution_read_only_by_a_pooling():
+    from cnnlens.explain.accel.incremental import Spatial, full_step, local_plan
+    from cnnlens.models import build
+
+    torch.manual_seed(3)
+    small = build("small_cnn", in_channels=1, num_classes=7, input_size=16, channels=(4, 8, 16)).eval()
+    for model, channels, fused in ((small, 1, 3), (_FunctionalNet().eval(), 2, 1)):
+        x = torch.randn(5, channels, 16, 16, generator=torch.Generator().manual_seed(4))
+        plan = local_plan(model, x[:2])
+        pairs = winograd.conv_before_max_pool(plan, winograd.relu_before_max_pool(plan))
+        assert len(pairs) == fused  # not the conv the residual add reads
+        clean = plan.maps(x[:1])
+        layers = [winograd.faster(s.layer, (5, *clean[s.inputs[0]].shape[1:]), mode="always")
+                  if isinstance(s.layer, Spatial) else s.layer for s in plan.steps]
+        with torch.inference_mode():
+            maps = [x.contiguous(memory_format=torch.channels_last)]
+            for step, layer in zip(plan.steps, layers):  # the same Winograd convolutions, pooled afterwards
+                maps.append(full_step(layer, [maps[i] for i in step.inputs]))
+            unfused = plan.tail(plan.head(maps[plan.last]))
+            got = winograd.plan_forward(plan, x[:1], 5, mode="always")(x)
+        assert torch.equal(got, unfused)
+        torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)

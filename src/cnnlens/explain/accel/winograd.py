@@ -14,7 +14,8 @@ products against oneDNN's 0.83-0.86, and 0.26 against 0.49-0.53 on 24x24x64 -> 1
 :func:`faster` therefore times the direct convolution and Winograd with each product on the layer's real input
 shape and keeps the fastest. The dense plan
 forward (:func:`plan_forward`) also takes 2x2 max-pooling as the maximum of four strided views where timed
-faster (:func:`max_pool_2x2`: exact).
+faster (:func:`max_pool_2x2`: exact), and pools a Winograd convolution's output inside its tiles where only such a
+pooling reads it (``winograd_conv2d(pool=True)``).
 
 Rounding: a few 1e-6 of the layer's largest output in float32 (interpolation points chosen for it,
 below), 1e-13 in float64. Under autocast (bfloat16) the direct convolution always runs.
@@ -151,11 +152,15 @@ def tile_products(v: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, via: s
 
 
 def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
-                    padding: tuple[int, int], *, products: str | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding)`` for a 3x3 ``weight`` given as ``u = transform_weight(weight)``.
+                    padding: tuple[int, int], *, products: str | None = None, pool: bool = False) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` for a 3x3 ``weight`` given as ``u = transform_weight(weight)``;
+    ``pool``: ``F.max_pool2d`` of it (2x2, stride 2, floor).
 
     ``x`` ``[N,C,H,W]`` in any memory format; the result is channels-last. Runs ``TILES`` tiles at a time, its
-    36 products :func:`tile_products`' ``via=products``.
+    36 products :func:`tile_products`' ``via=products``. With ``pool`` each 4x4 output tile is pooled to 2x2 before it
+    is written into the map (the tiles start at even rows and columns, so every pooling window lies in one tile):
+    the same values as :func:`max_pool_2x2` of the convolution, with a quarter of the writes and no second pass
+    (5-20% of the layer's time on the small CNN's maps, one CPU thread).
     """
     n, c, h, w = x.shape
     ph, pw = padding
@@ -168,11 +173,13 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
     tiles = xp.as_strided((6, 6, n, th, tw, c), (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3]), xp.storage_offset())
     bt, at = _BT.to(x.device, x.dtype), _AT.to(x.device, x.dtype)
     o = u.shape[1]
-    y = x.new_empty(n, th, 4, tw, 4, o)
+    side = 2 if pool else 4  # output rows and columns per tile
+    y = x.new_empty(n, th, side, tw, side, o)
     chunk = -(-n // max(1, -(-n * th * tw // TILES)))  # images per chunk: as few chunks as TILES allows, equal
     most = min(n, chunk) * th * tw  # tiles in the largest chunk
     d_buf, bd_buf, v_buf = (_buffer(name, 36 * most * c, x) for name in ("d", "bd", "v"))
-    m_buf, am_buf, z_buf = (_buffer(name, k * most * o, x) for name, k in (("m", 36), ("am", 24), ("z", 16)))
+    m_buf, am_buf, z_buf, r_buf = (_buffer(name, k * most * o, x)
+                                   for name, k in (("m", 36), ("am", 24), ("z", 16), ("r", 8 if pool else 0)))
     for a, b in batch_ranges(n, chunk):
         t = (b - a) * th * tw
         d = d_buf[:36 * t * c].view(6, 6, b - a, th, tw, c)
@@ -182,21 +189,26 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
         m = tile_products(v, u, m_buf[:36 * t * o].view(36, t, o), via=products)  # [36, tiles, O]
         am = torch.matmul(at, m.view(6, -1), out=am_buf[:24 * t * o].view(4, -1))
         z = torch.matmul(at, am.view(4, 6, -1), out=z_buf[:16 * t * o].view(4, 4, -1))  # A^T m A: [4,4, tiles x O]
-        tiled = z.view(4, 4, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
+        if pool:  # rows 2i, 2i+1 then columns 2j, 2j+1 of each tile: contiguous maxima of tiles x O values
+            pairs = z.view(2, 2, 2, 2, -1)  # [row pair, row in it, column pair, column in it, tiles x O]
+            rows = torch.maximum(pairs[:, 0], pairs[:, 1], out=r_buf[:8 * t * o].view(2, 2, 2, -1))
+            z = torch.maximum(rows[:, :, 0], rows[:, :, 1], out=z_buf[:4 * t * o].view(2, 2, -1))
+        tiled = z.view(side, side, b - a, th, tw, o).permute(2, 3, 0, 4, 1, 5)
         if bias is None:
             y[a:b] = tiled
-        else:  # the bias added on the way into the map: one pass over it instead of two
+        else:  # the bias added on the way into the map: one pass over it instead of two (it commutes with a max)
             torch.add(tiled, bias, out=y[a:b])
-    y = y.view(n, 4 * th, 4 * tw, o)
-    if (oh, ow) != (4 * th, 4 * tw):  # the tiles overhang the map: one copy of the part inside
-        y = y[:, :oh, :ow].contiguous()
+    y = y.view(n, side * th, side * tw, o)
+    kept = (oh // 2, ow // 2) if pool else (oh, ow)  # floor pooling drops an odd last row or column
+    if kept != (side * th, side * tw):  # the tiles overhang the map: one copy of the part inside
+        y = y[:, :kept[0], :kept[1]].contiguous()
     return y.permute(0, 3, 1, 2)
 
 
 class WinogradConv:
     """Calls a 3x3 ``nn.Conv2d`` through :func:`winograd_conv2d` with its ``products`` (through the module itself
-    under autocast or for other dtypes); the transformed weights are made once per dtype and shared by
-    :meth:`using`'s copies."""
+    under autocast or for other dtypes); with ``pool``, its 2x2 max-pooling (:meth:`pooled`). The transformed
+    weights are made once per dtype and shared by :meth:`using`'s and :meth:`pooled`'s copies."""
 
     def __init__(self, conv: nn.Conv2d, products: str | None = None) -> None:
         if not eligible(conv):
@@ -207,6 +219,7 @@ class WinogradConv:
         self.conv = conv
         self.padding = as_pair(conv.padding)
         self.products = products
+        self.pool = False
         self._u: dict[torch.dtype, torch.Tensor] = {}
 
     def using(self, products: str | None) -> WinogradConv:
@@ -217,18 +230,28 @@ class WinogradConv:
         other.products = products
         return other
 
+    def pooled(self) -> WinogradConv:
+        """This convolution followed by ``F.max_pool2d(., 2)``, pooled inside :func:`winograd_conv2d`'s tiles."""
+        other = copy.copy(self)
+        other.pool = True
+        return other
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
-            return self.conv(x)
+            return F.max_pool2d(self.conv(x), 2) if self.pool else self.conv(x)
         if x.dtype not in self._u:
             self._u[x.dtype] = transform_weight(self.conv.weight.detach().to(x.dtype))
         bias = None if self.conv.bias is None else self.conv.bias.detach().to(x.dtype)
-        return winograd_conv2d(x, self._u[x.dtype], bias, self.padding, products=self.products)
+        return winograd_conv2d(x, self._u[x.dtype], bias, self.padding, products=self.products, pool=self.pool)
 
 
-def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_time: float = 0.03) -> Spatial:
+def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_time: float = 0.03,
+           pool: bool = False) -> Spatial:
     """``layer`` with its whole-map function replaced by a :class:`WinogradConv` where that computes it
-    faster on inputs of ``shape`` (``[batch,C,H,W]``), else ``layer`` itself.
+    faster on inputs of ``shape`` (``[batch,C,H,W]``), else ``layer`` itself. ``pool``: the convolution is to be
+    followed by a 2x2 max-pooling, so the times compared are those of ``F.max_pool2d(conv(x), 2)`` and of
+    :meth:`WinogradConv.pooled` (which writes a quarter of the map: 1.2x the direct convolution and pooling on the
+    small CNN's 24x24x64 -> 128 layer on an Intel Xeon, where the convolution alone was even).
 
     ``mode``: ``"auto"`` times both once per shape, device, dtype and thread count (cached for the
     process), and is ``"never"`` (the direct convolution, untimed) in deterministic mode
@@ -250,19 +273,20 @@ def faster(layer: Spatial, shape: tuple[int, ...], *, mode: str = "auto", min_ti
         wino = _MADE[conv] = WinogradConv(conv)
     if mode == "auto":
         key = (conv.in_channels, conv.out_channels, wino.padding, conv.bias is not None, tuple(shape),
-               str(device), dtype, torch.get_num_threads())
+               str(device), dtype, torch.get_num_threads(), pool)
         if key not in _CHOSEN:
             probe = torch.Generator(device=device).manual_seed(0)  # its own: torch's global random state stays as it was
             x = torch.randn(shape, device=device, dtype=dtype, generator=probe).contiguous(memory_format=torch.channels_last)
-            ways = {way: wino.using(way) for way in _product_ways(device, dtype)}
+            plain = (lambda t: F.max_pool2d(conv(t), 2)) if pool else conv
+            ways = {way: wino.using(way).pooled() if pool else wino.using(way) for way in _product_ways(device, dtype)}
             with torch.inference_mode():
                 for _ in range(3):  # warm-up: the first calls of a process also pay for the allocator's growth
-                    conv(x)
+                    plain(x)
                     for run in ways.values():
                         run(x)
                 direct, best = math.inf, dict.fromkeys(ways, math.inf)
                 for _ in range(3):  # interleaved, best of each: machine noise hits all alike
-                    direct = min(direct, seconds_per_item(conv, x, min_time))
+                    direct = min(direct, seconds_per_item(plain, x, min_time))
                     for way, run in ways.items():
                         best[way] = min(best[way], seconds_per_item(run, x, min_time))
             fastest = min(best, key=best.__getitem__)
@@ -360,6 +384,27 @@ def relu_before_max_pool(plan: LocalPlan) -> set[int]:
     return found
 
 
+def conv_before_max_pool(plan: LocalPlan, moved: set[int]) -> dict[int, int]:
+    """``{convolution step: pooling step}`` for each 3x3 convolution :func:`eligible` for Winograd whose map only a
+    2x2 max-pooling reads, directly or through identities (a folded BatchNorm) and a ReLU in ``moved``
+    (:func:`relu_before_max_pool`). :func:`plan_forward` pools such a convolution inside its Winograd tiles
+    (:meth:`WinogradConv.pooled`); the steps between pass their input on."""
+    readers = Counter(i for step in plan.steps for i in step.inputs)
+    readers[plan.last] += 1
+    found = {}
+    for c, step in enumerate(plan.steps):
+        if not (isinstance(step.layer, Spatial) and eligible(step.layer.full)):
+            continue
+        j = c + 1  # the next step, reading map j (step j-1's output) and only it reads that map
+        while (j < len(plan.steps) and plan.steps[j].inputs == (j,) and readers[j] == 1
+               and (j in moved or (isinstance(plan.steps[j].layer, Pointwise) and type(plan.steps[j].layer.fn) is nn.Identity))):
+            j += 1
+        if (j < len(plan.steps) and plan.steps[j].inputs == (j,) and readers[j] == 1
+                and isinstance(plan.steps[j].layer, Spatial) and _is_max_pool_2x2(plan.steps[j].layer.full)):
+            found[c] = j
+    return found
+
+
 def _relu_after(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``relu(pool(x))``, in place on the pooling's new output."""
     return lambda x: torch.relu_(pool(x))
@@ -376,23 +421,30 @@ def plan_forward(plan: LocalPlan, example: torch.Tensor, batch_size: int, *,
     a time, the rest on the whole batch: the full-resolution maps of a large batch are tens of MB that the C
     allocator hands back to the system after every pass (64 images of the small CNN: 70,000 page faults a pass, a
     quarter of its time), while the deep layers' products run faster on more rows. A ReLU read only by a max-pooling
-    runs after it (:func:`relu_before_max_pool`: the same values)."""
+    runs after it (:func:`relu_before_max_pool`: the same values), and a Winograd convolution read only by a 2x2
+    max-pooling, through such a ReLU or directly, is pooled inside its tiles (:func:`conv_before_max_pool`)."""
     part = min(batch_size, DETERMINISTIC_BATCH.get(example.device.type, DETERMINISTIC_BATCH["cpu"]))
     split = _full_resolution_steps(plan) if batch_size > part else None
     clean = plan.maps(example[:1])
     shapes = [(part if split is not None and j < split else batch_size, *clean[step.inputs[0]].shape[1:])
               for j, step in enumerate(plan.steps)]
-    layers = [faster_pool(faster(step.layer, shape, mode=mode), shape, device=example.device, dtype=example.dtype,
-                          mode=mode) if isinstance(step.layer, Spatial) else step.layer
-              for step, shape in zip(plan.steps, shapes)]
     moved = relu_before_max_pool(plan)
+    pairs = conv_before_max_pool(plan, moved)
+    layers = [faster_pool(faster(step.layer, shape, mode=mode, pool=j in pairs), shape, device=example.device,
+                          dtype=example.dtype, mode=mode) if isinstance(step.layer, Spatial) else step.layer
+              for j, (step, shape) in enumerate(zip(plan.steps, shapes))]
+    passed = set(moved)  # steps whose input passes through: a moved ReLU runs in its pooling, so does a fused conv
+    for c, p in pairs.items():
+        if isinstance(layers[c].full, WinogradConv):
+            layers[p] = dataclasses.replace(layers[p], full=layers[c].full.pooled())
+            passed.update(range(c, p))
     for j in moved:
         layers[j + 1] = dataclasses.replace(layers[j + 1], full=_relu_after(layers[j + 1].full))
 
     def run(maps: list[torch.Tensor | None], steps: range) -> list[torch.Tensor | None]:
         for j in steps:
             inputs = [maps[i] for i in plan.steps[j].inputs]
-            maps.append(inputs[0] if j in moved else full_step(layers[j], inputs))  # a moved ReLU runs in its pooling
+            maps.append(inputs[0] if j in passed else full_step(layers[j], inputs))
         return maps
 
     def forward(x: torch.Tensor) -> torch.Tensor:
