@@ -212,20 +212,22 @@ def test_a_relu_read_only_by_max_pooling_runs_after_it_with_the_same_values():
             torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("side", [12, 11, 10, 9])
-def test_pooling_inside_the_tiles_gives_the_pooled_convolution(side: int):
-    # 12: whole tiles; 11, 10, 9: the tiles overhang and floor pooling drops an odd last row and column
-    gen = torch.Generator().manual_seed(side)
-    x = torch.randn(3, 5, side, side, generator=gen)
-    conv = nn.Conv2d(5, 7, 3, padding=1)
+@pytest.mark.parametrize(("height", "width", "padding"), [(12, 12, 1), (11, 11, 1), (10, 9, 1), (9, 14, 0), (4, 5, 0)])
+def test_pooling_inside_the_tiles_gives_the_pooled_convolution(height: int, width: int, padding: int):
+    # 12x12: whole tiles; the others overhang the tiles, and floor pooling drops an odd last row or column
+    gen = torch.Generator().manual_seed(height * width)
+    x = torch.randn(3, 5, height, width, generator=gen)
+    conv = nn.Conv2d(5, 7, 3, padding=padding)
     u = winograd.transform_weight(conv.weight.detach())
     b = conv.bias.detach()
+    oh, ow = height + 2 * padding - 2, width + 2 * padding - 2
     with torch.inference_mode():
         for via in winograd._product_ways(x.device, x.dtype):
-            pooled = winograd.winograd_conv2d(x, u, b, (1, 1), products=via, pool=True)
+            pooled = winograd.winograd_conv2d(x, u, b, (padding, padding), products=via, pool=True)
             # the same products, then the pooling: a maximum (and the bias, which commutes with it) rounds nothing
-            assert torch.equal(pooled, winograd.max_pool_2x2(winograd.winograd_conv2d(x, u, b, (1, 1), products=via)))
-            assert pooled.shape == (3, 7, side // 2, side // 2)
+            plain = winograd.winograd_conv2d(x, u, b, (padding, padding), products=via)
+            assert torch.equal(pooled, winograd.max_pool_2x2(plain))
+            assert pooled.shape == (3, 7, oh // 2, ow // 2)
         x64, conv64 = x.double(), copy.deepcopy(conv).double()
         got = winograd.WinogradConv(conv64).pooled()(x64)
         torch.testing.assert_close(got, F.max_pool2d(conv64(x64), 2), rtol=0, atol=1e-12)
