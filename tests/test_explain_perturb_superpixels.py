@@ -207,3 +207,31 @@ def test_kernel_shap_is_seeded_and_none_never_touches_the_global_generator():
 def test_bad_inputs_give_clear_errors(fn, kwargs, error, match):
     with pytest.raises(error, match=match):
         fn(make_random_model(1), torch.rand(2, 1, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("gain", [0.0, 1e9], ids=["plan-forward", "tables"])
+def test_the_timed_choice_between_pattern_tables_and_the_plan_forward_keeps_the_scores(
+        random_model_and_images, monkeypatch, gain):
+    from cnnlens.explain import accel, segmentation
+
+    model, images = random_model_and_images
+    target = torch.tensor([0, 3, 6, 2])
+    plain = feature_ablation(model, images, target, n_segments=8, fast=False)
+    accel.clear_caches()
+    monkeypatch.setattr(segmentation, "DENSE_GAIN", gain)  # 0: the dense forward always wins; 1e9: never
+    timed = []
+    real = segmentation._dense_is_faster
+    monkeypatch.setattr(segmentation, "_dense_is_faster", lambda *a: timed.append(1) or real(*a))
+    try:
+        for _ in range(2):  # the first call scores image 0 through the tables while it times, the rest either way
+            got = feature_ablation(model, images, target, n_segments=8)
+            torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+        choices = [v for key, v in accel.tuning.CHOICES.items() if key[0] == "tables-or-plan"]
+        assert choices == [gain == 0.0] and len(timed) == 1  # timed once per architecture, shape and pattern count
+        accel.clear_caches()
+        with accel.deterministic():  # no timed choice: the tables
+            torch.testing.assert_close(feature_ablation(model, images, target, n_segments=8), plain,
+                                       rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+        assert len(timed) == 1 and not accel.tuning.CHOICES
+    finally:
+        accel.clear_caches()

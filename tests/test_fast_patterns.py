@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlens.explain import accel, segmentation
 from cnnlens.explain.accel import tables, winograd
 from cnnlens.explain.accel.incremental import FlattenLinear, Pointwise, local_plan
 from cnnlens.explain.accel.tables import masked_logits
@@ -176,6 +177,9 @@ def test_lime_on_flatten_models_uses_the_tables_and_matches_every_masked_image(n
     calls = []
     original = tables.masked_logits
     monkeypatch.setattr(tables, "masked_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
+    # the tables, not the timed choice of the plan forward for few samples (its own test: test_explain_perturb_superpixels)
+    monkeypatch.setattr(segmentation, "_dense_is_faster", lambda images, first_image, *rest: first_image() or False)
+    monkeypatch.setattr(accel.tuning, "CHOICES", {})  # none kept from other tests
 
     def run(**kw: object) -> object:
         return lime_explain(model, x, None, segmentation=segments, n_samples=150,

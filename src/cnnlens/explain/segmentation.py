@@ -14,6 +14,8 @@ batched; where the model decomposes into local layers it asks the speed layer's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -125,6 +127,10 @@ def hide_values(images: torch.Tensor, segments: torch.Tensor, num: int, hide: st
     raise TypeError(f"hide must be 'mean', 'black' or a float, got {type(hide).__name__}")
 
 
+#: The dense plan forward replaces the pattern tables only when estimated at least this much faster.
+DENSE_GAIN = 1.1
+
+
 def masked_scores(model: nn.Module, images: torch.Tensor, fill: torch.Tensor, segments: torch.Tensor,
                   num: torch.Tensor, masks: torch.Tensor, target: Target = None, *, output: str = "probability",
                   batch_size: int | None = None, fast: bool = True, precision: str = "float32",
@@ -136,8 +142,14 @@ def masked_scores(model: nn.Module, images: torch.Tensor, fill: torch.Tensor, se
     scores with the checked folded, channels-last copy at a measured batch size and, where the model
     decomposes into local layers up to its head, through the pattern tables (``accel.masked_scorer``: its
     first layers once per local mask pattern, the same scores to float rounding); where it does not, a
-    ``cnnlens.explain`` log line names the layer that stops it. ``fast=False`` runs the model itself on
-    every masked image. Call it with the images detached; it guards the model itself.
+    ``cnnlens.explain`` log line names the layer that stops it. The tables pay off when many samples share
+    few patterns (LIME's 1000 samples: 0.6x the dense forward's time on the small CNN and fer_mlp); with a few
+    dozen patterns (feature ablation, 40 samples: 1.2-1.3x) the dense plan forward of Score-CAM
+    (``accel.plan_scorer``: Winograd, pooling in its tiles) is faster. So in float32, outside deterministic mode,
+    the first call for an architecture, image shape and pattern count times the tables on its first image
+    against the prepared copy on a batch of the same masked images (:func:`_dense_is_faster`), and keeps the
+    choice for the process (``accel.tuning.CHOICES``). ``fast=False`` runs the model itself on every masked
+    image. Call it with the images detached; it guards the model itself.
     """
     n, _, h, w = images.shape
     k = masks.shape[1]
@@ -152,23 +164,64 @@ def masked_scores(model: nn.Module, images: torch.Tensor, fill: torch.Tensor, se
         t = core.resolve_target(target, n, logits.shape[1], logits=lambda: logits, device=images.device)
         # None where the model does not decompose (a log line says which layer stops the pattern tables)
         masked = accel.masked_scorer(model, images, precision=precision) if fast else None
+        flat_seg = segments.reshape(n, -1)
+
+        def masked_images(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """The masked images of (image, pattern) pairs ``start..end-1`` (image-major) and their images."""
+            idx = torch.arange(start, end, device=images.device)
+            img = idx // k
+            shown = masks[img, idx % k].gather(1, flat_seg[img]).reshape(-1, 1, h, w)
+            return torch.where(shown, images[img], fill[img]), img
+
+        def tables(i: int) -> None:
+            # Early layers once per local mask pattern (the pattern tables): one image's patterns at a time; the
+            # rest of the model in batches of 2 bs (its late, small maps ran fastest at about twice a whole
+            # forward's best batch: measured on small_cnn, vgg_fer, resnet18).
+            out = masked(images[i], fill[i], segments[i], masks[i, :, : int(num[i])], batch_size=2 * bs)
+            scores[i * k:(i + 1) * k] = class_score(out.to(images.dtype), t[i].expand(k), output)
+
         with torch.inference_mode():
             scores = torch.empty(n * k, dtype=images.dtype, device=images.device)
+            done = 0  # images scored
+            if masked is not None and precision == "float32" and not accel.is_deterministic():
+                # whether the dense plan forward scored faster than the tables (``accel.tuning.CHOICES``)
+                key = ("tables-or-plan", *accel.architecture_key(model), tuple(images.shape[1:]), k, str(images.device),
+                       torch.get_num_threads())
+                if key not in accel.tuning.CHOICES:
+                    accel.tuning.CHOICES[key] = _dense_is_faster(images, lambda: tables(0), forward, masked_images, k,
+                                                                 bs)
+                    done = 1
+                if accel.tuning.CHOICES[key]:
+                    masked = None
+                    forward, bs = accel.plan_scorer(model, images, 2 * bs) or (forward, bs)
             if masked is not None:
-                # Early layers once per local mask pattern (the pattern tables): one image's patterns at a
-                # time; the rest of the model in batches of 2 bs (its late, small maps ran fastest at about
-                # twice a whole forward's best batch: measured on small_cnn, vgg_fer, resnet18).
-                for i, _ in batch_ranges(n, 1, progress=progress, description=description):
-                    out = masked(images[i], fill[i], segments[i], masks[i, :, : int(num[i])], batch_size=2 * bs)
-                    scores[i * k:(i + 1) * k] = class_score(out.to(images.dtype), t[i].expand(k), output)
+                for i, _ in batch_ranges(n - done, 1, progress=progress, description=description):
+                    tables(done + i)
             else:
-                flat_seg = segments.reshape(n, -1)
-                for start, end in batch_ranges(n * k, bs, progress=progress, description=description):
-                    idx = torch.arange(start, end, device=images.device)
-                    img = idx // k
-                    shown = masks[img, idx % k].gather(1, flat_seg[img]).reshape(-1, 1, h, w)
-                    scores[start:end] = class_score(forward(torch.where(shown, images[img], fill[img])), t[img], output)
+                for start, end in batch_ranges((n - done) * k, bs, progress=progress, description=description):
+                    x, img = masked_images(done * k + start, done * k + end)
+                    scores[done * k + start:done * k + end] = class_score(forward(x), t[img], output)
     return scores.reshape(n, k).clone(), t  # a normal tensor, not an inference-mode one
+
+
+def _dense_is_faster(images: torch.Tensor, first_image: Callable[[], None], forward: Callable[[torch.Tensor], torch.Tensor],
+                     masked_images: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], k: int,
+                     batch_size: int) -> bool:
+    """Scores the first image through the pattern tables (``first_image``), then times that again (the first call
+    of a process also times the tables' Winograd choices) and the prepared copy's ``forward`` on a batch of its
+    masked images: whether ``k`` of them would take :data:`DENSE_GAIN` times less. The plan forward that then
+    runs is at least as fast as the prepared copy (Winograd only where timed faster): the choice errs towards
+    the tables, and costs one dense batch, not the plan's Winograd timing, when they stay."""
+    clock = accel.tuning.clock(images.device)
+    sync = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
+    first_image()
+    sync()
+    start = clock()
+    first_image()
+    sync()
+    tables = clock() - start
+    batch, _ = masked_images(0, min(k, batch_size))
+    return DENSE_GAIN * k * accel.tuning.seconds_per_item(forward, batch, 0.03) < tables
 
 
 def paint(weights: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

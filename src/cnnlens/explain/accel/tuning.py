@@ -25,6 +25,9 @@ from cnnlens._checks import is_int
 
 #: (architecture signature, input shape, device, dtype, precision, threads) -> measured best batch size.
 _TUNED: dict[tuple, int] = {}
+#: Other timed choices, keyed by their maker (e.g. ``("tables-or-plan", ...)`` of
+#: ``cnnlens.explain.segmentation.masked_scores``); cleared with the batch sizes.
+CHOICES: dict[tuple, object] = {}
 
 #: The environment variable that turns deterministic mode on for a whole process (``1``, ``true``, ``yes``).
 DETERMINISTIC_ENV = "CNNLENS_DETERMINISTIC"
@@ -35,8 +38,9 @@ _deterministic: bool | None = None  # None: read DETERMINISTIC_ENV
 
 
 def clear_cache() -> None:
-    """Forget the measured batch sizes (``cnnlens.explain.accel.clear_caches`` calls this)."""
+    """Forget the measured batch sizes and :data:`CHOICES` (``cnnlens.explain.accel.clear_caches`` calls this)."""
     _TUNED.clear()
+    CHOICES.clear()
 
 
 def is_deterministic() -> bool:
@@ -97,7 +101,7 @@ MIN_RUNS = 3
 MAX_SPENT = 0.25
 
 
-def _clock(device: torch.device) -> Callable[[], float]:
+def clock(device: torch.device) -> Callable[[], float]:
     """The clock sizes are timed with: this thread's CPU time where torch runs single-threaded on the CPU
     (all the work is on this thread, and another process taking the core for a while does not count
     against the size being timed), else wall time."""
@@ -111,14 +115,14 @@ def seconds_per_item(run: Callable[[torch.Tensor], object], batch: torch.Tensor,
     runs (fewer only once :data:`MAX_SPENT` seconds are spent), more until ``min_time`` is spent."""
     run(batch)
     sync = torch.cuda.synchronize if batch.device.type == "cuda" else (lambda: None)
-    clock = _clock(batch.device)
+    timer = clock(batch.device)
     best, spent, runs = math.inf, 0.0, 0
     while spent < min_time or (runs < MIN_RUNS and spent < MAX_SPENT):
         sync()
-        start = clock()
+        start = timer()
         run(batch)
         sync()
-        took = clock() - start
+        took = timer() - start
         best, spent, runs = min(best, took), spent + took, runs + 1
     return best / batch.shape[0]
 
