@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cnnlens._types import PathArg
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | None = None) -> None:
@@ -11,10 +16,16 @@ def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | 
 
     >>> plot_curves([{"epoch": 1, "train_loss": 1.9, "val_loss": 1.8, "train_acc": .2, "val_acc": .3}], "c.png")  # doctest: +SKIP
     """
+    from cnnlens.viz.save import write_png
+
+    write_png(curves_figure(history, title=title), path, dpi=110)
+
+
+def curves_figure(history: list[dict[str, float]], *, title: str | None = None) -> Figure:
+    """The figure :func:`plot_curves` saves: loss and accuracy panels, whole-epoch ticks."""
     # The object-oriented Figure API needs no GUI backend and touches no global pyplot state.
     from matplotlib.figure import Figure
-
-    from cnnlens.viz.save import write_png
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(9, 3.6))
@@ -24,6 +35,9 @@ def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | 
         ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", ms=3, label="train")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], "o-", ms=3, label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 tick on a short run
+        if len(epochs) == 1:  # a span of one epoch would fall back to fractional ticks
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if history:
@@ -37,4 +51,4 @@ def plot_curves(history: list[dict[str, float]], path: PathArg, *, title: str | 
     ax_loss.legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    write_png(fig, path, dpi=110)
+    return fig
