@@ -551,6 +551,19 @@ def test_report_shows_each_filter_beside_its_exemplars(tmp_path):
     assert page.count('class="filter-row"') == sum(len(r["filters"]) for r in record)
     assert "contribution (gradient x activation) to class Happy" in page
     assert "What the model thinks each class looks like" in page and (tmp_path / "r/figures/class-model-0.png").is_file()
+    # each shown feature map is captioned with its channel's mean to two significant digits (never "0.00")
+    import re
+
+    import numpy as np
+
+    from cnnlens.viz import scale
+    layers = json.loads((tmp_path / "r/data/filters.json").read_text())["feature_maps"]["layers"]
+    captions = re.findall(r"<figcaption>#(\d+): mean ([^<]+)<", page)
+    assert len(captions) == len(layers) * TINY.feature_maps
+    for i, layer in enumerate(layers):
+        maps = np.load(tmp_path / "r/arrays" / f"feature-maps-{layer.replace('.', '-')}.npy")
+        for c, mean in captions[i * TINY.feature_maps:(i + 1) * TINY.feature_maps]:
+            assert mean == scale.number(float(maps[int(c)].mean())), (layer, c, mean)
 
 
 def test_report_colours_each_rgb_filter_from_its_own_patches():

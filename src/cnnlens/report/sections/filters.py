@@ -258,7 +258,7 @@ def filters_section(ctx: ReportContext) -> dict[str, Any] | None:
         means = out.flatten(1).mean(1)
         top = torch.argsort(means, descending=True, stable=True)[: o.feature_maps].tolist()
         ctx.assets.npy(f"feature-maps-{_safe(layer)}", out.numpy())
-        tiles = [_tile(ctx, f"feature-maps-{_safe(layer)}-{c}", out[c], f"#{c}: mean {means[c]:.2f}",
+        tiles = [_tile(ctx, f"feature-maps-{_safe(layer)}-{c}", out[c], f"#{c}: mean {scale.number(float(means[c]))}",
                        f"{layer}, channel {c} for {name}: mean {means[c]:.3f}", with_range=True) for c in top]
         c_, h, w = out.shape
         sentences.append(f"{layer} ({c_} channels, {h}x{w}) on {name}: the {len(top)} channels with the highest mean "
