@@ -92,6 +92,21 @@ def test_heat_layer_alpha_follows_the_map_and_zero_is_transparent() -> None:
     assert not heat_layer(np.zeros((3, 3)), "unsigned")[..., 3].any()
 
 
+def test_relative_layer_starts_at_the_maps_minimum() -> None:
+    from cnnlens.explain import registry
+
+    g = np.random.default_rng(0)
+    a = g.random((6, 6))
+    a[0, 0] = 0.0
+    offset = 0.55 + 0.1 * a  # RISE-like: about p(target) everywhere, the structure in the last digits
+    relative = heat_layer(offset, "relative")
+    # shifting a map changes nothing: the layer is the unsigned layer of the map minus its minimum
+    np.testing.assert_array_equal(relative, heat_layer(offset - offset.min(), "unsigned"))
+    assert relative[0, 0, 3] == 0  # the minimum is transparent
+    assert heat_layer(offset, "unsigned")[..., 3].min() == 255  # from 0, the same map covers the whole image
+    assert {m.name for m in registry.registered() if m.style == "relative"} >= {"rise", "full-grad"}
+
+
 def test_signed_and_lime_layers_colour_by_sign() -> None:
     a = np.zeros((2, 3))
     a[0, 0], a[1, 2] = 2.0, -2.0

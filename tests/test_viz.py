@@ -35,6 +35,7 @@ from cnnlens.viz import (
     top_segments,
 )
 from cnnlens.viz.render import HEAT_CMAP
+from cnnlens.viz import scale
 
 
 def _png(path: Path) -> Image.Image:
@@ -291,6 +292,40 @@ def test_method_grid_layout_and_signed_columns(channels: int) -> None:
     # forcing a column to be drawn as a heat map
     fig = method_grid(images, maps, signed={"integrated-gradients": False})
     assert fig.axes[2].get_title() == "integrated-gradients"
+
+
+def test_method_grid_wraps_many_methods_into_bands() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 8, 8, generator=g)
+    maps = {f"m{k}": torch.rand(2, 8, 8, generator=g) for k in range(7)}
+    fig = method_grid(images, maps, row_titles=["a", "b"], max_cols=4)  # original + 3 methods per band: 3 bands
+    axes = np.asarray(fig.axes).reshape(6, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["original", "m0", "m1", "m2"]
+    assert [ax.get_title() for ax in axes[2]] == ["original", "m3", "m4", "m5"]
+    assert [ax.get_title() for ax in axes[4]] == ["original", "m6", "", ""]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["a", "b"] * 3  # every band repeats each image's row
+    np.testing.assert_allclose(axes[3, 2].images[0].get_array(), overlay(images[1], maps["m4"][1], 0.5))
+    assert not axes[5, 3].axison and not axes[5, 3].images  # the last band's empty cells
+    assert [p.panel for p in scale.scales_of(fig)] == [f"row {i + 1}/m{k}" for b in (0, 3, 6)
+                                                 for i in range(2) for k in range(b, min(b + 3, 7))]
+    # few enough methods: one band, as without max_cols
+    assert len(method_grid(images, dict(list(maps.items())[:3]), max_cols=4).axes) == 2 * 4
+    with pytest.raises(ValueError, match="max_cols must be a positive int"):
+        method_grid(images, maps, max_cols=0)
+
+
+def test_method_grid_draws_relative_maps_from_their_minimum() -> None:
+    from cnnlens.viz.render import normalize
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(1, 1, 8, 8, generator=g)
+    rise = 0.5 + 0.1 * torch.rand(1, 8, 8, generator=g)
+    fig = method_grid(images, {"rise": rise, "plain": rise}, relative=["rise"])
+    want = overlay(images[0], normalize(rise[0] - rise[0].min()), 0.5, scale=False)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), want, atol=1e-12)
+    np.testing.assert_allclose(fig.axes[2].images[0].get_array(), overlay(images[0], rise[0], 0.5))
+    assert scale.scales_of(fig)[0].vmin == pytest.approx(float(rise.min()))  # its colour scale starts there
+    assert scale.scales_of(fig)[1].vmin == 0.0
 
 
 def test_method_grid_without_images_and_bad_inputs() -> None:

@@ -27,6 +27,8 @@ from cnnlens.data.imageset import ImageSet
 INDEX_VERSION = 1
 #: Rows per overview page: more would make a figure taller than a screen is useful for.
 OVERVIEW_ROWS = 12
+#: Columns of a grid (the original and 9 methods): ``--methods all`` wraps into bands, not one very wide row.
+GRID_COLUMNS = 10
 #: Default image choice when none is given: the most confidently right image of each class.
 DEFAULT_PER_CLASS = 1
 
@@ -185,6 +187,7 @@ def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: tor
     """Figures (grid per image, saliency three-panel, LIME regions, overview pages) and ``maps.npz`` into
     ``folder``. Returns ``{"entries": one dict per image with its files, "overview": the page files}``."""
     from cnnlens import viz
+    from cnnlens.explain import registry
 
     classes = source.classes
     maps = {m: v.detach().float().cpu().numpy() for m, v in explained.maps.items()}
@@ -194,6 +197,7 @@ def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: tor
     conf, pred = probs.max(dim=1)
     targets = explained.targets.cpu().tolist()
     lime = lime_parts(explained.details.get("lime"))
+    relative = [m for m in maps if m in registry.names() and registry.get(m).style == "relative"]
     width = len(str(len(source.dataset) - 1))
     titles = [viz.prediction_title(labels[r], int(pred[r]), float(conf[r]), classes,
                                    name=f"#{i} {source.dataset.names[i]}") for r, i in enumerate(idx)]
@@ -209,7 +213,7 @@ def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: tor
 
         one = {m: v[r:r + 1] for m, v in maps.items()}
         title = titles[r].replace("\n", "  ")
-        save("grid", viz.method_grid(x[r:r + 1], one, row_titles=[titles[r]]),
+        save("grid", viz.method_grid(x[r:r + 1], one, row_titles=[titles[r]], max_cols=GRID_COLUMNS, relative=relative),
              {"image": x[r], **{m: v[0] for m, v in one.items()}})
         if "saliency" in maps:
             sal = maps["saliency"][r]
@@ -231,7 +235,8 @@ def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: tor
     for p, s in enumerate(range(0, len(idx), OVERVIEW_ROWS), start=1):
         rows = slice(s, s + OVERVIEW_ROWS)
         page = {m: v[rows] for m, v in maps.items()}
-        png, raw = viz.save_figure(viz.method_grid(x[rows], page, row_titles=titles[rows]),
+        png, raw = viz.save_figure(viz.method_grid(x[rows], page, row_titles=titles[rows], max_cols=GRID_COLUMNS,
+                                                   relative=relative),
                                    folder / f"overview-{p:02d}.png", {"images": x[rows], **page})
         overview += [png.name, raw.name]
     np.savez_compressed(folder / "maps.npz", indices=np.asarray(idx), images=x, targets=np.asarray(targets),

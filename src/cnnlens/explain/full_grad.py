@@ -87,7 +87,7 @@ def _scaled(part: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (a - low) / torch.where(span > 0, span, 1), 0)
 
 
-@method("full-grad", "FullGrad", kind="gradient",
+@method("full-grad", "FullGrad", kind="gradient", style="relative",
         paper=Paper("Srinivas & Fleuret", 2019, "Full-gradient representation for neural network visualization"))
 def full_grad(model: nn.Module, images: torch.Tensor, target: Target = None, *, fast: bool = True) -> torch.Tensor:
     """FullGrad (Srinivas & Fleuret 2019): ``psi(|grad_x f * x|) + sum_l psi(|grad_{z_l} f * b_l|)``, summed over

@@ -33,8 +33,10 @@ Kind = Literal["gradient", "cam", "perturbation"]
 #: (upsampled); perturbation: the model's outputs on changed copies of the image (hundreds of passes each).
 KINDS: tuple[str, ...] = ("gradient", "cam", "perturbation")
 #: How the report colours a map: ``auto`` by its sign (one colour if it never goes negative), ``lime``
-#: LIME's green for / red against.
-STYLES: tuple[str, ...] = ("auto", "lime")
+#: LIME's green for / red against, ``relative`` one colour scaled from the map's own minimum (a map whose
+#: zero means nothing: RISE's expected probability sits at about p(target) everywhere, FullGrad sums
+#: parts each scaled to [0,1]).
+STYLES: tuple[str, ...] = ("auto", "lime", "relative")
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def build_masks(grids: torch.Tensor, shifts: torch.Tensor, up_h: torch.Tensor, u
     return (rows @ grids.to(rows.dtype)) @ cols.transpose(1, 2)  # two bmm: ~20x an einsum's speed on CPU
 
 
-@method("rise", "RISE", kind="perturbation", options={"n_masks": 2000},
+@method("rise", "RISE", kind="perturbation", options={"n_masks": 2000}, style="relative",
         paper=Paper("Petsiuk, Das & Saenko", 2018, "RISE: randomized input sampling for explanation of black-box "
                     "models"))
 def rise(model: nn.Module, images: torch.Tensor, target: Target = None, *, n_masks: int = 8000, cells: int = 7,

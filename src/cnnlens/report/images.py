@@ -62,6 +62,8 @@ def heat_layer(attribution: torch.Tensor | np.ndarray, style: str = "auto") -> n
 
     The scaling is :mod:`cnnlens.viz.render`'s (percentile-clipped), so the page and the figures agree.
     ``style``: ``"unsigned"`` (``HEAT_CMAP`` colours, ``alpha = min(1, 1.5 h)`` with ``h = normalize(map)``),
+    ``"relative"`` (the same, ``h`` scaled from the map's minimum, not from 0: RISE's map is about
+    p(target) everywhere and would cover the image),
     ``"signed"`` (red = positive, blue = negative, ``alpha = min(1, 1.5 |x| / L)``), ``"lime"`` (green =
     for the class, red = against, as in LIME's figures), or ``"auto"`` (signed when the map has a real
     negative part). Zero is fully transparent, so the image shows where the map is silent; the top
@@ -70,8 +72,8 @@ def heat_layer(attribution: torch.Tensor | np.ndarray, style: str = "auto") -> n
     a = render.heat_map(attribution, "attribution")
     if style == "auto":
         style = "signed" if is_signed(a) else "unsigned"
-    if style == "unsigned":
-        h = render.normalize(np.clip(a, 0.0, None))
+    if style in ("unsigned", "relative"):
+        h = render.normalize(a, low=0.0) if style == "relative" else render.normalize(np.clip(a, 0.0, None))
         rgba = colormaps[render.HEAT_CMAP](h)
         rgba[..., 3] = np.minimum(1.0, ALPHA_GAIN * h)
     elif style in ("signed", "lime"):
@@ -81,7 +83,7 @@ def heat_layer(attribution: torch.Tensor | np.ndarray, style: str = "auto") -> n
         rgba[..., :3] = np.where(v[..., None] >= 0, pos, neg)
         rgba[..., 3] = np.minimum(1.0, ALPHA_GAIN * np.abs(v))
     else:
-        raise ValueError(f"style must be 'auto', 'unsigned', 'signed' or 'lime', got {style!r}")
+        raise ValueError(f"style must be 'auto', 'unsigned', 'relative', 'signed' or 'lime', got {style!r}")
     return np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8)
 
 

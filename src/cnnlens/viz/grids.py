@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,10 @@ def _maps(values: Any, name: str) -> np.ndarray:
     return arr
 
 
-def colour_range(values: Any, signed: bool) -> tuple[float, float]:
+def colour_range(values: Any, signed: bool, *, relative: bool = False) -> tuple[float, float]:
     """The values the ends of a panel's colour scale stand for: ``[-L, L]`` for a signed map (``L`` its
-    symmetric limit), else ``[min(0, min), p99.5]`` as :func:`~cnnlens.viz.render.normalize` scales it."""
+    symmetric limit), else ``[min(0, min), p99.5]`` as :func:`~cnnlens.viz.render.normalize` scales it
+    (``[min, p99.5]`` for a ``relative`` map)."""
     x = to_numpy(values).astype(np.float64)
     x = x[np.isfinite(x)]
     if not x.size:
@@ -63,7 +64,8 @@ def colour_range(values: Any, signed: bool) -> tuple[float, float]:
     if signed:
         lim = symmetric_limit(x)
         return -lim, lim
-    return min(0.0, float(x.min())), float(np.percentile(x, CLIP_PERCENTILE))
+    low = float(x.min())
+    return low if relative else min(0.0, low), float(np.percentile(x, CLIP_PERCENTILE))
 
 
 def flag_panel(ax: Axes, flag: str) -> None:
@@ -99,21 +101,56 @@ def is_signed(maps: Any) -> bool:
     return peak > 0.0 and float(arr.min()) < -SIGNED_TOLERANCE * peak
 
 
+def _method_cell(ax: Axes, image: np.ndarray | None, a: np.ndarray, signed: bool, alpha: float,
+                 signed_alpha: float, relative: bool) -> None:
+    """One method's map ``a`` [H,W] in ``ax``: over ``image`` when given, red/blue when ``signed``, heat from
+    its own minimum when ``relative``."""
+    if np.isnan(a).all():
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
+    elif signed and image is not None:
+        ax.imshow(diverging_overlay(image, a, signed_alpha), interpolation="nearest")
+    elif signed:
+        ax.imshow(diverging(a), interpolation="nearest")
+    elif image is not None:
+        ax.imshow(overlay(image, normalize(a, low=0.0) if relative else a, alpha, scale=not relative),
+                  interpolation="nearest")
+    else:
+        ax.imshow(normalize(a, low=0.0 if relative else None), cmap=HEAT_CMAP, vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+    bare(ax)
+    ax.set_aspect("equal")
+
+
+def _panel_scale(ax: Axes, panel: str, method: str, a: np.ndarray, signed: bool,
+                 relative: bool) -> scale.PanelScale:
+    """The map's min … max under ``ax``, a constant map flagged in it; the panel's recorded scale."""
+    lo, hi = scale.value_range(a)
+    vmin, vmax = colour_range(a, signed, relative=relative)
+    flag = scale.constant_reason(method, a) if scale.is_constant(a) else None
+    if flag:
+        flag_panel(ax, flag)
+    ax.set_xlabel(scale.range_text(a), fontsize=6.5, labelpad=2)
+    return scale.PanelScale(panel, lo, hi, vmin, vmax, flag=flag)
+
+
 def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequence[str] | None = None,
                 alpha: float = 0.5, signed_alpha: float = 0.8, signed: Mapping[str, bool] | None = None,
-                title: str | None = None) -> Figure:
+                title: str | None = None, max_cols: int | None = None, relative: Collection[str] = ()) -> Figure:
     """A labelled grid: one row per image, columns = the original and then one per method.
 
     Non-negative maps (saliency, Grad-CAM, ...) are heat overlays on the image (``alpha``); signed
     maps (integrated gradients with ``reduce="sum"``, occlusion where hiding helps, LIME) are red (+)
     and blue (-) over the image (``signed_alpha``; alone on a centred red/blue scale without images).
-    ``signed`` overrides the per-column automatic choice. Each cell is scaled
+    ``signed`` overrides the per-column automatic choice; the maps named in ``relative`` are heat scaled from
+    their own minimum instead of 0 (RISE: registry style ``relative``). Each cell is scaled
     on its own (percentile-clipped), so the grid compares where each method looks, not magnitudes: the
     map's min … max is printed under each cell, and a constant map (an all-zero Grad-CAM) is flagged in
     its cell and, with its likely reason, in the footnote. The ranges are recorded on the figure
     (:func:`cnnlens.viz.scale.scales_of`) and written into its PNG by ``save_figure``.
     ``images`` may be None (for maps with no single image, e.g. class averages): maps are then drawn
-    without an image under them.
+    without an image under them. ``max_cols``: with more columns than that, the methods wrap into bands
+    stacked one under the other, each band every image again with its original and the next methods (34
+    methods in one row would be a figure 60 inches wide).
 
     >>> fig = method_grid(x, {"saliency": s, "grad-cam": g},
     ...                   row_titles=[prediction_title(t, p, q, classes) for t, p, q in zip(y, pred, prob)])
@@ -133,43 +170,35 @@ def method_grid(images: Any | None, maps: Mapping[str, Any], *, row_titles: Sequ
     if row_titles is not None and len(row_titles) != n:
         raise ValueError(f"row_titles has {len(row_titles)} entries for {n} rows")
     sign = {m: (signed or {}).get(m, is_signed(a)) for m, a in arrays.items()}
-    ncols = len(arrays) + (imgs is not None)
-    fig = Figure(figsize=(CELL * ncols + 0.6, CELL * n + 1.0), layout="constrained")
+    lead = imgs is not None
+    per = len(arrays) if max_cols is None else max(1, check_count(max_cols, "max_cols") - lead)
+    names = list(arrays)
+    bands = [names[b:b + per] for b in range(0, len(names), per)]
+    ncols = len(bands[0]) + lead
+    fig = Figure(figsize=(CELL * ncols + 0.6, CELL * n * len(bands) + 1.0), layout="constrained")
     scales: list[scale.PanelScale] = []
-    axes = np.asarray(fig.subplots(n, ncols, squeeze=False))
-    for i in range(n):  # one cell per (image, method): drawing is per-axes anyway
-        col = 0
+    axes = np.asarray(fig.subplots(n * len(bands), ncols, squeeze=False))
+    for b, band in enumerate(bands):
+        for i in range(n):  # one cell per (image, method): drawing is per-axes anyway
+            row = axes[b * n + i]
+            if imgs is not None:
+                show_image(row[0], imgs[i])
+            for j, m in enumerate(band):
+                rel = m in relative and not sign[m]
+                _method_cell(row[lead + j], imgs[i] if imgs is not None else None, arrays[m][i], sign[m], alpha,
+                             signed_alpha, rel)
+                if not np.isnan(arrays[m][i]).all():
+                    scales.append(_panel_scale(row[lead + j], m if n == 1 else f"row {i + 1}/{m}", m, arrays[m][i],
+                                               sign[m], rel))
+            for ax in row[lead + len(band):]:  # the last band's empty cells
+                ax.set_axis_off()
+            if row_titles is not None:
+                row[0].set_ylabel(row_titles[i], fontsize=8, rotation=0, ha="right", va="center")
+        top = axes[b * n]
         if imgs is not None:
-            show_image(axes[i, 0], imgs[i])
-            col = 1
-        for j, (m, a) in enumerate(arrays.items()):
-            ax = axes[i, col + j]
-            if np.isnan(a[i]).all():
-                ax.text(0.5, 0.5, "no data", ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
-            elif sign[m] and imgs is not None:
-                ax.imshow(diverging_overlay(imgs[i], a[i], signed_alpha), interpolation="nearest")
-            elif sign[m]:
-                ax.imshow(diverging(a[i]), interpolation="nearest")
-            elif imgs is not None:
-                ax.imshow(overlay(imgs[i], a[i], alpha), interpolation="nearest")
-            else:
-                ax.imshow(normalize(a[i]), cmap=HEAT_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
-            bare(ax)
-            ax.set_aspect("equal")
-            if not np.isnan(a[i]).all():
-                lo, hi = scale.value_range(a[i])
-                vmin, vmax = colour_range(a[i], sign[m])
-                flag = scale.constant_reason(m, a[i]) if scale.is_constant(a[i]) else None
-                if flag:
-                    flag_panel(ax, flag)
-                ax.set_xlabel(scale.range_text(a[i]), fontsize=6.5, labelpad=2)
-                scales.append(scale.PanelScale(m if n == 1 else f"row {i + 1}/{m}", lo, hi, vmin, vmax, flag=flag))
-        if row_titles is not None:
-            axes[i, 0].set_ylabel(row_titles[i], fontsize=8, rotation=0, ha="right", va="center")
-    if imgs is not None:
-        axes[0, 0].set_title("original", fontsize=9)
-    for j, m in enumerate(arrays):
-        axes[0, (imgs is not None) + j].set_title(f"{m}\nred +, blue -" if sign[m] else m, fontsize=9)
+            top[0].set_title("original", fontsize=9)
+        for j, m in enumerate(band):
+            top[lead + j].set_title(f"{m}\nred +, blue -" if sign[m] else m, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     scale_note(fig, scales, CELL * ncols + 0.6)
