@@ -104,6 +104,8 @@ def test_relative_layer_starts_at_the_maps_minimum() -> None:
     np.testing.assert_array_equal(relative, heat_layer(offset - offset.min(), "unsigned"))
     assert relative[0, 0, 3] == 0  # the minimum is transparent
     assert heat_layer(offset, "unsigned")[..., 3].min() == 255  # from 0, the same map covers the whole image
+    signed = np.array([[1.0, -1.0], [0.5, 0.0]])  # a map with a real negative part stays red/blue
+    np.testing.assert_array_equal(heat_layer(signed, "relative"), heat_layer(signed, "signed"))
     assert {m.name for m in registry.registered() if m.style == "relative"} >= {"rise", "full-grad"}
 
 

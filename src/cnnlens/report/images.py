@@ -62,16 +62,18 @@ def heat_layer(attribution: torch.Tensor | np.ndarray, style: str = "auto") -> n
 
     The scaling is :mod:`cnnlens.viz.render`'s (percentile-clipped), so the page and the figures agree.
     ``style``: ``"unsigned"`` (``HEAT_CMAP`` colours, ``alpha = min(1, 1.5 h)`` with ``h = normalize(map)``),
-    ``"relative"`` (the same, ``h`` scaled from the map's minimum, not from 0: RISE's map is about
-    p(target) everywhere and would cover the image),
+    ``"relative"`` (as ``"auto"``, but an unsigned map's ``h`` is scaled from its minimum, not from 0:
+    RISE's map is about p(target) everywhere and would cover the image),
     ``"signed"`` (red = positive, blue = negative, ``alpha = min(1, 1.5 |x| / L)``), ``"lime"`` (green =
     for the class, red = against, as in LIME's figures), or ``"auto"`` (signed when the map has a real
     negative part). Zero is fully transparent, so the image shows where the map is silent; the top
     third of the scale is opaque.
     """
     a = render.heat_map(attribution, "attribution")
-    if style == "auto":
-        style = "signed" if is_signed(a) else "unsigned"
+    if style in ("auto", "relative") and is_signed(a):
+        style = "signed"
+    elif style == "auto":
+        style = "unsigned"
     if style in ("unsigned", "relative"):
         h = render.normalize(a, low=0.0) if style == "relative" else render.normalize(np.clip(a, 0.0, None))
         rgba = colormaps[render.HEAT_CMAP](h)
