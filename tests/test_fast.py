@@ -174,6 +174,26 @@ def test_prepared_copy_is_reused_until_the_model_changes():
     same_logits()
 
 
+def test_small_tensors_fingerprinted_together_still_tell_every_change():
+    from cnnlens.explain.accel.copies import SMALL_TENSOR, model_state
+
+    model = make_random_model(1, seed=8)
+    small = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and t.numel() < SMALL_TENSOR]
+    assert len(small) >= 2
+    _, before = model_state(model)
+    a, b = small[0].data.view(-1), small[1].data.view(-1)
+    bits_a, bits_b = a.view(torch.int32), b.view(torch.int32)
+    bits_a[0] += 1  # one ulp up in one tensor, one ulp down in the next: the plain word sum balances
+    bits_b[0] -= 1
+    _, after = model_state(model)
+    assert not torch.equal(before, after)
+    bits_a[0] -= 1
+    bits_b[0] += 1
+    assert torch.equal(model_state(model)[1], before)  # and back: the same fingerprint
+    a[1], a[2] = a[2].item(), a[1].item()  # two values swapped within a tensor
+    assert a[1] != a[2] and not torch.equal(model_state(model)[1], before)
+
+
 def test_prepared_runs_the_model_itself_when_a_copy_would_differ():
     model = make_random_model(1, seed=8)
     seen: list[int] = []
