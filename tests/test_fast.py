@@ -175,7 +175,7 @@ def test_prepared_copy_is_reused_until_the_model_changes():
 
 
 def test_small_tensors_fingerprinted_together_still_tell_every_change():
-    from cnnlens.explain.accel.copies import SMALL_TENSOR, model_state
+    from cnnlens.explain.accel.copies import FLOAT_SUM_VALUES, SMALL_TENSOR, model_state
 
     model = make_random_model(1, seed=8)
     small = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and t.numel() < SMALL_TENSOR]
@@ -192,6 +192,15 @@ def test_small_tensors_fingerprinted_together_still_tell_every_change():
     assert torch.equal(model_state(model)[1], before)  # and back: the same fingerprint
     a[1], a[2] = a[2].item(), a[1].item()  # two values swapped within a tensor
     assert a[1] != a[2] and not torch.equal(model_state(model)[1], before)
+    # a large tensor: its word sum reads every value, its float sum a prefix (a sign flip of all moves both)
+    big = nn.Conv2d(64, 64, 5)
+    assert big.weight.numel() > max(SMALL_TENSOR, FLOAT_SUM_VALUES)
+    start = model_state(big)[1]
+    big.weight.data.mul_(-1.0)
+    flipped = model_state(big)[1]
+    assert not torch.equal(flipped, start)
+    big.weight.data.view(-1)[-1] += 0.25  # one value past the float sum's prefix
+    assert not torch.equal(model_state(big)[1], flipped)
 
 
 def test_prepared_runs_the_model_itself_when_a_copy_would_differ():
