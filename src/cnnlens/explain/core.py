@@ -7,8 +7,8 @@ removal and mode restoring are written once.
 from __future__ import annotations
 
 import contextlib
-import math
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -51,12 +51,12 @@ def check_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} is an empty batch (N=0)")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be floating point (float32 in [0,1]), got {images.dtype}")
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
+    low, high = (float(v) for v in torch.aminmax(images.detach()))  # one pass; NaN and Inf show in the ends
+    if not (math.isfinite(low) and math.isfinite(high)):
+        finite = torch.isfinite(images)
         bad = (~finite).nonzero()[0].tolist()
         raise ValueError(f"{name} holds {int((~finite).sum())} NaN or Inf value(s), the first at index {tuple(bad)} "
                          f"(image {bad[0]}); the model's scores would be NaN and every map meaningless: fix or drop those images")
-    low, high = float(images.min()), float(images.max())
     if low < RANGE_WARNING[0] or high > RANGE_WARNING[1]:
         warnings.warn(f"{name} range from {low:.4g} to {high:.4g}, but cnnlens's models take images in [0,1] "
                       "(a model's own normalisation belongs inside it, or in the run's preprocessing); "
