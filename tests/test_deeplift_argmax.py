@@ -57,3 +57,12 @@ def test_first_argmax_is_the_first_input_within_tol_of_the_max(pool, channels_la
     distinct = torch.randperm(x.numel(), generator=g).double().view(x.shape)
     _, want = F.max_pool2d(distinct, **args, return_indices=True)
     assert torch.equal(first_argmax(distinct, args, out_size, torch.zeros(2, 1, 1, 1, dtype=x.dtype)), want)
+
+
+def test_non_overlapping_windows_count_a_later_max_within_its_position_gap_as_tied() -> None:
+    """MaxPool2d(2)'s cheaper rule: position 0 beats the max at position 3 within 3 tol, not beyond it."""
+    pool = {"kernel_size": 2, "stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
+    tol = torch.full((1, 1, 1, 1), 1.0, dtype=torch.float64)
+    for gap, winner in ((2.5, 0), (3.5, 3)):
+        x = torch.tensor([[[[10.0 - gap, 0.0], [0.0, 10.0]]]], dtype=torch.float64)
+        assert int(first_argmax(x, pool, (1, 1), tol)) == winner, gap

@@ -54,13 +54,14 @@ def test_built_in_methods_and_their_facts() -> None:
 
 def test_report_and_faithfulness_read_the_registry() -> None:
     from cnnlens.report.context import default_average_methods, default_methods, method_label
-    from cnnlens.report.sections.explanations import contrastive_methods, style_of
+    from cnnlens.explain.registry import style_of
+    from cnnlens.report.sections.explanations import contrastive_methods
 
     assert default_methods() == ("saliency", "smoothgrad", "guided-backprop", "grad-cam", "guided-grad-cam",
                                  "integrated-gradients", "occlusion", "lime")
     assert default_average_methods() == ("saliency", "guided-backprop", "grad-cam")
     assert contrastive_methods() == ["grad-cam", "saliency"]
-    assert [style_of(m) for m in ("lime", "saliency", "random-order")] == ["lime", "auto", "auto"]
+    assert [style_of(m) for m in ("lime", "saliency", "rise", "random-order")] == ["lime", "auto", "relative", "auto"]
     assert (method_label("integrated-gradients"), method_label("random-order")) == ("Integrated gradients", "random-order")
 
 

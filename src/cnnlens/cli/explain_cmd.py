@@ -197,7 +197,7 @@ def write_outputs(folder: Path, source: Source, index: torch.Tensor, images: tor
     conf, pred = probs.max(dim=1)
     targets = explained.targets.cpu().tolist()
     lime = lime_parts(explained.details.get("lime"))
-    relative = [m for m in maps if m in registry.names() and registry.get(m).style == "relative"]
+    relative = [m for m in maps if registry.style_of(m) == "relative"]
     width = len(str(len(source.dataset) - 1))
     titles = [viz.prediction_title(labels[r], int(pred[r]), float(conf[r]), classes,
                                    name=f"#{i} {source.dataset.names[i]}") for r, i in enumerate(idx)]

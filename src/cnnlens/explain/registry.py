@@ -202,6 +202,12 @@ def get(name: str) -> Method:
     return _METHODS[name]
 
 
+def style_of(name: str) -> str:
+    """How the maps of method ``name`` are coloured (its ``style``, :data:`STYLES`); ``auto`` for a name not
+    registered (maps of the user's own, say)."""
+    return _METHODS[name].style if name in _METHODS else "auto"
+
+
 def registered(**facts: Any) -> list[Method]:
     """Every registered method, in registration order, or those whose facts equal ``facts``
     (``registered(kind="cam")``, ``registered(streamable=True)``)."""

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlens.explain import registry
 from cnnlens.explain.class_average import normalize_maps
 from cnnlens.report import text
 from cnnlens.report.context import ReportContext, method_label
 from cnnlens.report.images import image_hwc
 from cnnlens.viz import scale
 from cnnlens.report.sections._common import constant_sentences, figure, overlay_figure
-from cnnlens.report.sections.explanations import style_of
 
 
 def average_maps(maps: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def class_average_section(ctx: ReportContext) -> dict[str, Any] | None:
             sentence = text.map_location_sentence(method_label(m), name, avg, inside=inside, cover=cover)
             per_method[m] = {"sentence": sentence, "inside": inside}
             cap = method_label(m) if inside is None else f"{text.pct(inside)} inside"
-            figs.append(overlay_figure(ctx, f"average-c{c}-{m}", base, avg, cap, style=style_of(m), method=m,
+            figs.append(overlay_figure(ctx, f"average-c{c}-{m}", base, avg, cap, style=registry.style_of(m), method=m,
                                        title=sentence, base_src=base_src))
             if m == lead:
                 sentences.append({"text": sentence, "cls": c})

@@ -25,12 +25,6 @@ def contrastive_methods() -> list[str]:
     return [m.name for m in ranked]
 
 
-def style_of(method: str) -> str:
-    """How a method's map is coloured (its registered ``style``): LIME in its own green/red, the rest
-    chosen by the map's sign."""
-    return registry.get(method).style if method in registry.names() else "auto"
-
-
 def selected_images(ctx: ReportContext) -> dict[int, tuple[list[int], list[int]]]:
     """Class -> (most confidently right, most confidently wrong) image indices, ``images_per_class`` each."""
     probs = torch.from_numpy(ctx.probabilities)
@@ -69,7 +63,7 @@ def _row(ctx: ReportContext, i: int, j: int, maps: dict[str, np.ndarray], masked
         if m not in maps:
             continue
         label = method_label(m)
-        cells.append(overlay_figure(ctx, f"explain-{i}-{m}", base, maps[m][j], label, style=style_of(m), method=m,
+        cells.append(overlay_figure(ctx, f"explain-{i}-{m}", base, maps[m][j], label, style=registry.style_of(m), method=m,
                                     title=f"{label}: {head}", base_src=base_src))
         if m == "saliency" and masked is not None:
             top = f"{100 - ctx.options.mask_percentile:g}%"
