@@ -220,7 +220,7 @@ def deeplift_case(name: str, model: nn.Module, fast: nn.Module, x: torch.Tensor,
 def _captum_lrp_view(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     """What a Captum user prepares for ``LRP`` by hand: a copy with each BatchNorm fused into its convolution
     (cnnlens's fold), the model's normalisation applied to the images instead, out-of-place ReLUs."""
-    peer = accel.prepare(model, channels_last=False)
+    peer = accel.prepare(model, channels_last=False, pack=False)  # plain nn.Conv2d: Captum's rules go by type
     if isinstance(getattr(peer, "normalize", None), nn.Module):
         with torch.no_grad():
             x = peer.normalize(x)

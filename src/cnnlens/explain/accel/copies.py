@@ -7,7 +7,8 @@ the arithmetic of the explanation the same up to float rounding:
   ``b' = (b - m) * g / sqrt(v + eps) + beta`` (eval mode), found on the traced graph (``torch.fx``),
   written back into the copy's own module tree so every layer name still exists.
 - :func:`prepare`: folded, ``channels_last`` weights (oneDNN then picks its NHWC kernels: measured
-  ~1.8x faster convolutions on CPU), eval mode, no parameter gradients. Any gradient method can take
+  ~1.8x faster convolutions on CPU), convolution weights reordered once for oneDNN's forward-only passes
+  (:mod:`.packed`), eval mode, no parameter gradients. Any gradient method can take
   the prepared copy instead of the model: its input gradients are the same function.
 - :func:`prepared`: the same copy, cached per model and rebuilt when the model changes; what the
   gradient methods run by default (``fast=True``).
@@ -36,6 +37,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlens._ranks import rank_correlation
+from cnnlens.explain.accel.packed import pack_convolutions
 from cnnlens.explain.accel.tuning import architecture_key, tuned_batch_size
 from cnnlens.explain.core import to_channels_last
 
@@ -125,10 +127,11 @@ def fold_batchnorm(model: nn.Module, *, keep: Iterable[str] = ()) -> nn.Module:
     return folded
 
 
-def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
+def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True, pack: bool = True,
             keep: Iterable[str] = ()) -> nn.Module:
     """A copy of ``model`` for explanation passes: eval mode, BatchNorm folded, channels-last weights,
-    parameters without ``requires_grad``. Same function of the input up to float rounding.
+    parameters without ``requires_grad``, and (``pack``, with ``channels_last``) convolutions whose forward-only
+    CPU passes run on weights reordered once for oneDNN (:mod:`.packed`). Same function of the input up to float rounding.
 
     ``keep``: layer names that must keep their own outputs (Grad-CAM's layer). The user's model is
     untouched. Pass the copy to any method: ``saliency(prepare(model), images)``.
@@ -138,6 +141,8 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = Tru
         p.requires_grad_(False)
         if channels_last and p.dim() == 4:
             p.data = to_channels_last(p.data)
+    if pack and channels_last:  # a packed convolution serves channels-last maps only
+        pack_convolutions(fast)
     setattr(fast, PREPARED_ATTR, True)
     setattr(fast, CHANNELS_LAST_ATTR, channels_last)
     return fast
