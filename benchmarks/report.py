@@ -113,7 +113,9 @@ def render(payload: dict, json_path: Path) -> str:
         "occlusion on the prepared copy below.",
         "- **Prepared copy** (`cnnlens.explain.accel.prepare`): BatchNorm folded into the preceding convolution "
         "(found on the `torch.fx` graph, written into a copy; the user's model is untouched), channels-last "
-        "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`. The gradient "
+        "weights, no parameter gradients; forward-only methods run it under `torch.inference_mode`, where its "
+        "convolutions run on weights reordered once into oneDNN's layout (`accel.packed`: F.conv2d reorders them on "
+        "every call, a large share of a small batch's pass). The gradient "
         "methods (saliency, guided backprop, integrated gradients, SmoothGrad through them, Grad-CAM, guided "
         "Grad-CAM) run it by default through `accel.prepared(model)`, which keeps one copy per model and makes a "
         "new one when the model's modules, parameters or buffers change (`fast=False` runs the model itself).",
