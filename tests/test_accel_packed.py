@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -117,6 +118,11 @@ def test_autocast_a_function_mode_and_other_devices_or_dtypes_run_the_plain_conv
         assert not conv.packs(x)
         assert conv(x).dtype == torch.bfloat16
     assert not conv.packs(x.double()) and conv.packs(x)
+    with warnings.catch_warnings():  # flags() also sets TF32-on-oneDNN, which warns on a CPU-only torch
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not conv.packs(x)
+    assert conv.packs(x)
     assert conv._packed is None
 
 

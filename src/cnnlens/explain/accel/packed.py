@@ -48,6 +48,7 @@ class PackedConv2d(nn.Conv2d):
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                       or (self.bias is not None and self.bias.requires_grad)))
                 and not torch.is_autocast_enabled("cpu")
+                and torch.backends.mkldnn.enabled  # a user who turned oneDNN off gets nn.Conv2d's other kernels
                 # a TorchFunctionMode (LRP's rules, a user's tracer) or a tensor subclass expects F.conv2d
                 and not torch._C._is_torch_function_mode_enabled())
 
