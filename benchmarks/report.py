@@ -81,7 +81,9 @@ def render(payload: dict, json_path: Path) -> str:
         "convolutions, channels-last weights; Grad-CAM keeps its layer unfolded), with a measured batch size where "
         "the method batches; occlusion with incremental occlusion; LIME with `fast=True` (folded, channels-last, "
         "`inference_mode`, measured batch size, first layers once per local mask pattern): for occlusion and "
-        "LIME these are also the defaults, so the two columns differ by noise only.",
+        "LIME these are also the defaults, so the two columns differ by noise only. For Guided IG, XRAI and the "
+        "CAM family of issue 13 the second call is `fast=False` (the model itself, as it is): there that column "
+        "shows what the fast path saves, and the speedups are the faster of the two cnnlens calls'.",
         "- *best peer*: the fastest peer configuration: its defaults, or its batching knob (Captum's "
         "`perturbations_per_eval`, `internal_batch_size`, `nt_samples_batch_size`, lime's `batch_size`) set to the "
         "batch size at which the model itself runs fastest in the peer's contiguous layout (measured with the "
