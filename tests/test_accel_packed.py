@@ -51,11 +51,11 @@ def _close_to_float64(got: torch.Tensor, plain: nn.Conv2d, x: torch.Tensor) -> N
 
 
 @pytest.mark.parametrize("name", list(CONVS))
-def test_packed_convolution_computes_the_convolution_for_every_batch_size(name: str) -> None:
+def test_packed_convolution_computes_the_convolution_for_every_batch_and_image_size(name: str) -> None:
     plain, conv = _packed(**CONVS[name])
     assert type(conv) is PackedConv2d and conv._packed is None
-    for n in (4, 1, 9):  # packed for the first shape, then used for others
-        x = _channels_last(n, plain.in_channels, 13, 11)
+    for n, h, w in ((4, 13, 11), (1, 13, 11), (9, 13, 11), (2, 40, 36), (3, 6, 5)):  # packed for the first shape
+        x = _channels_last(n, plain.in_channels, h, w)
         with torch.inference_mode():
             _close_to_float64(conv(x), plain, x)
         with torch.no_grad():

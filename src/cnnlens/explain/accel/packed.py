@@ -33,8 +33,9 @@ class PackedConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` whose forward-only float32 CPU passes run on a weight reordered once for oneDNN.
 
     The reordered weight is made on the first such pass (for that input's shape: oneDNN picks the layout
-    for it, and the packed weight serves every other batch size too) and remade if the weight changes. It is
-    not part of the module's state: ``state_dict``, ``deepcopy`` and pickling see a plain ``nn.Conv2d``'s.
+    for it, and the packed weight serves every other batch and image size too) and remade if the weight changes. It is
+    not part of the module's state: ``state_dict``, ``deepcopy`` and pickling see a plain ``nn.Conv2d``'s. It
+    costs one more copy of the weight in memory.
     """
 
     _packed: tuple[tuple, torch.Tensor] | None = None
