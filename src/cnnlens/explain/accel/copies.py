@@ -131,7 +131,8 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = Tru
             keep: Iterable[str] = ()) -> nn.Module:
     """A copy of ``model`` for explanation passes: eval mode, BatchNorm folded, channels-last weights,
     parameters without ``requires_grad``, and (``pack``, with ``channels_last``) convolutions whose forward-only
-    CPU passes run on weights reordered once for oneDNN (:mod:`.packed`). Same function of the input up to float rounding.
+    CPU passes run on weights reordered once for oneDNN (:mod:`.packed`). Same function of the input up to
+    float rounding.
 
     ``keep``: layer names that must keep their own outputs (Grad-CAM's layer). The user's model is
     untouched. Pass the copy to any method: ``saliency(prepare(model), images)``.

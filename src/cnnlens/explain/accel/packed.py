@@ -7,16 +7,17 @@ gradient CAM that is a large part of the pass (ResNet-18 on 4 images of 3x128x12
 convolutions, 31.5 ms with the weights reordered once; layer4's 512->512 convolutions 3.4 -> 2.6 ms each).
 :class:`PackedConv2d` keeps the reordered weight and calls oneDNN's convolution on it
 (``torch.ops.mkldnn._convolution_pointwise``, the op PyTorch's own compiler emits for CPU convolutions) where
-that computes the same function: a plain float32 CPU tensor needing no gradient, outside autocast and any
-``TorchFunctionMode``, laid out channels-last (oneDNN's op always answers channels-last; ``nn.Conv2d`` does so
-only for such an input, and a contiguous map must stay contiguous for the ``x.view`` of the user's head). Everywhere else (a gradient through the layer, a GPU, bfloat16 autocast, LRP's rules,
+that computes the same function: a plain float32 CPU tensor needing no gradient, laid out channels-last
+(oneDNN's op always answers channels-last; ``nn.Conv2d`` does so only for such an input, and a contiguous map
+must stay contiguous for the ``x.view`` of the user's head), outside autocast and any ``TorchFunctionMode``,
+with oneDNN turned on. Everywhere else (a gradient through the layer, a GPU, bfloat16 autocast, LRP's rules,
 which read ``F.conv2d`` calls) it is the ``nn.Conv2d`` it was.
 
 Only cnnlens's own copies are packed (:func:`pack_convolutions`, called by
 :func:`cnnlens.explain.accel.copies.prepare`); the user's model is never touched. The prepared copy is checked
 against the model before it is used, so a CPU whose oneDNN computes something else never serves a map.
 
->>> copy_ = pack_convolutions(fold_batchnorm(model))   # the same convolutions, weights reordered on first use
+>>> fast = prepare(model)   # its convolutions reorder their weights on their first channels-last pass
 """
 
 from __future__ import annotations
