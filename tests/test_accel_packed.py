@@ -180,3 +180,30 @@ def test_prepare_packs_its_copy_and_leaves_the_model_alone() -> None:
         got, expected = fast(x.contiguous(memory_format=torch.channels_last)), model(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     assert [m._packed is not None for m in fast if isinstance(m, PackedConv2d)] == [False, True]
+
+
+def test_a_copy_prepared_under_inference_mode_packs_and_serves_gradient_passes_later() -> None:
+    # a user's `with torch.inference_mode(): score_cam(...)` makes the cached copy: its weights must be ordinary
+    # tensors (an inference tensor has no version counter, and cannot be saved for a later backward)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = _channels_last(2, 3, 9, 9)
+    with torch.inference_mode():
+        fast = accel.prepare(model)
+        got = fast(x)
+    assert not any(p.is_inference() for p in fast.parameters())
+    assert all(m._packed is not None for m in fast.modules() if isinstance(m, PackedConv2d))
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), rtol=0, atol=1e-4 * float(got.abs().max()))
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fast(xg).sum(), xg)
+    assert g.shape == x.shape and bool(g.abs().sum() > 0)
+
+
+def test_a_weight_made_under_inference_mode_runs_the_plain_convolution() -> None:
+    with torch.inference_mode():
+        plain = nn.Conv2d(8, 8, 3, padding=1).eval()
+        conv = pack_convolutions(copy.deepcopy(plain))
+        x = _channels_last(2, 8, 9, 9)
+        assert conv.weight.is_inference() and not conv.packs(x)
+        _close_to_float64(conv(x), plain, x)

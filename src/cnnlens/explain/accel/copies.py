@@ -135,13 +135,16 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = Tru
     float rounding.
 
     ``keep``: layer names that must keep their own outputs (Grad-CAM's layer). The user's model is
-    untouched. Pass the copy to any method: ``saliency(prepare(model), images)``.
+    untouched. Pass the copy to any method: ``saliency(prepare(model), images)``. Made under a caller's
+    ``torch.inference_mode`` too, its tensors are ordinary ones: the cached copy serves later gradient passes,
+    and its packed convolutions read their weights' versions.
     """
-    fast = fold_batchnorm(model, keep=keep) if fold_bn else copy.deepcopy(model).eval()
-    for p in fast.parameters():
-        p.requires_grad_(False)
-        if channels_last and p.dim() == 4:
-            p.data = to_channels_last(p.data)
+    with torch.inference_mode(False):
+        fast = fold_batchnorm(model, keep=keep) if fold_bn else copy.deepcopy(model).eval()
+        for p in fast.parameters():
+            p.requires_grad_(False)
+            if channels_last and p.dim() == 4:
+                p.data = to_channels_last(p.data)
     if pack and channels_last:  # a packed convolution serves channels-last maps only
         pack_convolutions(fast)
     setattr(fast, PREPARED_ATTR, True)

@@ -47,6 +47,7 @@ class PackedConv2d(nn.Conv2d):
                 # channels-last and nothing else (one channel or a 1x1 map is both): nn.Conv2d's output layout
                 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
                 and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu"
+                and not self.weight.is_inference()  # made under inference_mode: no version to tell a change by
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                       or (self.bias is not None and self.bias.requires_grad)))
                 and not torch.is_autocast_enabled("cpu")
@@ -79,9 +80,9 @@ class PackedConv2d(nn.Conv2d):
 
 def packable(module: nn.Module) -> bool:
     """Whether ``module`` is a plain ``nn.Conv2d`` that :class:`PackedConv2d` computes the same way: zero
-    padding given as numbers (not ``"same"``), 4-D weight."""
+    padding given as numbers (not ``"same"``)."""
     return (AVAILABLE and type(module) is nn.Conv2d and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str) and module.weight.dim() == 4)
+            and not isinstance(module.padding, str))
 
 
 def pack_convolutions(model: nn.Module) -> nn.Module:
